@@ -1,0 +1,189 @@
+//! Reverse-process samplers: a [`Scheduler`] trait (DDPM and DDIM implement it), the
+//! timestep spacings of diffusers, and one sampling loop for every model and scheduler.
+//!
+//! All schedule arithmetic is done on the host in `f64`; the device only sees `f32` scalars,
+//! so the same seed gives the same image on every backend.
+
+mod ddim;
+mod ddpm;
+mod sampling;
+
+pub use ddim::{DdimScheduler, DdimSchedulerConfig};
+pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
+pub use sampling::{Denoiser, SampleRequest, Sampling, StepOutput};
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How inference timesteps are picked from `0..num_train_timesteps` (diffusers'
+/// `timestep_spacing`; see Lin et al. 2024, Table 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    /// `round(linspace(0, T − 1, n))`, reversed: always visits t = T − 1 and t = 0.
+    Linspace,
+    /// `arange(0, n) · (T / n)` (integer ratio), reversed, plus `steps_offset`: the DDIM paper's
+    /// choice; with T = 1000, n = 5 and offset 1 it gives 801, 601, 401, 201, 1.
+    #[default]
+    Leading,
+    /// `round(arange(T, 0, −T/n)) − 1`: always starts at t = T − 1.
+    Trailing,
+}
+
+impl TimestepSpacing {
+    /// Parses `linspace`, `leading` or `trailing`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "linspace" => Ok(Self::Linspace),
+            "leading" => Ok(Self::Leading),
+            "trailing" => Ok(Self::Trailing),
+            other => Err(Error::Sampler(format!(
+                "unknown timestep_spacing `{other}` (expected linspace, leading or trailing)"
+            ))),
+        }
+    }
+}
+
+/// The descending inference timesteps for `num_inference_steps` out of
+/// `num_train_timesteps`, exactly as diffusers' `DDIMScheduler.set_timesteps` computes them
+/// (NumPy rounds half to even; so does this).
+pub fn inference_timesteps(
+    num_train_timesteps: usize,
+    num_inference_steps: usize,
+    spacing: TimestepSpacing,
+    steps_offset: usize,
+) -> Result<Vec<usize>> {
+    let (t_max, n) = (num_train_timesteps, num_inference_steps);
+    if n == 0 || n > t_max {
+        return Err(Error::Sampler(format!(
+            "num_inference_steps = {n} must lie in 1..={t_max} (num_train_timesteps)"
+        )));
+    }
+    let mut ts: Vec<usize> = match spacing {
+        TimestepSpacing::Linspace => {
+            let step = if n > 1 {
+                (t_max - 1) as f64 / (n - 1) as f64
+            } else {
+                0.0
+            };
+            (0..n)
+                .map(|i| (i as f64 * step).round_ties_even() as usize)
+                .rev()
+                .collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = t_max / n;
+            (0..n).rev().map(|i| i * ratio + steps_offset).collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = t_max as f64 / n as f64;
+            (0..n)
+                .map(|i| (t_max as f64 - i as f64 * ratio).round_ties_even() as usize - 1)
+                .collect()
+        }
+    };
+    if let Some(&t) = ts.iter().find(|&&t| t >= t_max) {
+        return Err(Error::Sampler(format!(
+            "steps_offset = {steps_offset} pushes timestep {t} past num_train_timesteps = {t_max}"
+        )));
+    }
+    ts.dedup();
+    Ok(ts)
+}
+
+/// What one reverse step returns.
+#[derive(Debug, Clone)]
+pub struct SchedulerOutput {
+    /// x_{t_prev}, the less noisy sample.
+    pub prev_sample: Tensor<4>,
+    /// x̂_0, the model's current estimate of the clean image (after clipping, if enabled).
+    pub pred_original_sample: Tensor<4>,
+}
+
+/// A reverse-process sampler over a fixed list of timesteps.
+pub trait Scheduler {
+    /// The timesteps visited, in order (descending).
+    fn timesteps(&self) -> &[usize];
+
+    /// Whether step `step_index` adds fresh Gaussian noise (so the caller draws it).
+    fn needs_noise(&self, step_index: usize) -> bool;
+
+    /// One reverse step from `sample` = x_t at `timesteps()[step_index]`, given the (guided)
+    /// model output and, when [`Scheduler::needs_noise`], standard-normal `noise`.
+    ///
+    /// # Shapes
+    /// - `model_output`, `sample`, `noise`: `[batch, channels, height, width]`.
+    fn step(
+        &self,
+        model_output: Tensor<4>,
+        step_index: usize,
+        sample: Tensor<4>,
+        noise: Option<Tensor<4>>,
+    ) -> SchedulerOutput;
+}
+
+/// ᾱ of the timestep that follows `step_index` (the end of the chain gives
+/// `final_alpha_cumprod`).
+fn alpha_cumprod_prev(
+    alphas_cumprod: &[f64],
+    timesteps: &[usize],
+    step_index: usize,
+    final_alpha_cumprod: f64,
+) -> f64 {
+    timesteps
+        .get(step_index + 1)
+        .map_or(final_alpha_cumprod, |&t| alphas_cumprod[t])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffusers_reference_timesteps() {
+        // diffusers tests/schedulers/test_scheduler_ddim.py::test_steps_offset:
+        // steps_offset=1, 5 steps of 1000 → [801, 601, 401, 201, 1].
+        assert_eq!(
+            inference_timesteps(1000, 5, TimestepSpacing::Leading, 1).unwrap(),
+            vec![801, 601, 401, 201, 1]
+        );
+        assert_eq!(
+            inference_timesteps(1000, 5, TimestepSpacing::Leading, 0).unwrap(),
+            vec![800, 600, 400, 200, 0]
+        );
+        // numpy: np.round(np.arange(1000, 0, -200)) - 1 → [999, 799, 599, 399, 199]
+        assert_eq!(
+            inference_timesteps(1000, 5, TimestepSpacing::Trailing, 0).unwrap(),
+            vec![999, 799, 599, 399, 199]
+        );
+        // numpy: np.linspace(0, 999, 5).round()[::-1] → [999, 749, 500, 250, 0]
+        // (499.5 rounds half to even → 500, 249.75 → 250, 749.25 → 749).
+        assert_eq!(
+            inference_timesteps(1000, 5, TimestepSpacing::Linspace, 0).unwrap(),
+            vec![999, 749, 500, 250, 0]
+        );
+        // 50 DDIM steps, the usual setting: 980, 960, …, 0.
+        let ts = inference_timesteps(1000, 50, TimestepSpacing::Leading, 0).unwrap();
+        assert_eq!(ts.len(), 50);
+        assert_eq!((ts[0], ts[1], ts[49]), (980, 960, 0));
+        // All T steps in every spacing are 999..=0.
+        for sp in [
+            TimestepSpacing::Leading,
+            TimestepSpacing::Trailing,
+            TimestepSpacing::Linspace,
+        ] {
+            let all = inference_timesteps(1000, 1000, sp, 0).unwrap();
+            assert_eq!(all, (0..1000).rev().collect::<Vec<_>>(), "{sp:?}");
+        }
+    }
+
+    #[test]
+    fn bad_step_counts_are_errors() {
+        assert!(inference_timesteps(1000, 0, TimestepSpacing::Leading, 0).is_err());
+        assert!(inference_timesteps(1000, 1001, TimestepSpacing::Leading, 0).is_err());
+        assert!(inference_timesteps(1000, 1000, TimestepSpacing::Leading, 1).is_err());
+        assert!(TimestepSpacing::from_name("uniform").is_err());
+    }
+}

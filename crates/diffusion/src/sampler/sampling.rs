@@ -1,0 +1,239 @@
+//! The one sampling loop: any [`Denoiser`], any [`Scheduler`], class labels or none,
+//! classifier-free guidance, a seed, and per-step progress with x̂_0.
+//!
+//! [`Sampling`] is a step-by-step state machine so that callers that must `await` between steps
+//! (the browser reads previews back asynchronously) drive it themselves; [`Sampling::run`] is
+//! the plain loop with a progress callback. Nothing is read back from the device unless the
+//! caller does so.
+
+use burn::tensor::{Device, Tensor};
+
+use super::Scheduler;
+use crate::error::{Error, Result};
+use crate::guidance::classifier_free_guidance;
+use crate::noise::NoiseRng;
+
+/// A network that predicts the model output (ε or v) for a batch at given timesteps.
+pub trait Denoiser {
+    /// Number of classes of a class-conditional model (the null class is this index), or
+    /// `None` for an unconditional model.
+    fn num_classes(&self) -> Option<usize>;
+
+    /// Predicts the model output.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, channels, height, width]`; `timesteps`: `batch` values;
+    ///   `class_labels`: `batch` values in `0..=num_classes` (`num_classes` = null class), or
+    ///   `None` for an unconditional model.
+    /// - output: like `x`.
+    fn predict(&self, x: Tensor<4>, timesteps: &[f64], class_labels: Option<&[usize]>)
+        -> Tensor<4>;
+}
+
+/// What to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRequest {
+    /// Image shape `[channels, height, width]`.
+    pub image_shape: [usize; 3],
+    /// One entry per image: `Some(k)` samples class k, `None` samples unconditionally.
+    pub class_labels: Vec<Option<usize>>,
+    /// Classifier-free guidance scale w (see [`crate::guidance`]); ignored when no image is
+    /// conditional.
+    pub guidance_scale: f64,
+    /// Seed of the host noise generator (initial x_T and every step's noise).
+    pub seed: u64,
+}
+
+impl SampleRequest {
+    /// `num_images` images, all of class `class_label` (or unconditional).
+    pub fn new(image_shape: [usize; 3], class_label: Option<usize>, num_images: usize) -> Self {
+        Self {
+            image_shape,
+            class_labels: vec![class_label; num_images],
+            guidance_scale: 1.0,
+            seed: 0,
+        }
+    }
+
+    /// Sets the guidance scale.
+    pub fn with_guidance_scale(mut self, guidance_scale: f64) -> Self {
+        self.guidance_scale = guidance_scale;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+}
+
+/// What each step reports.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// Zero-based step index.
+    pub step_index: usize,
+    /// Number of steps in total.
+    pub num_steps: usize,
+    /// The timestep t that was just denoised.
+    pub timestep: usize,
+    /// x̂_0 predicted at this step (on the device; read it back only for previews).
+    pub pred_original_sample: Tensor<4>,
+}
+
+/// How the model is queried at each step.
+#[derive(Debug, Clone)]
+enum Pass {
+    /// Unconditional model: no labels.
+    Unconditional,
+    /// One pass with these labels (w = 1, w = 0, or no image conditional).
+    Single(Vec<usize>),
+    /// Conditional labels then null labels, as one batch of 2B.
+    Guided(Vec<usize>),
+}
+
+/// A sampling run in progress.
+pub struct Sampling<'a, M: Denoiser, S: Scheduler> {
+    model: &'a M,
+    scheduler: &'a S,
+    sample: Tensor<4>,
+    rng: NoiseRng,
+    pass: Pass,
+    guidance_scale: f64,
+    step_index: usize,
+}
+
+impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
+    /// Validates the request and draws x_T ~ N(0, I) from the seeded host generator.
+    pub fn new(
+        model: &'a M,
+        scheduler: &'a S,
+        request: &SampleRequest,
+        device: &Device,
+    ) -> Result<Self> {
+        let b = request.class_labels.len();
+        if b == 0 {
+            return Err(Error::Sampler(
+                "at least one image must be requested".into(),
+            ));
+        }
+        if request.image_shape.contains(&0) {
+            return Err(Error::Sampler(format!(
+                "image_shape {:?} has a zero dimension",
+                request.image_shape
+            )));
+        }
+        let w = request.guidance_scale;
+        if !w.is_finite() {
+            return Err(Error::Sampler(format!(
+                "guidance_scale = {w} must be finite"
+            )));
+        }
+        let pass = match model.num_classes() {
+            None => {
+                if let Some(k) = request.class_labels.iter().flatten().next() {
+                    return Err(Error::Sampler(format!(
+                        "class label {k} given, but the model is unconditional"
+                    )));
+                }
+                Pass::Unconditional
+            }
+            Some(n) => {
+                if let Some(k) = request.class_labels.iter().flatten().find(|&&k| k >= n) {
+                    return Err(Error::Sampler(format!(
+                        "class label {k} out of range: the model has classes 0..={}",
+                        n - 1
+                    )));
+                }
+                let cond: Vec<usize> = request
+                    .class_labels
+                    .iter()
+                    .map(|k| k.unwrap_or(n))
+                    .collect();
+                let any_cond = request.class_labels.iter().any(Option::is_some);
+                if !any_cond || w == 1.0 {
+                    Pass::Single(cond)
+                } else if w == 0.0 {
+                    Pass::Single(vec![n; b])
+                } else {
+                    Pass::Guided(cond.into_iter().chain(std::iter::repeat_n(n, b)).collect())
+                }
+            }
+        };
+        let mut rng = NoiseRng::new(request.seed);
+        let [c, h, wd] = request.image_shape;
+        let sample = rng.normal_tensor([b, c, h, wd], device);
+        Ok(Self {
+            model,
+            scheduler,
+            sample,
+            rng,
+            pass,
+            guidance_scale: w,
+            step_index: 0,
+        })
+    }
+
+    /// Total number of steps.
+    pub fn num_steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.step_index
+    }
+
+    /// The current sample x_t (the final image once every step is done), on the device.
+    pub fn sample(&self) -> &Tensor<4> {
+        &self.sample
+    }
+
+    /// Runs the next step, or returns `None` when sampling is finished.
+    pub fn step(&mut self) -> Option<StepOutput> {
+        let timesteps = self.scheduler.timesteps();
+        let &t = timesteps.get(self.step_index)?;
+        let x = self.sample.clone();
+        let b = x.dims()[0];
+        let output = match &self.pass {
+            Pass::Unconditional => self.model.predict(x.clone(), &vec![t as f64; b], None),
+            Pass::Single(labels) => self
+                .model
+                .predict(x.clone(), &vec![t as f64; b], Some(labels)),
+            Pass::Guided(labels) => {
+                let both = self.model.predict(
+                    Tensor::cat(vec![x.clone(), x.clone()], 0),
+                    &vec![t as f64; 2 * b],
+                    Some(labels),
+                );
+                let mut halves = both.chunk(2, 0).into_iter();
+                let cond = halves.next().expect("two halves");
+                let uncond = halves.next().expect("two halves");
+                classifier_free_guidance(cond, uncond, self.guidance_scale)
+            }
+        };
+        let noise = self
+            .scheduler
+            .needs_noise(self.step_index)
+            .then(|| self.rng.normal_tensor(x.dims(), &x.device()));
+        let out = self.scheduler.step(output, self.step_index, x, noise);
+        self.sample = out.prev_sample;
+        let report = StepOutput {
+            step_index: self.step_index,
+            num_steps: timesteps.len(),
+            timestep: t,
+            pred_original_sample: out.pred_original_sample,
+        };
+        self.step_index += 1;
+        Some(report)
+    }
+
+    /// Runs every remaining step, calling `progress` after each, and returns the final
+    /// sample (on the device, values nominally in [-1, 1]).
+    pub fn run(mut self, mut progress: impl FnMut(&StepOutput)) -> Tensor<4> {
+        while let Some(out) = self.step() {
+            progress(&out);
+        }
+        self.sample
+    }
+}

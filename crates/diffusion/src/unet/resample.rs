@@ -1,0 +1,69 @@
+//! Resolution changes between U-Net levels: strided-conv downsampling and nearest + conv
+//! upsampling (DDPM's `Downsample(with_conv=True)` / `Upsample(with_conv=True)`).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+
+/// A 3×3 convolution with padding 1 and the given stride.
+pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+/// Halves the resolution with a 3×3 conv of stride 2 (padding 1, so odd sizes round up:
+/// 7 → 4).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// The strided convolution.
+    pub conv: Conv2d,
+}
+
+impl Downsample {
+    /// A downsampler for `channels` channels.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            conv: conv3x3(channels, channels, 2, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]`; output: `[batch, c, ⌈h/2⌉, ⌈w/2⌉]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// Doubles the resolution by nearest-neighbour repetition, then a 3×3 conv.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    /// The convolution after upsampling.
+    pub conv: Conv2d,
+}
+
+impl Upsample {
+    /// An upsampler for `channels` channels.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            conv: conv3x3(channels, channels, 1, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]`; output: `[batch, c, 2h, 2w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let up = interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Nearest)
+                .with_output_size([2 * h, 2 * w])
+                .with_align_corners(false),
+        );
+        self.conv.forward(up)
+    }
+}

@@ -1,0 +1,317 @@
+//! Model weights as safetensors, with the model's config as JSON beside them.
+//!
+//! A model is two files: `NAME.safetensors` (tensor keys are the module paths, e.g.
+//! `down.0.blocks.1.conv1.weight`) and `NAME.json` (a [`ModelConfig`]: U-Net, noise schedule
+//! and prediction type). Loading checks the tensors against the config: a missing, extra or
+//! wrongly shaped tensor is an [`Error::Weights`] that names it. Files are written atomically
+//! (temporary file, then rename), so a crash never leaves a half-written model.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{ApplyResult, FloatCastAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::objective::PredictionType;
+use crate::schedule::NoiseScheduleConfig;
+use crate::unet::{UNet, UNetConfig};
+
+/// Everything needed to rebuild and sample a trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The network.
+    pub unet: UNetConfig,
+    /// The noise schedule it was trained with.
+    pub schedule: NoiseScheduleConfig,
+    /// What the network predicts.
+    #[serde(default)]
+    pub prediction_type: PredictionType,
+}
+
+impl ModelConfig {
+    /// A config with the default (linear, T = 1000) schedule and ε-prediction.
+    pub fn new(unet: UNetConfig) -> Self {
+        Self {
+            unet,
+            schedule: NoiseScheduleConfig::default(),
+            prediction_type: PredictionType::Epsilon,
+        }
+    }
+
+    /// Parses and validates a config JSON string; `origin` names it in errors.
+    pub fn from_json(json: &str, origin: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(json).map_err(|e| Error::ConfigFile {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        cfg.unet.validate()?;
+        cfg.schedule.build()?;
+        Ok(cfg)
+    }
+
+    /// The config as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serialises")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+}
+
+/// The config path that belongs to a weights path: `NAME.safetensors` → `NAME.json`.
+pub fn config_path(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, then
+/// renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Serialises the model's weights to safetensors bytes (optionally as f16, half the size, for
+/// the web). Reads every tensor back synchronously, so call it on a native device.
+pub fn weights_to_bytes(model: &UNet, half_precision: bool) -> Result<Vec<u8>> {
+    let err = |e: burn::store::SafetensorsStoreError| Error::Weights {
+        path: "<bytes>".into(),
+        reason: e.to_string(),
+    };
+    let mut store = SafetensorsStore::from_bytes(None);
+    if half_precision {
+        store = store.with_to_adapter(FloatCastAdapter::to(DType::F16));
+    }
+    model.valid().save_into(&mut store).map_err(err)?;
+    store.get_bytes().map_err(err)
+}
+
+/// Saves `NAME.safetensors` and `NAME.json` for `model` (atomically, each).
+pub fn save_model(
+    model: &UNet,
+    config: &ModelConfig,
+    weights_path: &Path,
+    half_precision: bool,
+) -> Result<()> {
+    if &config.unet != model.config() {
+        return Err(Error::Config(
+            "the model config does not describe this model's U-Net".into(),
+        ));
+    }
+    let bytes = weights_to_bytes(model, half_precision)?;
+    write_atomic(weights_path, &bytes)?;
+    write_atomic(&config_path(weights_path), config.to_json().as_bytes())
+}
+
+/// Builds the model of `config` on `device` and loads `weights` (safetensors bytes, f32 or
+/// f16) into it; `origin` names the weights in errors.
+pub fn load_model_from_bytes(
+    config: &ModelConfig,
+    weights: Vec<u8>,
+    origin: &str,
+    device: &Device,
+) -> Result<UNet> {
+    let fail = |reason: String| Error::Weights {
+        path: origin.to_string(),
+        reason,
+    };
+    let mut model = config.unet.init(device)?;
+    let mut store = SafetensorsStore::from_bytes(Some(weights))
+        .allow_partial(true)
+        .validate(false)
+        .with_from_adapter(FloatCastAdapter::to(DType::F32));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| fail(first_line(&e.to_string())))?;
+    check_apply(&result).map_err(fail)?;
+    Ok(model)
+}
+
+/// Loads `NAME.safetensors` with its `NAME.json` config onto `device`.
+pub fn load_model(weights_path: &Path, device: &Device) -> Result<(UNet, ModelConfig)> {
+    let config = ModelConfig::load(&config_path(weights_path))?;
+    let bytes = std::fs::read(weights_path).map_err(|source| Error::Io {
+        path: weights_path.display().to_string(),
+        source,
+    })?;
+    let model = load_model_from_bytes(&config, bytes, &weights_path.display().to_string(), device)?;
+    Ok((model, config))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// Turns a load report into one line that names the first offending tensor.
+fn check_apply(result: &ApplyResult) -> std::result::Result<(), String> {
+    let more = |n: usize| {
+        if n > 1 {
+            format!(" (and {} more)", n - 1)
+        } else {
+            String::new()
+        }
+    };
+    if let Some(e) = result.errors.first() {
+        return Err(format!(
+            "{}{}",
+            first_line(&e.to_string()),
+            more(result.errors.len())
+        ));
+    }
+    if let Some((path, _)) = result.missing.first() {
+        return Err(format!(
+            "missing tensor `{path}`{} — were these weights saved for another config?",
+            more(result.missing.len())
+        ));
+    }
+    if let Some(path) = result.unused.first() {
+        return Err(format!(
+            "unexpected tensor `{path}`{} — were these weights saved for another config?",
+            more(result.unused.len())
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::NoiseRng;
+
+    fn tiny() -> ModelConfig {
+        let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![4])
+            .with_num_res_blocks(1)
+            .with_num_classes(Some(3));
+        ModelConfig::new(unet)
+    }
+
+    fn output(model: &UNet, device: &Device) -> Vec<f32> {
+        let x = NoiseRng::new(1).normal_tensor([2, 1, 8, 8], device);
+        model
+            .forward(x, &[5.0, 700.0], Some(&[0, 3]))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    /// A model whose every parameter, including the zero-initialised ones, is random.
+    fn random_model(cfg: &ModelConfig, device: &Device) -> UNet {
+        cfg.unet.init(device).unwrap().randomize(4, 0.1)
+    }
+
+    #[test]
+    fn round_trip_gives_identical_outputs() {
+        let device = Device::flex();
+        let cfg = tiny();
+        let model = random_model(&cfg, &device);
+        let dir = std::env::temp_dir().join(format!("diffusion-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        save_model(&model, &cfg, &path, false).unwrap();
+        let (loaded, loaded_cfg) = load_model(&path, &device).unwrap();
+        assert_eq!(loaded_cfg, cfg);
+        let (a, b) = (output(&model, &device), output(&loaded, &device));
+        assert!(
+            a.iter().any(|v| v.abs() > 1e-3),
+            "the output is not trivially zero"
+        );
+        assert_eq!(a, b);
+        // f16 weights load into the f32 model and give nearly the same output.
+        let half = weights_to_bytes(&model, true).unwrap();
+        let full = weights_to_bytes(&model, false).unwrap();
+        assert!(half.len() < full.len() * 6 / 10);
+        let h = load_model_from_bytes(&cfg, half, "half", &device).unwrap();
+        let d = output(&h, &device)
+            .iter()
+            .zip(&a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 0.05, "f16 round trip differs by {d}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_mismatched_weights_are_clear_errors() {
+        let device = Device::flex();
+        let cfg = tiny();
+        let bytes = weights_to_bytes(&random_model(&cfg, &device), false).unwrap();
+
+        let truncated = bytes[..bytes.len() / 2].to_vec();
+        let e = load_model_from_bytes(&cfg, truncated, "t.safetensors", &device).unwrap_err();
+        assert!(e.to_string().starts_with("weights t.safetensors:"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+
+        let garbage = b"not a safetensors file at all".to_vec();
+        assert!(load_model_from_bytes(&cfg, garbage, "g", &device).is_err());
+
+        // Weights of a wider model: shape mismatch, naming the tensor.
+        let mut wide = cfg.clone();
+        wide.unet.base_channels = 64;
+        let e = load_model_from_bytes(&wide, bytes.clone(), "w", &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conv_in.weight") || e.contains("time_embed_1"),
+            "{e}"
+        );
+        assert!(e.to_lowercase().contains("shape"), "{e}");
+
+        // Weights of a model with attention at one more resolution: missing tensors are named.
+        let mut more_attention = cfg.clone();
+        more_attention.unet.attention_resolutions = vec![4, 8];
+        let e = load_model_from_bytes(&more_attention, bytes.clone(), "d", &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing tensor `"), "{e}");
+
+        // Weights with tensors the config does not have: extra tensors are named.
+        let mut uncond = cfg.clone();
+        uncond.unet.num_classes = None;
+        let e = load_model_from_bytes(&uncond, bytes, "u", &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unexpected tensor `class_embed.weight`"), "{e}");
+
+        // Config JSON errors name the file and the problem.
+        let e = ModelConfig::from_json("{\"unet\": 3}", "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config c.json:"), "{e}");
+        let mut bad = cfg.to_json();
+        bad = bad.replace("\"norm_groups\": 32", "\"norm_groups\": 5");
+        let e = ModelConfig::from_json(&bad, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("norm_groups = 5"), "{e}");
+    }
+}
