@@ -16,6 +16,7 @@ pub mod error;
 pub mod guidance;
 pub mod noise;
 pub mod objective;
+pub mod pixels;
 pub mod sampler;
 pub mod schedule;
 pub mod unet;

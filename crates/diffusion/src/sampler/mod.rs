@@ -4,10 +4,12 @@
 //! All schedule arithmetic is done on the host in `f64`; the device only sees `f32` scalars,
 //! so the same seed gives the same image on every backend.
 
+mod any;
 mod ddim;
 mod ddpm;
 mod sampling;
 
+pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
 pub use sampling::{Denoiser, SampleRequest, Sampling, StepOutput};

@@ -1,0 +1,111 @@
+//! Sampling a model into host values: grids, class rows, trajectories.
+
+use burn::tensor::{Device, Tensor};
+use diffusion::sampler::{SamplerSettings, StepOutput};
+use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
+
+use crate::error::Result;
+
+/// Reads a device tensor back as `f32` values.
+pub fn to_host(t: Tensor<4>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// Samples one image per entry of `class_labels` (`None` = unconditional) and returns the
+/// values (in [-1, 1]) with their shape `[n, c, h, w]`. `progress` sees every step.
+pub fn generate(
+    model: &UNet,
+    config: &ModelConfig,
+    settings: &SamplerSettings,
+    class_labels: Vec<Option<usize>>,
+    guidance_scale: f64,
+    seed: u64,
+    device: &Device,
+    progress: impl FnMut(&StepOutput),
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let schedule = config.schedule.build()?;
+    let scheduler = settings.scheduler(&schedule, config.prediction_type)?;
+    let u = &config.unet;
+    let request = SampleRequest {
+        image_shape: [u.in_channels, u.resolution, u.resolution],
+        class_labels,
+        guidance_scale,
+        seed,
+    };
+    let out = Sampling::new(model, &scheduler, &request, device)?.run(progress);
+    let shape = out.dims();
+    Ok((to_host(out), shape))
+}
+
+/// Labels for a grid with one row per class and `cols` columns.
+pub fn class_rows(num_classes: usize, cols: usize) -> Vec<Option<usize>> {
+    (0..num_classes)
+        .flat_map(|k| std::iter::repeat_n(Some(k), cols))
+        .collect()
+}
+
+/// Samples like [`generate`] and also records x_t and x̂_0 after every `every`-th step
+/// (and the last), for trajectory plots. Returns (final, frames of (x_t, x̂_0), shape).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_trajectory(
+    model: &UNet,
+    config: &ModelConfig,
+    settings: &SamplerSettings,
+    class_labels: Vec<Option<usize>>,
+    guidance_scale: f64,
+    seed: u64,
+    every: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {
+    let schedule = config.schedule.build()?;
+    let scheduler = settings.scheduler(&schedule, config.prediction_type)?;
+    let u = &config.unet;
+    let request = SampleRequest {
+        image_shape: [u.in_channels, u.resolution, u.resolution],
+        class_labels,
+        guidance_scale,
+        seed,
+    };
+    let mut sampling = Sampling::new(model, &scheduler, &request, device)?;
+    let mut frames = Vec::new();
+    let every = every.max(1);
+    while let Some(out) = sampling.step() {
+        if (out.step_index + 1) % every == 0 || out.step_index + 1 == out.num_steps {
+            frames.push((
+                to_host(sampling.sample().clone()),
+                to_host(out.pred_original_sample),
+            ));
+        }
+    }
+    let x = sampling.sample().clone();
+    let shape = x.dims();
+    Ok((to_host(x), frames, shape))
+}
+
+/// x_t of dataset image `index` at each of `timesteps` (one noise draw from `seed`, shared by
+/// all t), as values in model space.
+pub fn forward_strip(
+    dataset: &datasets::Dataset,
+    index: usize,
+    schedule: &diffusion::NoiseSchedule,
+    timesteps: &[usize],
+    seed: u64,
+) -> Vec<f32> {
+    let x0 = dataset.image_f32(index);
+    let eps = diffusion::NoiseRng::new(seed).normal_vec(x0.len());
+    timesteps
+        .iter()
+        .flat_map(|&t| {
+            let (a, b) = (
+                schedule.sqrt_alphas_cumprod[t],
+                schedule.sqrt_one_minus_alphas_cumprod[t],
+            );
+            x0.iter()
+                .zip(&eps)
+                .map(move |(&x, &e)| (a * x as f64 + b * e as f64) as f32)
+        })
+        .collect()
+}

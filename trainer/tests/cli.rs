@@ -1,0 +1,383 @@
+//! The `trainer` binary end to end: happy paths on a tiny model, and bad input that must give
+//! one clear error line, exit code 1, no panic and no partial output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainer-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts a clean failure whose single error line contains `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {err}");
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "failed: {err}");
+    err
+}
+
+const TINY: &[&str] = &[
+    "--base-channels",
+    "32",
+    "--channel-mults",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--attention-resolutions",
+    "14",
+    "--batch-size",
+    "4",
+    "--limit",
+    "16",
+    "--sample-steps",
+    "2",
+    "--grid-cols",
+    "1",
+    "--checkpoint-every",
+    "2",
+];
+
+/// A tiny trained run, shared by the tests that need weights or checkpoints.
+fn run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tmp("run").join("r");
+        let mut args = vec!["train", "--steps", "4", "--out", dir.to_str().unwrap()];
+        args.extend(TINY);
+        ok(&trainer(&args));
+        dir
+    })
+}
+
+#[test]
+fn train_sample_export_schedule_forward() {
+    let dir = run();
+    assert!(dir.join("ema.safetensors").is_file() && dir.join("ema.json").is_file());
+    assert!(dir.join("checkpoints/step-00000004/state.json").is_file());
+    let out = tmp("happy");
+    let w = dir.join("ema.safetensors");
+    let grid = out.join("g.png");
+    let npy = out.join("g.npy");
+    let traj = out.join("t.png");
+    ok(&trainer(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--class",
+        "3",
+        "--num",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        grid.to_str().unwrap(),
+        "--npy",
+        npy.to_str().unwrap(),
+        "--trajectory",
+        traj.to_str().unwrap(),
+    ]));
+    assert!(grid.is_file() && traj.is_file());
+    // 2 images × 1 × 28 × 28 f32 after a 128-byte header.
+    assert_eq!(std::fs::metadata(&npy).unwrap().len(), 128 + 2 * 784 * 4);
+    let f16 = out.join("half.safetensors");
+    ok(&trainer(&[
+        "export",
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--out",
+        f16.to_str().unwrap(),
+        "--f16",
+    ]));
+    assert!(std::fs::metadata(&f16).unwrap().len() < std::fs::metadata(&w).unwrap().len() * 6 / 10);
+    ok(&trainer(&[
+        "sample",
+        "--weights",
+        f16.to_str().unwrap(),
+        "--class",
+        "none",
+        "--num",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        out.join("h.png").to_str().unwrap(),
+    ]));
+    let csv = out.join("s.csv");
+    ok(&trainer(&[
+        "schedule",
+        "--schedule",
+        "cosine",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
+        out.join("s.png").to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 1001);
+    ok(&trainer(&[
+        "forward",
+        "--index",
+        "5",
+        "--out",
+        out.join("f.png").to_str().unwrap(),
+    ]));
+    assert!(out.join("f.png").is_file());
+}
+
+#[test]
+fn resume_continues_to_more_steps() {
+    let dir = tmp("resume").join("r");
+    let mut args = vec!["train", "--steps", "2", "--out", dir.to_str().unwrap()];
+    args.extend(TINY);
+    ok(&trainer(&args));
+    ok(&trainer(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(dir.join("checkpoints/step-00000004").is_dir());
+}
+
+#[test]
+fn missing_or_corrupt_datasets() {
+    let out = tmp("data");
+    let run_out = out.join("never");
+    fails_with(
+        &trainer(&[
+            "train",
+            "--dataset",
+            "cifar10:/nonexistent",
+            "--out",
+            run_out.to_str().unwrap(),
+        ]),
+        "/nonexistent/data_batch_1.bin",
+    );
+    // Truncated IDX files.
+    let fm = out.join("fm");
+    std::fs::create_dir_all(&fm).unwrap();
+    let mut images = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend(vec![0u8; 500]);
+    std::fs::write(fm.join("train-images-idx3-ubyte.gz"), &images).unwrap();
+    std::fs::write(
+        fm.join("train-labels-idx1-ubyte.gz"),
+        [0u8, 0, 8, 1, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0],
+    )
+    .unwrap();
+    fails_with(
+        &trainer(&[
+            "train",
+            "--dataset",
+            &format!("fashion-mnist:{}", fm.display()),
+            "--out",
+            run_out.to_str().unwrap(),
+        ]),
+        "truncated",
+    );
+    // A truncated CIFAR batch.
+    let cf = out.join("cifar");
+    std::fs::create_dir_all(&cf).unwrap();
+    std::fs::write(cf.join("data_batch_1.bin"), vec![1u8; 5000]).unwrap();
+    fails_with(
+        &trainer(&[
+            "train",
+            "--dataset",
+            &format!("cifar10:{}", cf.display()),
+            "--out",
+            run_out.to_str().unwrap(),
+        ]),
+        "not a whole number of CIFAR-10 records",
+    );
+    // A non-image in an image folder.
+    let folder = out.join("folder");
+    std::fs::create_dir_all(folder.join("a")).unwrap();
+    std::fs::write(folder.join("a/x.png"), b"not a png").unwrap();
+    fails_with(
+        &trainer(&[
+            "train",
+            "--dataset",
+            &format!("folder:{}", folder.display()),
+            "--out",
+            run_out.to_str().unwrap(),
+        ]),
+        "x.png: not a readable PNG/JPEG image",
+    );
+    assert!(!run_out.exists(), "no partial output");
+}
+
+#[test]
+fn bad_flags() {
+    let out = tmp("flags");
+    let r = out.join("r");
+    fails_with(
+        &trainer(&["train", "--steps", "0", "--out", r.to_str().unwrap()]),
+        "steps",
+    );
+    fails_with(
+        &trainer(&["train", "--lr=-1", "--out", r.to_str().unwrap()]),
+        "lr",
+    );
+    fails_with(
+        &trainer(&[
+            "train",
+            "--base-channels",
+            "24",
+            "--out",
+            r.to_str().unwrap(),
+        ]),
+        "norm_groups = 32 does not divide",
+    );
+    assert!(!r.exists());
+    let w = run().join("ema.safetensors");
+    let png = out.join("x.png");
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--class",
+            "12",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "--class 12 is out of range",
+    );
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--steps",
+            "0",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "num_inference_steps = 0",
+    );
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--eta",
+            "2",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "eta = 2",
+    );
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            "/nonexistent/m.safetensors",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "/nonexistent/m.json",
+    );
+    assert!(!png.exists());
+}
+
+#[test]
+fn bad_weights_and_checkpoints() {
+    let out = tmp("weights");
+    let run = run();
+    // Weights of another config: the config says 64 base channels.
+    let w = out.join("other.safetensors");
+    std::fs::copy(run.join("ema.safetensors"), &w).unwrap();
+    let cfg = std::fs::read_to_string(run.join("ema.json"))
+        .unwrap()
+        .replace("\"base_channels\": 32", "\"base_channels\": 64");
+    std::fs::write(out.join("other.json"), cfg).unwrap();
+    let png = out.join("x.png");
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "Shape mismatch for '",
+    );
+    // A truncated weights file.
+    let t = out.join("trunc.safetensors");
+    let bytes = std::fs::read(run.join("ema.safetensors")).unwrap();
+    std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::copy(run.join("ema.json"), out.join("trunc.json")).unwrap();
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            t.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "trunc.safetensors",
+    );
+    assert!(!png.exists());
+    // A truncated checkpoint.
+    let ck = out.join("ck");
+    let src = run.join("checkpoints/step-00000004");
+    std::fs::create_dir_all(&ck).unwrap();
+    for f in ["state.json", "ema.bpk", "optim.bpk"] {
+        std::fs::copy(src.join(f), ck.join(f)).unwrap();
+    }
+    let model = std::fs::read(src.join("model.bpk")).unwrap();
+    std::fs::write(ck.join("model.bpk"), &model[..model.len() / 2]).unwrap();
+    fails_with(
+        &trainer(&[
+            "train",
+            "--resume",
+            ck.to_str().unwrap(),
+            "--steps",
+            "6",
+            "--out",
+            out.join("r2").to_str().unwrap(),
+        ]),
+        "model.bpk",
+    );
+    fails_with(
+        &trainer(&[
+            "export",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--out",
+            out.join("e.safetensors").to_str().unwrap(),
+        ]),
+        "model.bpk",
+    );
+    fails_with(
+        &trainer(&[
+            "train",
+            "--resume",
+            out.join("nothing").to_str().unwrap(),
+            "--out",
+            out.join("r3").to_str().unwrap(),
+        ]),
+        "no checkpoint here",
+    );
+}
