@@ -44,6 +44,31 @@ enum Command {
     Forward(ForwardArgs),
     /// Export a checkpoint's EMA weights as safetensors + config JSON.
     Export(ExportArgs),
+    /// Serve the HTTP sampling API and the browser page.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Weights file (`NAME.safetensors`, with `NAME.json` beside it); also served at
+    /// `/weights/`.
+    #[arg(long, default_value = "weights/mnist.safetensors")]
+    weights: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Sampling worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Requests that may wait for a worker; beyond that the answer is 503 + Retry-After.
+    #[arg(long, default_value_t = 4)]
+    queue: usize,
+    /// Per-request time limit in seconds (queueing + sampling); past it the answer is 504.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Directory served at `/` (with `index.html` and `pkg/`).
+    #[arg(long, default_value = ".")]
+    static_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -264,6 +289,10 @@ struct SampleArgs {
     /// Pixel scale of the PNG.
     #[arg(long, default_value_t = 2)]
     scale: u32,
+    /// Grey padding between grid cells, pixels (`--num 1 --scale 1 --pad 0` writes the bare
+    /// image, byte-identical to the HTTP service's PNG).
+    #[arg(long, default_value_t = 2)]
+    pad: u32,
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -350,6 +379,17 @@ impl TrainObserver for Bar {
                 .map_or(m.img_per_s, |r| 0.9 * r + 0.1 * m.img_per_s),
         );
         self.bar.set_position(m.step + 1);
+        if self.bar.is_hidden() && (m.step + 1) % 50 == 0 {
+            // No terminal (a log file): a plain line now and then instead of the bar.
+            eprintln!(
+                "step {}/{}  loss {:.4}  lr {:.2e}  {:.1} img/s",
+                m.step + 1,
+                self.bar.length().unwrap_or(0),
+                self.smoothed.unwrap_or(f64::NAN),
+                m.lr,
+                self.rate.unwrap_or(0.0)
+            );
+        }
         self.bar.set_message(format!(
             "loss {:.4}  lr {:.2e}  {:.1} img/s{}",
             self.smoothed.unwrap_or(f64::NAN),
@@ -522,7 +562,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             |_| {},
         )?
     };
-    save_png(&a.out, &grid(&values, shape, cols, 2, a.scale.max(1)))?;
+    save_png(&a.out, &grid(&values, shape, cols, a.pad, a.scale.max(1)))?;
     if let Some(npy) = &a.npy {
         save_npy(npy, &values, &shape)?;
     }
@@ -629,6 +669,37 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    if a.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = server::ServeConfig {
+        weights: a.weights,
+        workers: a.workers,
+        queue: a.queue,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        static_dir: a.static_dir,
+    };
+    let state = server::state(&config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        server::serve(listener, state, server::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -637,6 +708,7 @@ fn main() {
         Command::Schedule(a) => cmd_schedule(a),
         Command::Forward(a) => cmd_forward(a),
         Command::Export(a) => cmd_export(a),
+        Command::Serve(a) => cmd_serve(a),
     };
     if let Err(e) = result {
         // One line: the outermost context and its causes.

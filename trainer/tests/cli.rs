@@ -381,3 +381,78 @@ fn bad_weights_and_checkpoints() {
         "no checkpoint here",
     );
 }
+
+#[test]
+fn serve_png_is_byte_identical_to_sample_and_sigterm_is_graceful() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let w = run().join("ema.safetensors");
+    let out = tmp("serve");
+    let png = out.join("one.png");
+    ok(&trainer(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--class",
+        "3",
+        "--num",
+        "1",
+        "--seed",
+        "7",
+        "--steps",
+        "5",
+        "--guidance",
+        "2",
+        "--scale",
+        "1",
+        "--pad",
+        "0",
+        "--out",
+        png.to_str().unwrap(),
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "serve",
+            "--weights",
+            w.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.to_string();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /v1/generate.png?class_label=3&seed=7&num_inference_steps=5&guidance_scale=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..split])
+    );
+    assert_eq!(
+        &raw[split + 4..],
+        std::fs::read(&png).unwrap().as_slice(),
+        "byte-identical PNG"
+    );
+    // SIGTERM: a clean exit.
+    send_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Sends SIGTERM with the `kill` command (no libc dependency).
+fn send_sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

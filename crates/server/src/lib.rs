@@ -1,0 +1,116 @@
+#![warn(missing_docs)]
+//! The HTTP sampling service.
+//!
+//! `POST /v1/generate` (JSON in, base64 PNGs out), `GET /v1/generate.png`, `GET /healthz`,
+//! `GET /metrics` (Prometheus), `GET /openapi.json` (generated with utoipa), and the browser
+//! page (`/`, `/pkg/*`, `/weights/*`). Sampling runs on a fixed pool of worker threads behind a
+//! bounded queue (503 with `Retry-After` past it) with a per-request time limit; bad input is a
+//! 4xx `{"error": "..."}` naming the field; shutdown lets in-flight requests finish.
+
+pub mod api;
+pub mod app;
+pub mod metrics;
+pub mod worker;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diffusion::ModelConfig;
+
+use crate::app::{router, AppState};
+use crate::metrics::Metrics;
+use crate::worker::Pool;
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Weights (`NAME.safetensors`, with `NAME.json` beside it).
+    pub weights: PathBuf,
+    /// Sampling worker threads.
+    pub workers: usize,
+    /// Jobs that may wait for a worker; more get 503.
+    pub queue: usize,
+    /// Per-request time limit.
+    pub timeout: Duration,
+    /// Directory served at `/` (holds `index.html` and `pkg/`).
+    pub static_dir: PathBuf,
+}
+
+/// Errors starting the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad weights or config.
+    #[error(transparent)]
+    Model(#[from] diffusion::Error),
+    /// Socket errors.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the model and builds the shared state (the worker pool starts here).
+pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
+    let model_config = ModelConfig::load(&diffusion::weights::config_path(&config.weights))?;
+    let bytes = std::fs::read(&config.weights).map_err(|source| diffusion::Error::Io {
+        path: config.weights.display().to_string(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let pool = Pool::start(
+        model_config.clone(),
+        Arc::new(bytes),
+        config.workers,
+        config.queue,
+        metrics.queue_depth.clone(),
+        metrics.in_progress.clone(),
+    )?;
+    let weights_dir = config
+        .weights
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    Ok(Arc::new(AppState {
+        config: model_config,
+        pool,
+        metrics,
+        timeout: config.timeout,
+        static_dir: config.static_dir.clone(),
+        weights_dir,
+    }))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,355 @@
+//! The service over real HTTP on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use burn::tensor::Device;
+use diffusion::sampler::SamplerSettings;
+use diffusion::weights::save_model;
+use diffusion::{ModelConfig, UNetConfig};
+use server::{serve, state, ServeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A tiny random model (8×8 grey, 3 classes) saved once per test binary.
+fn weights() -> PathBuf {
+    static W: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("server-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), "<!doctype html><title>t</title>").unwrap();
+        let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![4])
+            .with_num_res_blocks(1)
+            .with_num_classes(Some(3));
+        let cfg = ModelConfig::new(unet);
+        let model = cfg.unet.init(&Device::flex()).unwrap().randomize(1, 0.05);
+        let path = dir.join("tiny.safetensors");
+        save_model(&model, &cfg, &path, false).unwrap();
+        path
+    })
+    .clone()
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(workers: usize, queue: usize, timeout: Duration) -> Running {
+    let w = weights();
+    let cfg = ServeConfig {
+        weights: w.clone(),
+        workers,
+        queue,
+        timeout,
+        static_dir: w.parent().unwrap().to_path_buf(),
+    };
+    let st = state(&cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(serve(listener, st, async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A minimal HTTP/1.1 client (Connection: close, read to EOF).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = headers[9..12].parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 4 + n..];
+    }
+}
+
+async fn post(addr: std::net::SocketAddr, json: &str) -> Reply {
+    http(
+        addr,
+        "POST",
+        "/v1/generate",
+        Some("application/json"),
+        json.as_bytes(),
+    )
+    .await
+}
+
+fn png_dims(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_is_reproducible_and_equals_the_library() {
+    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let body = r#"{"class_label": 1, "guidance_scale": 2.5, "sampler": "ddim", "num_inference_steps": 20, "eta": 0.0, "seed": 42, "num_images": 2}"#;
+    let a = post(srv.addr, body).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let b = post(srv.addr, body).await;
+    let (ja, jb) = (a.json(), b.json());
+    assert_eq!(ja["images"], jb["images"], "same seed ⇒ identical bytes");
+    assert_eq!(ja["seed"], 42);
+    assert_eq!(ja["class_label"], 1);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pngs: Vec<Vec<u8>> = ja["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| b64.decode(s.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(pngs.len(), 2);
+    assert_eq!(png_dims(&pngs[0]), (8, 8));
+    // The same bytes as the library path used by `trainer sample --num 2 --pad 0 --scale 1`.
+    let (model, cfg) = diffusion::weights::load_model(&weights(), &Device::flex()).unwrap();
+    let settings = SamplerSettings {
+        num_inference_steps: 20,
+        ..Default::default()
+    };
+    let (values, _) = training::generate::generate(
+        &model,
+        &cfg,
+        &settings,
+        vec![Some(1); 2],
+        2.5,
+        42,
+        &Device::flex(),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(pngs[0], server::worker::image_png(&values[..64], [1, 8, 8]));
+    assert_eq!(pngs[1], server::worker::image_png(&values[64..], [1, 8, 8]));
+    // A null seed is replaced by a random one, which is returned.
+    let r = post(
+        srv.addr,
+        r#"{"class_label": null, "num_inference_steps": 5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["seed"].as_u64().is_some());
+    // The PNG route.
+    let p = http(
+        srv.addr,
+        "GET",
+        "/v1/generate.png?class_label=2&seed=3&num_inference_steps=5",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    assert!(p
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: image/png"));
+    assert_eq!(png_dims(&p.body), (8, 8));
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_get_4xx_naming_the_problem() {
+    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            r#"{"class_label": 1, "colour": "red"}"#,
+            400,
+            "unknown field `colour`",
+        ),
+        (r#"{"class_label": "one"}"#, 400, "class_label"),
+        (r#"{"guidance_scale": "high"}"#, 400, "guidance_scale"),
+        (r#"{"num_images": -1}"#, 400, "num_images"),
+        (r#"{"guidance_scale": 1e999}"#, 400, "guidance_scale"),
+        (
+            r#"{"class_label": 3}"#,
+            422,
+            "class_label: 3 is out of range 0..=2",
+        ),
+        (r#"{"guidance_scale": 30.5}"#, 422, "guidance_scale"),
+        (r#"{"guidance_scale": -0.5}"#, 422, "guidance_scale"),
+        (r#"{"num_inference_steps": 0}"#, 422, "num_inference_steps"),
+        (
+            r#"{"num_inference_steps": 1001}"#,
+            422,
+            "num_inference_steps",
+        ),
+        (r#"{"eta": 1.5}"#, 422, "eta"),
+        (r#"{"num_images": 17}"#, 422, "num_images"),
+        (r#"{"num_images": 0}"#, 422, "num_images"),
+        (r#"{"class_label": 1"#, 400, "invalid request"),
+        (r#"[1, 2]"#, 400, "invalid request"),
+    ];
+    for (body, status, needle) in cases {
+        let r = post(srv.addr, body).await;
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(r.status, *status, "{body} → {msg}");
+        assert!(msg.contains(needle), "{body}: `{msg}` lacks `{needle}`");
+    }
+    let r = http(srv.addr, "POST", "/v1/generate", Some("text/plain"), b"{}").await;
+    assert_eq!(r.status, 415);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("application/json"));
+    let big = format!(r#"{{"class_label": 1, "pad": "{}"}}"#, "x".repeat(20_000));
+    let r = post(srv.addr, &big).await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].as_str().unwrap().contains("16384"));
+    let r = http(srv.addr, "GET", "/v1/generate.png?class_label=x", None, b"").await;
+    assert_eq!(r.status, 400);
+    let r = http(srv.addr, "GET", "/nope", None, b"").await;
+    assert_eq!(r.status, 404);
+    // Observability routes.
+    let h = http(srv.addr, "GET", "/healthz", None, b"").await;
+    assert_eq!((h.status, h.body.as_slice()), (200, b"ok".as_slice()));
+    let m = String::from_utf8(http(srv.addr, "GET", "/metrics", None, b"").await.body).unwrap();
+    assert!(
+        m.contains("http_requests_total{route=\"/v1/generate\",status=\"422\"}"),
+        "{m}"
+    );
+    assert!(m.contains("sampler_queue_depth"));
+    let o = http(srv.addr, "GET", "/openapi.json", None, b"")
+        .await
+        .json();
+    assert!(o["paths"]["/v1/generate"]["post"].is_object());
+    assert!(
+        o["components"]["schemas"]["GenerateRequest"]["properties"]["guidance_scale"].is_object()
+    );
+    let i = http(srv.addr, "GET", "/", None, b"").await;
+    assert_eq!(i.status, 200);
+    assert!(String::from_utf8_lossy(&i.body).contains("<title>t</title>"));
+    let w = http(srv.addr, "GET", "/weights/tiny.json", None, b"").await;
+    assert_eq!(w.status, 200);
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_queue_answers_every_request_with_200_or_503() {
+    let srv = Arc::new(start(1, 4, Duration::from_secs(60)).await);
+    let started = Instant::now();
+    let body = r#"{"class_label": 0, "num_inference_steps": 100, "seed": 1}"#;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let addr = srv.addr;
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(60), post(addr, body)).await
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap().expect("no request hangs");
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert!(r.headers.to_ascii_lowercase().contains("retry-after: 1"));
+                busy += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(ok + busy, 32);
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    assert!(
+        ok <= 1 + 4 + 8,
+        "at most worker + queue (+ requests arriving after others finished): {ok}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limit_gives_504() {
+    let mut srv = start(1, 4, Duration::from_millis(1)).await;
+    let r = post(
+        srv.addr,
+        r#"{"class_label": 0, "num_inference_steps": 500}"#,
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert!(r.json()["error"].as_str().unwrap().contains("limit"));
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let addr = srv.addr;
+    let body = r#"{"class_label": 2, "num_inference_steps": 200, "seed": 5}"#;
+    let inflight: Vec<_> = (0..2).map(|_| tokio::spawn(post(addr, body))).collect();
+    // Wait until both are accepted (one sampling, one queued), then shut down.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    srv.stop.take().unwrap().send(()).unwrap();
+    for t in inflight {
+        assert_eq!(t.await.unwrap().status, 200, "in-flight request completed");
+    }
+    srv.done.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
