@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project. This is the README's test command and what CI runs.
 #
-# Installs what is missing (and only that): the wasm32 Rust target and Debian's
-# Fashion-MNIST package. Builds go to $CARGO_TARGET_DIR (default ~/.cache/rust-ddpm/target,
+# Installs what is missing (and only that): the wasm32 Rust target, the pinned
+# wasm-bindgen-cli, Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
+# playwright-core (npm) that drives Debian's Chromium. Builds go to $CARGO_TARGET_DIR (default ~/.cache/rust-ddpm/target,
 # outside the clone) so warm runs are quick. One profile (release) for everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +15,28 @@ step "tools"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null || echo "warning: dataset-fashion-mnist not installed; its test will say skipped"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
 
 step "native tests (release profile)"
 cargo test --release --workspace
 
-step "shared crate for wasm32 + WebGPU"
-cargo build --release --target wasm32-unknown-unknown -p diffusion --features webgpu,flex
+step "browser package (web crate → wasm32 + WebGPU/flex → pkg/)"
+./web/build.sh
+
+step "browser vs native golden samples (WebGPU and CPU-wasm in headless Chromium)"
+node tests/e2e/golden.test.mjs "$CARGO_TARGET_DIR/release/trainer"
+
+step "end-to-end page test (index.html served by trainer serve)"
+node tests/e2e/page.test.mjs "$CARGO_TARGET_DIR/release/trainer"
 
 step "all tests passed"

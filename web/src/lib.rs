@@ -1,1 +1,235 @@
+//! Browser bindings for the shared `diffusion` crate: a [`Sampler`] created from weight bytes
+//! and config JSON on WebGPU (Burn's wgpu backend pinned to WebGPU) or on the CPU (Burn's flex
+//! backend compiled to wasm). The math is the shared crate's; this file only converts between
+//! JavaScript and Rust and reads tensors back asynchronously (synchronous reads panic on
+//! WebGPU).
+#![cfg(target_arch = "wasm32")]
 
+use burn::tensor::{Device, Tensor};
+use diffusion::pixels::to_rgba;
+use diffusion::sampler::{SamplerKind, SamplerSettings};
+use diffusion::weights::load_model_from_bytes;
+use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+/// Sampling options from JavaScript (camelCase).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SampleOptions {
+    /// Class, or null/absent for unconditional.
+    #[serde(default)]
+    class_label: Option<usize>,
+    /// Guidance scale w (1 = conditional, 0 = unconditional).
+    #[serde(default = "three")]
+    guidance_scale: f64,
+    /// Denoising steps.
+    #[serde(default = "fifty")]
+    steps: usize,
+    /// DDIM η.
+    #[serde(default)]
+    eta: f64,
+    /// Seed (a JS number: integers up to 2^53 are exact).
+    #[serde(default)]
+    seed: f64,
+    /// "ddim" or "ddpm".
+    #[serde(default = "ddim")]
+    sampler: String,
+}
+
+fn three() -> f64 {
+    3.0
+}
+fn fifty() -> usize {
+    50
+}
+fn ddim() -> String {
+    "ddim".into()
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+async fn read(t: Tensor<4>) -> Result<Vec<f32>, JsError> {
+    let data = t.into_data_async().await.map_err(js_err)?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| js_err(format!("{e:?}")))
+}
+
+/// A loaded model, ready to sample.
+#[wasm_bindgen]
+pub struct Sampler {
+    model: UNet,
+    config: ModelConfig,
+    device: Device,
+    backend: String,
+}
+
+#[wasm_bindgen]
+impl Sampler {
+    /// Loads safetensors `weights` (f32 or f16) with their `config_json` on `backend`:
+    /// `"webgpu"` or `"cpu"`.
+    pub async fn create(
+        weights: Vec<u8>,
+        config_json: String,
+        backend: String,
+    ) -> Result<Sampler, JsError> {
+        console_error_panic_hook::set_once();
+        let config = ModelConfig::from_json(&config_json, "config").map_err(js_err)?;
+        let device = match backend.as_str() {
+            "webgpu" => Device::wgpu_options()
+                .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
+                .init_async()
+                .await
+                .map_err(|e| js_err(format!("WebGPU is not available: {e}")))?,
+            "cpu" => Device::flex(),
+            other => {
+                return Err(js_err(format!(
+                    "unknown backend `{other}` (expected webgpu or cpu)"
+                )))
+            }
+        };
+        let model = load_model_from_bytes(&config, weights, "weights", &device).map_err(js_err)?;
+        Ok(Sampler {
+            model,
+            config,
+            device,
+            backend,
+        })
+    }
+
+    /// The backend in use (`webgpu` or `cpu`).
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    /// Image height and width.
+    #[wasm_bindgen(getter, js_name = imageSize)]
+    pub fn image_size(&self) -> usize {
+        self.config.unet.resolution
+    }
+
+    /// Number of classes (0 for an unconditional model).
+    #[wasm_bindgen(getter, js_name = numClasses)]
+    pub fn num_classes(&self) -> usize {
+        self.config.unet.num_classes.unwrap_or(0)
+    }
+
+    /// The inference timesteps a sampler setting visits (to compare with native ones).
+    pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<u32>, JsError> {
+        let settings = SamplerSettings {
+            sampler: SamplerKind::from_name(sampler).map_err(js_err)?,
+            num_inference_steps: steps,
+            eta: 0.0,
+        };
+        let schedule = self.config.schedule.build().map_err(js_err)?;
+        let s = settings
+            .scheduler(&schedule, self.config.prediction_type)
+            .map_err(js_err)?;
+        Ok(s.timesteps().iter().map(|&t| t as u32).collect())
+    }
+
+    /// ᾱ_t of the model's schedule, computed in the browser (to compare with native ones).
+    #[wasm_bindgen(js_name = alphasCumprod)]
+    pub fn alphas_cumprod(&self) -> Result<Vec<f64>, JsError> {
+        Ok(self.config.schedule.build().map_err(js_err)?.alphas_cumprod)
+    }
+
+    /// Samples one image. `options`: `{classLabel, guidanceScale, steps, eta, seed, sampler}`.
+    /// `onProgress(step, total, previewRgba)` is called after each step with x̂₀ as RGBA.
+    /// Returns `{pixels: Uint8ClampedArray (RGBA), values: Float32Array, width, height,
+    /// totalMs, firstStepMs, perStepMs, backend}`.
+    pub async fn sample(
+        &self,
+        options: JsValue,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<JsValue, JsError> {
+        let o: SampleOptions = serde_wasm_bindgen::from_value(options).map_err(js_err)?;
+        if !(o.seed.is_finite()
+            && o.seed >= 0.0
+            && o.seed.fract() == 0.0
+            && o.seed <= 9007199254740991.0)
+        {
+            return Err(js_err(format!(
+                "seed {} must be a whole number in 0..=2^53-1",
+                o.seed
+            )));
+        }
+        let settings = SamplerSettings {
+            sampler: SamplerKind::from_name(&o.sampler).map_err(js_err)?,
+            num_inference_steps: o.steps,
+            eta: o.eta,
+        };
+        let schedule = self.config.schedule.build().map_err(js_err)?;
+        let scheduler = settings
+            .scheduler(&schedule, self.config.prediction_type)
+            .map_err(js_err)?;
+        let u = &self.config.unet;
+        let shape = [u.in_channels, u.resolution, u.resolution];
+        let request = SampleRequest {
+            image_shape: shape,
+            class_labels: vec![o.class_label],
+            guidance_scale: o.guidance_scale,
+            seed: o.seed as u64,
+        };
+        let started = now_ms();
+        let mut first_step_ms = 0.0;
+        let mut sampling =
+            Sampling::new(&self.model, &scheduler, &request, &self.device).map_err(js_err)?;
+        while let Some(out) = sampling.step() {
+            if let Some(cb) = &on_progress {
+                let x0 = read(out.pred_original_sample).await?;
+                let rgba = to_rgba(&x0, [1, shape[0], shape[1], shape[2]]);
+                let preview = js_sys::Uint8ClampedArray::from(rgba.as_slice());
+                cb.call3(
+                    &JsValue::NULL,
+                    &(out.step_index as u32).into(),
+                    &(out.num_steps as u32).into(),
+                    &preview,
+                )
+                .map_err(|e| js_err(format!("onProgress threw: {e:?}")))?;
+            }
+            if out.step_index == 0 {
+                if on_progress.is_none() {
+                    // Make the first-step time honest: wait for the device.
+                    read(sampling.sample().clone()).await?;
+                }
+                first_step_ms = now_ms() - started;
+            }
+        }
+        let values = read(sampling.sample().clone()).await?;
+        let total_ms = now_ms() - started;
+        let steps = scheduler.timesteps().len();
+        let rgba = to_rgba(&values, [1, shape[0], shape[1], shape[2]]);
+        let result = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &k.into(), &v).map(|_| ());
+        set(
+            "pixels",
+            js_sys::Uint8ClampedArray::from(rgba.as_slice()).into(),
+        )
+        .map_err(|_| js_err("reflect"))?;
+        set(
+            "values",
+            js_sys::Float32Array::from(values.as_slice()).into(),
+        )
+        .map_err(|_| js_err("reflect"))?;
+        set("width", (shape[2] as u32).into()).map_err(|_| js_err("reflect"))?;
+        set("height", (shape[1] as u32).into()).map_err(|_| js_err("reflect"))?;
+        set("totalMs", total_ms.into()).map_err(|_| js_err("reflect"))?;
+        set("firstStepMs", first_step_ms.into()).map_err(|_| js_err("reflect"))?;
+        set(
+            "perStepMs",
+            ((total_ms - first_step_ms) / (steps.max(2) - 1) as f64).into(),
+        )
+        .map_err(|_| js_err("reflect"))?;
+        set("backend", self.backend.clone().into()).map_err(|_| js_err("reflect"))?;
+        Ok(result.into())
+    }
+}

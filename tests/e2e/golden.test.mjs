@@ -1,0 +1,83 @@
+// Browser vs native, in headless Chromium: the wasm package (pkg/) samples the shipped weights
+// on WebGPU (SwiftShader here) and on the CPU (flex compiled to wasm) for three
+// (class, guidance, seed) cases and must match the native golden samples made by
+// tests/make-golden.sh within max |Δ| ≤ 2/255 per pixel; ᾱ and the DDIM timesteps computed in
+// the browser must equal the native ones exactly. Prints timings for the README/notes.
+//
+// Usage: node tests/e2e/golden.test.mjs <trainer binary> [backends, default "cpu,webgpu"]
+import { readFileSync } from "node:fs";
+import { startServer, launch } from "./harness.mjs";
+
+const [trainer, backendList = "cpu,webgpu"] = process.argv.slice(2);
+const backends = backendList.split(",");
+
+function npyValues(path) {
+  const b = readFileSync(path);
+  const hlen = b.readUInt16LE(8);
+  const body = b.subarray(10 + hlen);
+  return Array.from(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length)));
+}
+const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
+
+const cases = [
+  { classLabel: 3, guidanceScale: 3, seed: 0, steps: 20, file: "case-3-w3-s0-n20.npy" },
+  { classLabel: 7, guidanceScale: 1, seed: 42, steps: 20, file: "case-7-w1-s42-n20.npy" },
+  { classLabel: null, guidanceScale: 0, seed: 7, steps: 20, file: "case-none-w0-s7-n20.npy" },
+  // 50 steps on SwiftShader's WebGPU costs minutes on 2 cores: CPU-wasm and the page test only.
+  { classLabel: 5, guidanceScale: 3, seed: 123, steps: 50, file: "case-5-w3-s123-n50.npy", cpuOnly: true },
+].map((c) => ({ ...c, golden: npyValues(`tests/golden/${c.file}`) }));
+const casesFor = (backend) => cases.filter((c) => !(c.cpuOnly && backend !== "cpu"));
+const nativeAlphas = readFileSync("tests/golden/schedule-linear-1000.csv", "utf8")
+  .trim().split("\n").slice(1).map((l) => Number(l.split(",")[3]));
+
+const server = await startServer(trainer);
+const browser = await launch();
+let failures = 0;
+const fail = (msg) => { console.error(`FAIL: ${msg}`); failures++; };
+try {
+  const page = await browser.newPage();
+  page.on("console", (m) => console.log(`[page] ${m.text()}`));
+  await page.goto(`${server.addr}/healthz`);
+  for (const backend of backends) {
+    const result = await page.evaluate(async ({ backend, cases }) => {
+      const m = await import("/pkg/web.js");
+      await m.default();
+      const weights = new Uint8Array(await (await fetch("/weights/mnist.safetensors")).arrayBuffer());
+      const config = await (await fetch("/weights/mnist.json")).text();
+      const t0 = performance.now();
+      const s = await m.Sampler.create(weights, config, backend);
+      const createMs = performance.now() - t0;
+      const out = [];
+      for (const c of cases) {
+        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, steps: c.steps }, null);
+        out.push({ values: Array.from(r.values), pixels: Array.from(r.pixels), totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
+      }
+      return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)) };
+    }, { backend, cases: casesFor(backend).map(({ golden, ...c }) => c) });
+    console.log(`${backend}: model created in ${result.createMs.toFixed(0)} ms`);
+    casesFor(backend).forEach((c, i) => {
+      const r = result.out[i];
+      let maxPx = 0, maxVal = 0;
+      c.golden.forEach((g, j) => {
+        maxPx = Math.max(maxPx, Math.abs(r.pixels[4 * j] - toU8(g)));
+        maxVal = Math.max(maxVal, Math.abs(r.values[j] - g));
+      });
+      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} steps ${c.steps}: ` +
+        `max |Δpixel| ${maxPx}/255, max |Δvalue| ${maxVal.toExponential(2)}; ` +
+        `total ${r.totalMs.toFixed(0)} ms, first step ${r.firstStepMs.toFixed(0)} ms, ${r.perStepMs.toFixed(1)} ms/step`);
+      if (r.values.length !== c.golden.length || maxPx > 2) fail(`${backend} case ${c.file}: max pixel difference ${maxPx}`);
+    });
+    const badT = nativeAlphas.findIndex((a, t) => a !== result.alphas[t]);
+    if (result.alphas.length !== 1000 || badT >= 0) fail(`${backend}: ᾱ differs from native at t = ${badT}`);
+    if (JSON.stringify(result.ts5) !== JSON.stringify([800, 600, 400, 200, 0])) fail(`timesteps(5) = ${result.ts5}`);
+    const expect50 = Array.from({ length: 50 }, (_, i) => 980 - 20 * i);
+    if (JSON.stringify(result.ts50) !== JSON.stringify(expect50)) fail(`timesteps(50) = ${result.ts50}`);
+  }
+} catch (e) {
+  fail(e.message);
+} finally {
+  await browser.close();
+  server.stop();
+}
+console.log(failures ? `golden test: ${failures} failure(s)` : "golden test passed");
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,60 @@
+// End-to-end: `trainer serve` serves index.html, pkg/ and the weights on 127.0.0.1; headless
+// Chromium opens the page, picks a class and seed, clicks Generate, and the canvas pixels must
+// match the native golden sample (max |Δ| ≤ 2/255).
+//
+// Usage: node tests/e2e/page.test.mjs <trainer binary> [backend]
+import { readFileSync } from "node:fs";
+import { startServer, launch } from "./harness.mjs";
+
+// The backend defaults to the CPU here (the golden test covers WebGPU; SwiftShader takes
+// minutes for 50 steps); pass "webgpu" or "auto" to choose.
+const [trainer, backendArg = "cpu"] = process.argv.slice(2);
+const backend = backendArg === "auto" ? "" : backendArg;
+const golden = "tests/golden/case-5-w3-s123-n50.npy";
+
+function npyValues(path) {
+  const b = readFileSync(path);
+  const hlen = b.readUInt16LE(8);
+  const body = b.subarray(10 + hlen);
+  return new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length));
+}
+const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
+
+const server = await startServer(trainer);
+const browser = await launch();
+let failed = false;
+try {
+  const page = await browser.newPage();
+  page.on("console", (m) => console.log(`[page] ${m.text()}`));
+  await page.goto(`${server.addr}/${backend ? `?backend=${backend}` : ""}`);
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  if (await page.evaluate(() => document.body.dataset.ready) !== "1") {
+    throw new Error(`page failed to load: ${await page.textContent("#status")}`);
+  }
+  await page.selectOption("#class", "5");
+  await page.fill("#seed", "123");
+  await page.fill("#steps", "50");
+  await page.evaluate(() => { const g = document.getElementById("guidance"); g.value = "3"; g.dispatchEvent(new Event("input")); });
+  await page.click("#generate");
+  await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 900_000 });
+  const statusText = await page.textContent("#status");
+  console.log(statusText);
+  if (await page.evaluate(() => document.body.dataset.done) !== "1") throw new Error(statusText);
+  const pixels = await page.evaluate(() => {
+    const c = document.getElementById("final");
+    return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data);
+  });
+  const expected = npyValues(golden);
+  let maxDiff = 0;
+  for (let i = 0; i < expected.length; i++) maxDiff = Math.max(maxDiff, Math.abs(pixels[4 * i] - toU8(expected[i])));
+  console.log(`page canvas vs native golden: max |Δ| = ${maxDiff}/255 over ${expected.length} pixels`);
+  if (pixels.length !== 4 * expected.length || maxDiff > 2) throw new Error(`canvas differs from the golden image (max |Δ| ${maxDiff})`);
+  console.log("page test passed");
+} catch (e) {
+  console.error(`page test FAILED: ${e.message}`);
+  failed = true;
+} finally {
+  await browser.close();
+  server.stop();
+}
+process.exit(failed ? 1 : 0);
