@@ -154,6 +154,30 @@ struct TrainArgs {
     max_nonfinite: u32,
 }
 
+/// The noise schedule.
+#[derive(Args)]
+struct ScheduleFlags {
+    /// Noise schedule: `linear`, `cosine` or `sigmoid`.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// Diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    timesteps: usize,
+    /// Rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction).
+    #[arg(long)]
+    zero_terminal_snr: bool,
+}
+
+impl ScheduleFlags {
+    /// The validated config of schedule `name` with these T and rescaling settings.
+    fn config(&self, name: &str) -> Result<NoiseScheduleConfig> {
+        let mut cfg = NoiseScheduleConfig::new(BetaSchedule::from_name(name)?, self.timesteps);
+        cfg.rescale_zero_terminal_snr = self.zero_terminal_snr;
+        cfg.build()?;
+        Ok(cfg)
+    }
+}
+
 /// Model settings; image size, channels and classes come from the dataset.
 #[derive(Args)]
 struct ModelArgs {
@@ -184,15 +208,8 @@ struct ModelArgs {
     /// Train an unconditional model (no class labels, no guidance).
     #[arg(long)]
     unconditional: bool,
-    /// Noise schedule: `linear`, `cosine` or `sigmoid`.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
-    /// Diffusion steps T.
-    #[arg(long, default_value_t = 1000)]
-    timesteps: usize,
-    /// Rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction).
-    #[arg(long)]
-    zero_terminal_snr: bool,
+    #[command(flatten)]
+    schedule: ScheduleFlags,
     /// What the network predicts: `epsilon` or `v_prediction`.
     #[arg(long, default_value = "epsilon")]
     prediction_type: String,
@@ -236,12 +253,9 @@ impl ModelArgs {
                 other => bail!("unknown --time-mode `{other}` (expected film or add)"),
             };
         }
-        let mut schedule =
-            NoiseScheduleConfig::new(BetaSchedule::from_name(&self.schedule)?, self.timesteps);
-        schedule.rescale_zero_terminal_snr = self.zero_terminal_snr;
         let cfg = ModelConfig {
             unet: u,
-            schedule,
+            schedule: self.schedule.config(&self.schedule.schedule)?,
             prediction_type: PredictionType::from_name(&self.prediction_type)?,
         };
         cfg.unet.validate()?;
@@ -300,15 +314,8 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct ScheduleArgs {
-    /// `linear`, `cosine` or `sigmoid`.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
-    /// Diffusion steps T.
-    #[arg(long, default_value_t = 1000)]
-    timesteps: usize,
-    /// Rescale to zero terminal SNR.
-    #[arg(long)]
-    zero_terminal_snr: bool,
+    #[command(flatten)]
+    schedule: ScheduleFlags,
     /// Write the table as CSV (t, beta, alpha, alpha_cumprod, sqrt_alpha_cumprod,
     /// sqrt_one_minus_alpha_cumprod, snr).
     #[arg(long)]
@@ -329,12 +336,8 @@ struct ForwardArgs {
     /// Timesteps to show, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0,100,250,500,999")]
     t: Vec<usize>,
-    /// Noise schedule.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
-    /// Diffusion steps T.
-    #[arg(long, default_value_t = 1000)]
-    timesteps: usize,
+    #[command(flatten)]
+    schedule: ScheduleFlags,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -576,9 +579,8 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
 }
 
 fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
-    let mut cfg = NoiseScheduleConfig::new(BetaSchedule::from_name(&a.schedule)?, a.timesteps);
-    cfg.rescale_zero_terminal_snr = a.zero_terminal_snr;
-    let s = cfg.build()?;
+    let name = a.schedule.schedule.clone();
+    let s = a.schedule.config(&name)?.build()?;
     let csv = training::plot::schedule_csv(&s);
     match &a.csv {
         Some(p) => {
@@ -589,21 +591,19 @@ fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
         None => {}
     }
     if let Some(p) = &a.plot {
-        let mut names = vec![a.schedule.clone()];
+        let mut names = vec![name.clone()];
         names.extend(
             ["linear", "cosine", "sigmoid"]
                 .iter()
-                .filter(|n| **n != a.schedule)
+                .filter(|n| **n != name)
                 .map(|n| n.to_string()),
         );
         let mut series = Vec::new();
-        for name in names {
-            let mut c = NoiseScheduleConfig::new(BetaSchedule::from_name(&name)?, a.timesteps);
-            c.rescale_zero_terminal_snr = a.zero_terminal_snr;
-            let sc = c.build()?;
+        for other in names {
+            let sc = a.schedule.config(&other)?.build()?;
             let last = *sc.alphas_cumprod.last().expect("T ≥ 1");
             series.push(Series {
-                name: format!("{name} (ᾱ_T = {last:.2e})"),
+                name: format!("{other} (ᾱ_T = {last:.2e})"),
                 points: sc
                     .alphas_cumprod
                     .iter()
@@ -616,8 +616,8 @@ fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
     }
     eprintln!(
         "{} schedule, T = {}: ᾱ_T = {:.3e}, SNR_T = {:.3e}",
-        a.schedule,
-        a.timesteps,
+        name,
+        a.schedule.timesteps,
         s.alphas_cumprod.last().copied().unwrap_or(f64::NAN),
         s.snr.last().copied().unwrap_or(f64::NAN)
     );
@@ -634,9 +634,9 @@ fn cmd_forward(a: ForwardArgs) -> Result<()> {
             ds.len()
         );
     }
-    let s = NoiseScheduleConfig::new(BetaSchedule::from_name(&a.schedule)?, a.timesteps).build()?;
-    if let Some(t) = a.t.iter().find(|&&t| t >= a.timesteps) {
-        bail!("--t {t} is out of range 0..={}", a.timesteps - 1);
+    let s = a.schedule.config(&a.schedule.schedule)?.build()?;
+    if let Some(t) = a.t.iter().find(|&&t| t >= a.schedule.timesteps) {
+        bail!("--t {t} is out of range 0..={}", a.schedule.timesteps - 1);
     }
     let strip = training::generate::forward_strip(&ds, a.index, &s, &a.t, a.seed);
     let [c, h, w] = ds.image_shape();

@@ -1,7 +1,7 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
 use burn::tensor::{Device, Tensor};
-use diffusion::sampler::{SamplerSettings, StepOutput};
+use diffusion::sampler::{AnyScheduler, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
@@ -12,6 +12,25 @@ pub fn to_host(t: Tensor<4>) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 data")
+}
+
+/// The scheduler and request for sampling `config`'s model.
+fn prepare(
+    config: &ModelConfig,
+    settings: &SamplerSettings,
+    class_labels: Vec<Option<usize>>,
+    guidance_scale: f64,
+    seed: u64,
+) -> Result<(AnyScheduler, SampleRequest)> {
+    let scheduler = settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
+    let u = &config.unet;
+    let request = SampleRequest {
+        image_shape: [u.in_channels, u.resolution, u.resolution],
+        class_labels,
+        guidance_scale,
+        seed,
+    };
+    Ok((scheduler, request))
 }
 
 /// Samples one image per entry of `class_labels` (`None` = unconditional) and returns the
@@ -26,15 +45,7 @@ pub fn generate(
     device: &Device,
     progress: impl FnMut(&StepOutput),
 ) -> Result<(Vec<f32>, [usize; 4])> {
-    let schedule = config.schedule.build()?;
-    let scheduler = settings.scheduler(&schedule, config.prediction_type)?;
-    let u = &config.unet;
-    let request = SampleRequest {
-        image_shape: [u.in_channels, u.resolution, u.resolution],
-        class_labels,
-        guidance_scale,
-        seed,
-    };
+    let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
     let out = Sampling::new(model, &scheduler, &request, device)?.run(progress);
     let shape = out.dims();
     Ok((to_host(out), shape))
@@ -60,15 +71,7 @@ pub fn generate_trajectory(
     every: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {
-    let schedule = config.schedule.build()?;
-    let scheduler = settings.scheduler(&schedule, config.prediction_type)?;
-    let u = &config.unet;
-    let request = SampleRequest {
-        image_shape: [u.in_channels, u.resolution, u.resolution],
-        class_labels,
-        guidance_scale,
-        seed,
-    };
+    let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
     let mut sampling = Sampling::new(model, &scheduler, &request, device)?;
     let mut frames = Vec::new();
     let every = every.max(1);
