@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rust-ddpm/target}"
-cargo build --release -p trainer
+cargo test --release --workspace --no-run  # the same feature set as the tests: no rebuild
 T="$CARGO_TARGET_DIR/release/trainer"
 W=weights/mnist.safetensors
 out=tests/golden

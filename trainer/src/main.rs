@@ -424,7 +424,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 }
                 cfg.steps = s;
             }
-            let ds = load_dataset(&cfg.dataset, a.image_size, a.channels, a.limit)?;
+            // The checkpoint's data, exactly (not this invocation's flags).
+            let ds = load_dataset(&cfg.dataset, cfg.image_size, cfg.channels, cfg.limit)?;
             (cfg, ds)
         }
         None => {
@@ -432,6 +433,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             let model = a.model.build(&ds)?;
             let steps = a.steps.unwrap_or(4000);
             let mut c = TrainConfig::new(&a.dataset, model, steps, a.batch_size);
+            (c.image_size, c.channels, c.limit) = (a.image_size, a.channels, a.limit);
             c.lr = a.lr;
             c.min_lr = a.min_lr;
             c.warmup_steps = a.warmup_steps.unwrap_or(500.min(steps / 10));

@@ -43,6 +43,15 @@ use crate::plot::{line_plot, Series};
 pub struct TrainConfig {
     /// The dataset, as given on the command line (for the record).
     pub dataset: String,
+    /// Image size of `folder:` datasets.
+    #[serde(default)]
+    pub image_size: usize,
+    /// Channels of `folder:` datasets.
+    #[serde(default)]
+    pub channels: usize,
+    /// Only the first N training images were used.
+    #[serde(default)]
+    pub limit: Option<usize>,
     /// The model (U-Net, schedule, prediction type).
     pub model: ModelConfig,
     /// Optimisation steps.
@@ -101,6 +110,9 @@ impl TrainConfig {
     pub fn new(dataset: &str, model: ModelConfig, steps: u64, batch_size: usize) -> Self {
         Self {
             dataset: dataset.to_string(),
+            image_size: 0,
+            channels: 0,
+            limit: None,
             model,
             steps,
             batch_size,
