@@ -74,12 +74,8 @@ impl SamplerSettings {
                 .init(schedule, prediction_type)?,
             ),
             SamplerKind::Ddpm => {
-                if !(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta)) {
-                    return Err(Error::Sampler(format!(
-                        "eta = {} must lie in [0, 1]",
-                        self.eta
-                    )));
-                }
+                // DDPM ignores η, but a nonsensical value is still the caller's mistake.
+                super::check_eta(self.eta)?;
                 AnyScheduler::Ddpm(
                     DdpmSchedulerConfig {
                         num_inference_steps: self.num_inference_steps,

@@ -10,8 +10,11 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{alpha_cumprod_prev, inference_timesteps, Scheduler, SchedulerOutput, TimestepSpacing};
-use crate::error::{Error, Result};
+use super::{
+    alpha_cumprod_prev, check_clip_range, check_eta, inference_timesteps, Scheduler,
+    SchedulerOutput, TimestepSpacing,
+};
+use crate::error::Result;
 use crate::objective::PredictionType;
 use crate::schedule::NoiseSchedule;
 
@@ -59,18 +62,8 @@ impl DdimSchedulerConfig {
         schedule: &NoiseSchedule,
         prediction_type: PredictionType,
     ) -> Result<DdimScheduler> {
-        if !(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta)) {
-            return Err(Error::Sampler(format!(
-                "eta = {} must lie in [0, 1]",
-                self.eta
-            )));
-        }
-        if !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
-            return Err(Error::Sampler(format!(
-                "clip_sample_range = {} must be positive",
-                self.clip_sample_range
-            )));
-        }
+        check_eta(self.eta)?;
+        check_clip_range(self.clip_sample_range)?;
         let timesteps = inference_timesteps(
             schedule.num_train_timesteps(),
             self.num_inference_steps,

@@ -11,7 +11,10 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{alpha_cumprod_prev, inference_timesteps, Scheduler, SchedulerOutput, TimestepSpacing};
+use super::{
+    alpha_cumprod_prev, check_clip_range, inference_timesteps, Scheduler, SchedulerOutput,
+    TimestepSpacing,
+};
 use crate::error::Result;
 use crate::objective::PredictionType;
 use crate::schedule::NoiseSchedule;
@@ -65,12 +68,7 @@ impl DdpmSchedulerConfig {
         schedule: &NoiseSchedule,
         prediction_type: PredictionType,
     ) -> Result<DdpmScheduler> {
-        if !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
-            return Err(crate::Error::Sampler(format!(
-                "clip_sample_range = {} must be positive",
-                self.clip_sample_range
-            )));
-        }
+        check_clip_range(self.clip_sample_range)?;
         let timesteps = inference_timesteps(
             schedule.num_train_timesteps(),
             self.num_inference_steps,

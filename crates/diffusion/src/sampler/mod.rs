@@ -95,6 +95,26 @@ pub fn inference_timesteps(
     Ok(ts)
 }
 
+/// η must be a number in [0, 1].
+fn check_eta(eta: f64) -> Result<()> {
+    if eta.is_finite() && (0.0..=1.0).contains(&eta) {
+        Ok(())
+    } else {
+        Err(Error::Sampler(format!("eta = {eta} must lie in [0, 1]")))
+    }
+}
+
+/// The x̂_0 clipping bound must be a positive number.
+fn check_clip_range(range: f64) -> Result<()> {
+    if range.is_finite() && range > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Sampler(format!(
+            "clip_sample_range = {range} must be positive"
+        )))
+    }
+}
+
 /// What one reverse step returns.
 #[derive(Debug, Clone)]
 pub struct SchedulerOutput {
