@@ -172,8 +172,9 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
-/// Turns a load report into one line that names the first offending tensor.
-fn check_apply(result: &ApplyResult) -> std::result::Result<(), String> {
+/// Turns a load report into one line that names the first offending tensor (`Ok` when every
+/// tensor was applied and none is missing or unused).
+pub fn check_apply(result: &ApplyResult) -> std::result::Result<(), String> {
     let more = |n: usize| {
         if n > 1 {
             format!(" (and {} more)", n - 1)

@@ -1,0 +1,16 @@
+//! Evaluation of trained diffusion models.
+//!
+//! - [`inception`]: the FID Inception-v3 (pytorch-fid's network and input pipeline) in Burn.
+//! - [`fid`]: feature statistics in f64 and the Fréchet distance.
+//! - [`classifier`]: a small CNN for class accuracy, a classifier score and a domain FID.
+//! - [`scores`]: accuracy and the Inception-Score form.
+//! - [`evaluate`]: the `eval` run and its JSON / Markdown / plot report.
+
+pub mod classifier;
+pub mod error;
+pub mod evaluate;
+pub mod fid;
+pub mod inception;
+pub mod scores;
+
+pub use error::{EvalError, Result};
