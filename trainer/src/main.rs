@@ -3,6 +3,8 @@
 //! This binary only parses arguments and calls the `training`, `datasets` and `diffusion`
 //! crates.
 
+mod eval_cmd;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,6 +48,11 @@ enum Command {
     Export(ExportArgs),
     /// Serve the HTTP sampling API and the browser page.
     Serve(ServeArgs),
+    /// Train the small evaluation classifier (class accuracy, classifier score, domain FID).
+    TrainClassifier(eval_cmd::TrainClassifierArgs),
+    /// Sample n images and report Inception FID, domain FID, classifier accuracy and score
+    /// against the real data (and the real-vs-real baseline).
+    Eval(eval_cmd::EvalArgs),
 }
 
 #[derive(Args)]
@@ -711,10 +718,18 @@ fn main() {
         Command::Forward(a) => cmd_forward(a),
         Command::Export(a) => cmd_export(a),
         Command::Serve(a) => cmd_serve(a),
+        Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
+        Command::Eval(a) => eval_cmd::cmd_eval(a),
     };
     if let Err(e) = result {
-        // One line: the outermost context and its causes.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // One line: the outermost context and its causes (a cause already quoted by the
+        // message before it is not repeated).
+        let mut msg: Vec<String> = Vec::new();
+        for cause in e.chain().map(|c| c.to_string()) {
+            if !msg.last().is_some_and(|m| m.ends_with(&cause)) {
+                msg.push(cause);
+            }
+        }
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);
     }

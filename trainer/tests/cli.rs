@@ -456,3 +456,65 @@ fn send_sigterm(pid: u32) {
         .unwrap();
     assert!(st.success());
 }
+
+/// The shipped weights, by absolute path (tests run in the crate directory).
+fn shipped() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../weights/mnist.safetensors")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn eval_and_classifier_bad_input() {
+    let dir = tmp("eval-bad");
+    let out = dir.join("report");
+    let o = out.to_str().unwrap();
+    // No classifier file: the error says how to make one.
+    let missing = dir.join("none.safetensors");
+    fails_with(
+        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-inception", "--classifier", missing.to_str().unwrap(), "--out", o]),
+        "train-classifier",
+    );
+    // No Inception weights: the error names the fetch command.
+    fails_with(
+        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-classifier", "--inception-weights", missing.to_str().unwrap(), "--out", o]),
+        "fetch-inception.py",
+    );
+    fails_with(&trainer(&["eval", "--weights", &shipped(), "--n", "1", "--no-inception", "--no-classifier", "--out", o]), "n ≥ 2");
+    fails_with(&trainer(&["eval", "--weights", &shipped(), "--steps", "0", "--no-inception", "--no-classifier", "--out", o]), "step");
+    fails_with(
+        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-inception", "--no-classifier", "--dataset", "fashion-mnist:/nonexistent", "--out", o]),
+        "/nonexistent",
+    );
+    assert!(!out.exists(), "no partial output");
+    fails_with(
+        &trainer(&["train-classifier", "--dataset", "cifar10:/nonexistent", "--out", dir.join("c.safetensors").to_str().unwrap()]),
+        "/nonexistent",
+    );
+    fails_with(
+        &trainer(&["train-classifier", "--epochs", "0", "--out", dir.join("c.safetensors").to_str().unwrap()]),
+        "epochs",
+    );
+    assert!(!dir.join("c.safetensors").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn eval_writes_a_report() {
+    let dir = tmp("eval-ok");
+    let out = dir.join("report");
+    let w = shipped();
+    let cls = w.replace("mnist.safetensors", "classifier-mnist10k.safetensors");
+    let stdout = trainer(&[
+        "eval", "--weights", &w, "--classifier", &cls, "--n", "10", "--batch", "10", "--steps", "4", "--guidance", "2", "--no-inception", "--out",
+        out.to_str().unwrap(),
+    ]);
+    ok(&stdout);
+    let md = String::from_utf8_lossy(&stdout.stdout);
+    assert!(md.contains("| samples, w = 2 |"), "{md}");
+    for f in ["eval.json", "eval.md", "samples-w2.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

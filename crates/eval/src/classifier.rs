@@ -170,13 +170,27 @@ pub struct ClassifierTraining {
 impl Default for ClassifierTraining {
     fn default() -> Self {
         Self {
-            epochs: 5,
+            epochs: 10,
             batch_size: 64,
             lr: 2e-3,
             max_shift: 2,
             hflip: false,
             seed: 0,
         }
+    }
+}
+
+impl ClassifierTraining {
+    /// Checks the settings (one clear error line).
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(EvalError::Invalid(format!(
+                "classifier training needs epochs ≥ 1, batch size ≥ 1 and a finite lr > 0 \
+                 (got {} epochs, batch {}, lr {})",
+                self.epochs, self.batch_size, self.lr
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -252,11 +266,7 @@ pub fn train_classifier(
     if train.image_shape() != test.image_shape() || train.num_classes() != test.num_classes() {
         return Err(EvalError::Invalid("train and test splits differ in shape or classes".into()));
     }
-    if settings.epochs == 0 || settings.batch_size == 0 || !(settings.lr > 0.0) {
-        return Err(EvalError::Invalid(
-            "classifier training needs epochs ≥ 1, batch size ≥ 1 and lr > 0".into(),
-        ));
-    }
+    settings.validate()?;
     let [c, h, w] = train.image_shape();
     if h != w {
         return Err(EvalError::Invalid(format!("the classifier takes square images, not {h}×{w}")));

@@ -1,0 +1,153 @@
+//! The evaluation classifier and the `eval` run end to end on tiny n.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use datasets::{DatasetSpec, Split};
+use diffusion::sampler::SamplerSettings;
+use diffusion::weights::load_model;
+use eval::classifier::{
+    load_classifier, predict_dataset, save_classifier, train_classifier, ClassifierTraining,
+};
+use eval::evaluate::{evaluate, write_report, EvalReport, EvalSettings};
+use eval::inception::{default_weights_path, FidInception};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("eval-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn classifier_learns_a_fixture_and_round_trips() {
+    let device = Device::flex();
+    let spec = DatasetSpec::Mnist10k;
+    let train = spec.load(Split::Train).unwrap().take(2000);
+    let test = spec.load(Split::Test).unwrap().take(500);
+    let settings = ClassifierTraining {
+        epochs: 3,
+        ..ClassifierTraining::default()
+    };
+    let mut losses = Vec::new();
+    let (model, info) = train_classifier(&train, &test, "mnist10k", &settings, &device, |p| {
+        if p.done == p.total {
+            losses.push(p.loss)
+        }
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[2] < losses[0], "loss did not fall: {losses:?}");
+    assert!(info.test_accuracy >= 0.90, "accuracy {}", info.test_accuracy);
+
+    let dir = tmp("classifier");
+    let path = dir.join("c.safetensors");
+    save_classifier(&model, &info, &path).unwrap();
+    let (loaded, loaded_info) = load_classifier(&path, &device).unwrap();
+    assert_eq!(loaded_info, info);
+    let (p1, f1) = predict_dataset(&model, &test.take(50), 25, &device);
+    let (p2, f2) = predict_dataset(&loaded, &test.take(50), 25, &device);
+    assert_eq!((p1, f1), (p2, f2));
+
+    // Truncated weights: one clear line naming the file.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_classifier(&path, &device).unwrap_err().to_string();
+    assert!(e.contains("c.safetensors") && !e.contains('\n'), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn eval_runs_end_to_end_on_tiny_n() {
+    let device = Device::flex();
+    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
+    let classifier = load_classifier(&repo().join("weights/classifier-mnist10k.safetensors"), &device).unwrap();
+    // The Inception part runs where its weights are cached (see tests/inception.rs).
+    let inception = default_weights_path()
+        .exists()
+        .then(|| FidInception::load(&default_weights_path(), &device).unwrap());
+    let out = tmp("run");
+    let settings = EvalSettings {
+        dataset: "mnist10k".into(),
+        n: 20,
+        batch: 10,
+        sampler: SamplerSettings {
+            num_inference_steps: 10,
+            ..SamplerSettings::default()
+        },
+        guidance: vec![1.0, 3.0],
+        seed: 7,
+        classifier: Some(classifier),
+        inception,
+        inception_batch: 10,
+        splits: 2,
+        stats_cache: Some(out.join("stats")),
+    };
+    let mut stages = Vec::new();
+    let (report, samples) = evaluate(&model, &config, "mnist", &settings, &device, &mut |s, _, _| {
+        if stages.last().map(String::as_str) != Some(s) {
+            stages.push(s.to_string())
+        }
+    })
+    .unwrap();
+    assert_eq!((report.n, report.n_reference, report.n_baseline), (20, 20, 20));
+    assert_eq!(report.rows.len(), 2);
+    let b = &report.baseline;
+    assert!(b.classifier_accuracy.unwrap() > 0.9, "{b:?}");
+    assert!(b.domain_fid.unwrap() >= 0.0);
+    for row in &report.rows {
+        let s = &row.scores;
+        let acc = s.classifier_accuracy.unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(s.domain_fid.unwrap().is_finite() && s.domain_fid.unwrap() >= 0.0);
+        let cs = s.classifier_score.unwrap();
+        assert!((1.0..=10.0).contains(&cs), "{cs}");
+        assert_eq!(s.inception_fid.is_some(), settings.inception.is_some());
+    }
+    if settings.inception.is_some() {
+        // Cached real statistics are reused by a second run.
+        assert!(std::fs::read_dir(out.join("stats")).unwrap().count() >= 2);
+        assert!(report.baseline.inception_fid.unwrap() > 0.0);
+    }
+    let files = write_report(&report, &samples, &out).unwrap();
+    for name in ["eval.json", "eval.md", "samples-w1.png", "samples-w3.png", "guidance-sweep.png"] {
+        assert!(files.contains(&out.join(name)), "{name} missing from {files:?}");
+    }
+    let back: EvalReport = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(back, report);
+    // Same seed ⇒ the same samples and scores.
+    let mut settings2 = settings.clone();
+    settings2.guidance = vec![3.0];
+    let (again, _) = evaluate(&model, &config, "mnist", &settings2, &device, &mut |_, _, _| {}).unwrap();
+    assert_eq!(again.rows[0].scores, report.rows[1].scores);
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    let device = Device::flex();
+    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
+    let mut settings = EvalSettings {
+        dataset: "mnist10k".into(),
+        n: 1,
+        batch: 10,
+        sampler: SamplerSettings::default(),
+        guidance: vec![1.0],
+        seed: 0,
+        classifier: None,
+        inception: None,
+        inception_batch: 10,
+        splits: 10,
+        stats_cache: None,
+    };
+    let e = evaluate(&model, &config, "m", &settings, &device, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("n ≥ 2"), "{e}");
+    settings.n = 4;
+    settings.dataset = "cifar10:/nonexistent".into();
+    let e = evaluate(&model, &config, "m", &settings, &device, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent") && !e.contains('\n'), "{e}");
+}

@@ -1,0 +1,227 @@
+//! The `train-classifier` and `eval` subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datasets::{DatasetSpec, Split};
+use diffusion::sampler::{SamplerKind, SamplerSettings};
+use diffusion::weights::load_model;
+use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
+use eval::evaluate::{evaluate, markdown, write_report, EvalSettings};
+use eval::inception::{default_weights_path, FidInception};
+use indicatif::{ProgressBar, ProgressStyle};
+
+fn bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+#[derive(Args)]
+pub struct TrainClassifierArgs {
+    /// Dataset with train and test splits: `mnist10k`, `fashion-mnist[:DIR]` or `cifar10:DIR`.
+    #[arg(long, default_value = "mnist10k")]
+    dataset: String,
+    /// Output weights (`NAME.safetensors`; `NAME.json` is written beside it).
+    #[arg(long, default_value = "weights/classifier-mnist10k.safetensors")]
+    out: PathBuf,
+    /// Passes over the train split.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// AdamW learning rate (the last epoch uses a tenth).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Random shifts of up to this many pixels (augmentation; 0 = off).
+    #[arg(long, default_value_t = 2)]
+    max_shift: usize,
+    /// Random horizontal flips (for clothes, not for digits).
+    #[arg(long)]
+    hflip: bool,
+    /// Seed of initialisation, order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Refuse to save a classifier whose test accuracy is below this (0–1).
+    #[arg(long, default_value_t = 0.0)]
+    min_accuracy: f64,
+    /// Device: `cpu`, `wgpu` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
+    let device = training::device::parse_device(&a.device)?;
+    let settings = ClassifierTraining {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        max_shift: a.max_shift,
+        hflip: a.hflip,
+        seed: a.seed,
+    };
+    settings.validate()?;
+    let spec = DatasetSpec::parse(&a.dataset, 32, 3)?;
+    let train = spec.load(Split::Train)?;
+    let test = spec.load(Split::Test)?;
+    eprintln!(
+        "training a classifier on {} ({} images), testing on {} ({} images)",
+        train.name,
+        train.len(),
+        test.name,
+        test.len()
+    );
+    let started = std::time::Instant::now();
+    let pb = bar((train.len() * a.epochs) as u64);
+    let (model, info) = train_classifier(&train, &test, &a.dataset, &settings, &device, |p| {
+        pb.set_position((p.epoch * p.total + p.done) as u64);
+        pb.set_message(format!("epoch {} loss {:.4}", p.epoch + 1, p.loss));
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "test accuracy {:.2} % ({} test images) after {:.0} s",
+        info.test_accuracy * 100.0,
+        test.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if info.test_accuracy < a.min_accuracy {
+        bail!(
+            "test accuracy {:.2} % is below --min-accuracy {:.2} %; nothing written",
+            info.test_accuracy * 100.0,
+            a.min_accuracy * 100.0
+        );
+    }
+    save_classifier(&model, &info, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model weights (`NAME.safetensors` with `NAME.json`).
+    #[arg(long, default_value = "weights/mnist.safetensors")]
+    weights: PathBuf,
+    /// The real data to compare with (train split = FID reference, test split = baseline).
+    #[arg(long, default_value = "mnist10k")]
+    dataset: String,
+    /// Samples per guidance scale (10,000 is the usual FID size; small n biases FID up).
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Sampler: `ddim` or `ddpm`.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Guidance scale w.
+    #[arg(long, default_value_t = 2.0)]
+    guidance: f64,
+    /// Evaluate several guidance scales (e.g. `0,1,2,3,5`) and plot FID against accuracy.
+    #[arg(long, value_delimiter = ',')]
+    guidance_sweep: Option<Vec<f64>>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per sampling batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 16)]
+    inception_batch: usize,
+    /// The evaluation classifier (from `train-classifier`).
+    #[arg(long, default_value = "weights/classifier-mnist10k.safetensors")]
+    classifier: PathBuf,
+    /// Skip the classifier metrics.
+    #[arg(long)]
+    no_classifier: bool,
+    /// FID Inception weights [default: the cache path of `scripts/fetch-inception.py`].
+    #[arg(long)]
+    inception_weights: Option<PathBuf>,
+    /// Skip the Inception FID (no weights needed).
+    #[arg(long)]
+    no_inception: bool,
+    /// Output directory for eval.json, eval.md, sample grids and the sweep plot.
+    #[arg(long, default_value = "runs/eval")]
+    out: PathBuf,
+    /// Device: `cpu`, `wgpu` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let device = training::device::parse_device(&a.device)?;
+    let (model, config) = load_model(&a.weights, &device)?;
+    let sampler = SamplerSettings {
+        sampler: SamplerKind::from_name(&a.sampler)?,
+        num_inference_steps: a.steps,
+        eta: a.eta,
+    };
+    sampler.scheduler(&config.schedule.build()?, config.prediction_type)?;
+    let guidance = a.guidance_sweep.clone().unwrap_or_else(|| vec![a.guidance]);
+    if let Some(w) = guidance.iter().find(|w| !w.is_finite()) {
+        bail!("guidance scale {w} is not finite");
+    }
+    let classifier = if a.no_classifier {
+        None
+    } else {
+        Some(load_classifier(&a.classifier, &device).with_context(|| {
+            format!(
+                "loading the classifier (make it with `trainer train-classifier --dataset {} --out {}`, or pass --no-classifier)",
+                a.dataset,
+                a.classifier.display()
+            )
+        })?)
+    };
+    let inception = if a.no_inception {
+        None
+    } else {
+        let path = a.inception_weights.clone().unwrap_or_else(default_weights_path);
+        Some(FidInception::load(&path, &device).context("or pass --no-inception")?)
+    };
+    let settings = EvalSettings {
+        dataset: a.dataset.clone(),
+        n: a.n,
+        batch: a.batch,
+        sampler,
+        guidance,
+        seed: a.seed,
+        classifier,
+        inception,
+        inception_batch: a.inception_batch,
+        splits: 10,
+        stats_cache: None,
+    };
+    let pb = bar(a.n as u64);
+    let mut stage = String::new();
+    let (report, samples) = evaluate(
+        &model,
+        &config,
+        &a.weights.display().to_string(),
+        &settings,
+        &device,
+        &mut |s, done, total| {
+            if s != stage {
+                stage = s.to_string();
+                pb.set_length(total as u64);
+                pb.reset_eta();
+                pb.set_message(stage.clone());
+            }
+            pb.set_position(done as u64);
+        },
+    )?;
+    pb.finish_and_clear();
+    let files = write_report(&report, &samples, &a.out)?;
+    println!("{}", markdown(&report));
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
