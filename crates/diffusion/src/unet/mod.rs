@@ -580,4 +580,29 @@ mod tests {
             .into_scalar::<f32>();
         assert!(d > 1e-4, "class and null rows differ: {d}");
     }
+
+    #[test]
+    fn rows_of_a_batch_are_independent() {
+        // Guidance runs conditional and null rows as one 2B batch: each row's output must
+        // depend only on its own input, time and label.
+        let device = Device::flex();
+        let model = UNetConfig::mnist()
+            .init(&device)
+            .unwrap()
+            .randomize(3, 0.05);
+        let mut rng = crate::NoiseRng::new(5);
+        let x = rng.normal_tensor([4, 1, 28, 28], &device);
+        let t = [10.0, 500.0, 999.0, 250.0];
+        let labels = [3, 10, 7, 10];
+        let batched = model.forward(x.clone(), &t, Some(&labels));
+        for i in 0..4 {
+            let xi = x.clone().slice([i..i + 1]);
+            let yi = model.forward(xi, &t[i..i + 1], Some(&labels[i..i + 1]));
+            let d = (batched.clone().slice([i..i + 1]) - yi)
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(d < 1e-4, "row {i} differs by {d} when batched");
+        }
+    }
 }
