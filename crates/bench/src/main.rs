@@ -20,7 +20,8 @@ use serde_json::{json, Map, Value};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Sections: any of `matmul,forward,train,ddim,cifar`.
+    /// Sections: any of `matmul,forward,train,ddim,cifar` and `cifar-train` (the
+    /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs).
     #[arg(long, value_delimiter = ',', default_value = "matmul,forward,train,ddim,cifar")]
     sections: Vec<String>,
     /// Device: `cpu` (flex), `wgpu` or `cuda[:N]`.
@@ -32,6 +33,9 @@ struct Cli {
     /// Training-step batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "32,128")]
     train_batches: Vec<usize>,
+    /// Batch of the `cifar-train` section.
+    #[arg(long, default_value_t = 128)]
+    cifar_train_batch: usize,
     /// Also time the trainer's full step (with global grad-norm clip and EMA update).
     #[arg(long)]
     full_step: bool,
@@ -137,6 +141,17 @@ fn main() -> Result<()> {
         let mut fw = res.get("forward").and_then(|v| v.as_object().cloned()).unwrap_or_default();
         fw.insert("CIFAR10_DDPM_b16".into(), r);
         res.insert("forward".into(), Value::Object(fw));
+        save(&res)?;
+    }
+    if has("cifar-train") {
+        let c = UNetConfig::cifar10_ddpm();
+        let b = cli.cifar_train_batch;
+        let t = bench(reps(cli.quick, 3, 7, 30, 20.0), train_step(&c, b, false, &device));
+        let r = record(&t, b, unet_train_flops(&c));
+        println!("train CIFAR10_DDPM b{b}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s", r["ms"].as_f64().unwrap(), r["img_per_s"].as_f64().unwrap(), r["gflops_per_s"].as_f64().unwrap());
+        let mut tr = res.get("train").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+        tr.insert(format!("CIFAR10_DDPM_b{b}"), r);
+        res.insert("train".into(), Value::Object(tr));
         save(&res)?;
     }
     Ok(())
