@@ -38,8 +38,13 @@ cargo test --release --workspace
 step "browser package (web crate → wasm32 + WebGPU/flex → pkg/)"
 ./web/build.sh
 
-step "browser vs native golden samples (WebGPU and CPU-wasm in headless Chromium)"
-node tests/e2e/golden.test.mjs "$CARGO_TARGET_DIR/release/trainer"
+step "browser vs native golden samples (wasm-bindgen-test, WebGPU and CPU-wasm in headless Chromium)"
+# Same features as web/build.sh (wasm-bindgen-test is a normal wasm32 dependency of `web`), so
+# only the test crate compiles. Chromium's flags are in web/webdriver.json.
+CHROMEDRIVER="$(command -v chromedriver)" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  WASM_BINDGEN_TEST_TIMEOUT=1800 \
+  cargo test --release --target wasm32-unknown-unknown -p web --test browser
 
 step "end-to-end page test (index.html served by trainer serve)"
 node tests/e2e/page.test.mjs "$CARGO_TARGET_DIR/release/trainer"
