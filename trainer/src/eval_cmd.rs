@@ -122,7 +122,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
     /// Guidance scale w.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 3.0)]
     guidance: f64,
     /// Evaluate several guidance scales (e.g. `0,1,2,3,5`) and plot FID against accuracy.
     #[arg(long, value_delimiter = ',')]
