@@ -44,6 +44,21 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// An axis label with three significant digits and no trailing zeros (`0.6`, `0.02`, `2500`),
+/// not the shortest round-trip form (`0.6000000000000001`).
+fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Draws `series` into a PNG at `path` (atomically). `log_y` uses a logarithmic y axis (all
 /// y must then be positive).
 pub fn line_plot(
@@ -93,7 +108,10 @@ pub fn line_plot(
                 let mut chart = $chart;
                 let mut mesh = chart.configure_mesh();
                 if text {
-                    mesh.x_desc(x_label).y_desc(y_label);
+                    mesh.x_desc(x_label)
+                        .y_desc(y_label)
+                        .x_label_formatter(&|v| tick(*v))
+                        .y_label_formatter(&|v| tick(*v));
                 } else {
                     mesh.disable_x_axis().disable_y_axis();
                 }
@@ -207,5 +225,15 @@ mod schedule_tests {
             );
         }
         assert_eq!(csv.lines().count(), 1001);
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(0.6000000000000001), "0.6");
+        assert_eq!(tick(0.02), "0.02");
+        assert_eq!(tick(2500.0), "2500");
+        assert_eq!(tick(1.0), "1");
+        assert_eq!(tick(0.000123456), "0.000123");
+        assert_eq!(tick(0.0), "0");
     }
 }
