@@ -55,6 +55,28 @@ fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
+/// Lets the browser's event loop run (repaint, input, the progress bar): CPU-wasm sampling
+/// would otherwise hold the main thread for the whole call.
+async fn yield_to_browser() -> Result<(), JsError> {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(f) => {
+                let _ = f.call2(&JsValue::NULL, &resolve, &0.into());
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        }
+    });
+    wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map(|_| ())
+        .map_err(|e| js_err(format!("yield failed: {e:?}")))
+}
+
 async fn read(t: Tensor<4>) -> Result<Vec<f32>, JsError> {
     let data = t.into_data_async().await.map_err(js_err)?;
     data.convert::<f32>()
@@ -184,6 +206,7 @@ impl Sampler {
         let mut sampling =
             Sampling::new(&self.model, &scheduler, &request, &self.device).map_err(js_err)?;
         while let Some(out) = sampling.step() {
+            yield_to_browser().await?;
             if let Some(cb) = &on_progress {
                 let x0 = read(out.pred_original_sample).await?;
                 let rgba = to_rgba(&x0, [1, shape[0], shape[1], shape[2]]);
