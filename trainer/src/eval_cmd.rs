@@ -15,8 +15,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 fn bar(len: u64) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -183,7 +185,10 @@ pub fn cmd_eval(a: EvalArgs) -> Result<()> {
     let inception = if a.no_inception {
         None
     } else {
-        let path = a.inception_weights.clone().unwrap_or_else(default_weights_path);
+        let path = a
+            .inception_weights
+            .clone()
+            .unwrap_or_else(default_weights_path);
         Some(FidInception::load(&path, &device).context("or pass --no-inception")?)
     };
     let settings = EvalSettings {

@@ -473,27 +473,99 @@ fn eval_and_classifier_bad_input() {
     // No classifier file: the error says how to make one.
     let missing = dir.join("none.safetensors");
     fails_with(
-        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-inception", "--classifier", missing.to_str().unwrap(), "--out", o]),
+        &trainer(&[
+            "eval",
+            "--weights",
+            &shipped(),
+            "--n",
+            "4",
+            "--no-inception",
+            "--classifier",
+            missing.to_str().unwrap(),
+            "--out",
+            o,
+        ]),
         "train-classifier",
     );
     // No Inception weights: the error names the fetch command.
     fails_with(
-        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-classifier", "--inception-weights", missing.to_str().unwrap(), "--out", o]),
+        &trainer(&[
+            "eval",
+            "--weights",
+            &shipped(),
+            "--n",
+            "4",
+            "--no-classifier",
+            "--inception-weights",
+            missing.to_str().unwrap(),
+            "--out",
+            o,
+        ]),
         "fetch-inception.py",
     );
-    fails_with(&trainer(&["eval", "--weights", &shipped(), "--n", "1", "--no-inception", "--no-classifier", "--out", o]), "n ≥ 2");
-    fails_with(&trainer(&["eval", "--weights", &shipped(), "--steps", "0", "--no-inception", "--no-classifier", "--out", o]), "step");
     fails_with(
-        &trainer(&["eval", "--weights", &shipped(), "--n", "4", "--no-inception", "--no-classifier", "--dataset", "fashion-mnist:/nonexistent", "--out", o]),
+        &trainer(&[
+            "eval",
+            "--weights",
+            &shipped(),
+            "--n",
+            "1",
+            "--no-inception",
+            "--no-classifier",
+            "--out",
+            o,
+        ]),
+        "n ≥ 2",
+    );
+    fails_with(
+        &trainer(&[
+            "eval",
+            "--weights",
+            &shipped(),
+            "--steps",
+            "0",
+            "--no-inception",
+            "--no-classifier",
+            "--out",
+            o,
+        ]),
+        "step",
+    );
+    fails_with(
+        &trainer(&[
+            "eval",
+            "--weights",
+            &shipped(),
+            "--n",
+            "4",
+            "--no-inception",
+            "--no-classifier",
+            "--dataset",
+            "fashion-mnist:/nonexistent",
+            "--out",
+            o,
+        ]),
         "/nonexistent",
     );
     assert!(!out.exists(), "no partial output");
     fails_with(
-        &trainer(&["train-classifier", "--dataset", "cifar10:/nonexistent", "--out", dir.join("c.safetensors").to_str().unwrap()]),
+        &trainer(&[
+            "train-classifier",
+            "--dataset",
+            "cifar10:/nonexistent",
+            "--out",
+            dir.join("c.safetensors").to_str().unwrap(),
+        ]),
         "/nonexistent",
     );
     fails_with(
-        &trainer(&["train-classifier", "--epochs", "0", "--out", dir.join("c.safetensors").to_str().unwrap()]),
+        &trainer(&[
+            "train-classifier",
+            "--epochs",
+            "0",
+            "--out",
+            dir.join("c.safetensors").to_str().unwrap(),
+        ]),
         "epochs",
     );
     assert!(!dir.join("c.safetensors").exists());
@@ -507,7 +579,21 @@ fn eval_writes_a_report() {
     let w = shipped();
     let cls = w.replace("mnist.safetensors", "classifier-mnist10k.safetensors");
     let stdout = trainer(&[
-        "eval", "--weights", &w, "--classifier", &cls, "--n", "10", "--batch", "10", "--steps", "4", "--guidance", "2", "--no-inception", "--out",
+        "eval",
+        "--weights",
+        &w,
+        "--classifier",
+        &cls,
+        "--n",
+        "10",
+        "--batch",
+        "10",
+        "--steps",
+        "4",
+        "--guidance",
+        "2",
+        "--no-inception",
+        "--out",
         out.to_str().unwrap(),
     ]);
     ok(&stdout);

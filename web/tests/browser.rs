@@ -21,9 +21,27 @@ const SCHEDULE_CSV: &str = include_str!("../../tests/golden/schedule-linear-1000
 
 /// (class, guidance, seed, steps, golden .npy)
 const CASES: [(Option<u32>, f64, u32, u32, &[u8]); 3] = [
-    (Some(3), 3.0, 0, 20, include_bytes!("../../tests/golden/case-3-w3-s0-n20.npy")),
-    (Some(7), 1.0, 42, 20, include_bytes!("../../tests/golden/case-7-w1-s42-n20.npy")),
-    (None, 0.0, 7, 20, include_bytes!("../../tests/golden/case-none-w0-s7-n20.npy")),
+    (
+        Some(3),
+        3.0,
+        0,
+        20,
+        include_bytes!("../../tests/golden/case-3-w3-s0-n20.npy"),
+    ),
+    (
+        Some(7),
+        1.0,
+        42,
+        20,
+        include_bytes!("../../tests/golden/case-7-w1-s42-n20.npy"),
+    ),
+    (
+        None,
+        0.0,
+        7,
+        20,
+        include_bytes!("../../tests/golden/case-none-w0-s7-n20.npy"),
+    ),
 ];
 
 /// The f32 values of a little-endian `.npy` file.
@@ -44,19 +62,29 @@ fn to_u8(v: f32) -> i32 {
 /// gives up on a page that does not answer for 30 s.
 async fn yield_to_browser() {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let set_timeout: js_sys::Function = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
-            .expect("setTimeout")
-            .into();
-        set_timeout.call2(&JsValue::NULL, &resolve, &0.into()).expect("setTimeout call");
+        let set_timeout: js_sys::Function =
+            js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+                .expect("setTimeout")
+                .into();
+        set_timeout
+            .call2(&JsValue::NULL, &resolve, &0.into())
+            .expect("setTimeout call");
     });
-    wasm_bindgen_futures::JsFuture::from(promise).await.expect("timeout");
+    wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .expect("timeout");
 }
 
 async fn sampler(backend: &str) -> Sampler {
     yield_to_browser().await;
     Sampler::create(WEIGHTS.to_vec(), CONFIG.to_string(), backend.to_string())
         .await
-        .unwrap_or_else(|e| panic!("creating the {backend} sampler failed: {:?}", JsValue::from(e)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the {backend} sampler failed: {:?}",
+                JsValue::from(e)
+            )
+        })
 }
 
 fn options(class: Option<u32>, guidance: f64, seed: u32, steps: u32) -> JsValue {
@@ -78,17 +106,33 @@ async fn check_golden(backend: &str) {
             .sample(options(class, w, seed, steps), None)
             .await
             .unwrap_or_else(|e| panic!("sampling failed: {:?}", JsValue::from(e)));
-        let values: js_sys::Float32Array = js_sys::Reflect::get(&r, &"values".into()).unwrap().into();
+        let values: js_sys::Float32Array =
+            js_sys::Reflect::get(&r, &"values".into()).unwrap().into();
         let values = values.to_vec();
         let golden = npy_values(golden);
         assert_eq!(values.len(), golden.len());
-        let max_px = values.iter().zip(&golden).map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs()).max().unwrap();
-        let max_val = values.iter().zip(&golden).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        let ms = js_sys::Reflect::get(&r, &"totalMs".into()).unwrap().as_f64().unwrap();
+        let max_px = values
+            .iter()
+            .zip(&golden)
+            .map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs())
+            .max()
+            .unwrap();
+        let max_val = values
+            .iter()
+            .zip(&golden)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let ms = js_sys::Reflect::get(&r, &"totalMs".into())
+            .unwrap()
+            .as_f64()
+            .unwrap();
         web_sys_log(&format!(
             "{backend} class {class:?} w {w} seed {seed}: max |Δ| {max_px}/255 (values {max_val:e}), {ms:.0} ms"
         ));
-        assert!(max_px <= 2, "{backend}: class {class:?} w {w} seed {seed} differs by {max_px}/255 from native");
+        assert!(
+            max_px <= 2,
+            "{backend}: class {class:?} w {w} seed {seed} differs by {max_px}/255 from native"
+        );
     }
 }
 

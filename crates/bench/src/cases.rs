@@ -12,7 +12,9 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::SamplerSettings;
-use diffusion::{mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, PredictionType, UNetConfig};
+use diffusion::{
+    mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, PredictionType, UNetConfig,
+};
 use training::ema::Ema;
 use training::grad::clip_global_norm;
 
@@ -48,7 +50,10 @@ pub fn train_step(config: &UNetConfig, batch: usize, full: bool, device: &Device
         let m = model.take().expect("model");
         let x0 = Tensor::<4>::from_data(TensorData::new(x0.clone(), shape), &ad);
         let noise = rng.normal_tensor(shape, &ad);
-        let labels: Vec<usize> = y.iter().map(|&l| if rng.uniform() < 0.1 { null } else { l }).collect();
+        let labels: Vec<usize> = y
+            .iter()
+            .map(|&l| if rng.uniform() < 0.1 { null } else { l })
+            .collect();
         let xt = q_sample(&schedule, x0.clone(), &t, noise.clone());
         let tf: Vec<f64> = t.iter().map(|&v| v as f64).collect();
         let out = m.forward(xt, &tf, conditional.then_some(labels.as_slice()));
@@ -63,7 +68,13 @@ pub fn train_step(config: &UNetConfig, batch: usize, full: bool, device: &Device
         let m = optim.step(2e-4, m, grads);
         if full {
             let e = ema.take().expect("ema");
-            ema = Some(Ema { decay: 0.999, warmup: true }.update(e, &m, step));
+            ema = Some(
+                Ema {
+                    decay: 0.999,
+                    warmup: true,
+                }
+                .update(e, &m, step),
+            );
         }
         // Wait for the update (asynchronous backends): read one parameter value back.
         let _ = first_value(&m);
@@ -79,7 +90,11 @@ fn first_value(m: &diffusion::UNet) -> f32 {
     impl burn::module::ModuleVisitor for First<'_> {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
             if !self.1 {
-                *self.0 = p.val().flatten::<1>(0, D - 1).slice([0..1]).into_scalar::<f32>();
+                *self.0 = p
+                    .val()
+                    .flatten::<1>(0, D - 1)
+                    .slice([0..1])
+                    .into_scalar::<f32>();
                 self.1 = true;
             }
         }
@@ -91,7 +106,10 @@ fn first_value(m: &diffusion::UNet) -> f32 {
 /// A forward-pass closure (no autodiff).
 pub fn forward(config: &UNetConfig, batch: usize, device: &Device) -> impl FnMut() {
     device.seed(0);
-    let model = config.init(device).expect("valid config").randomize(0, 0.02);
+    let model = config
+        .init(device)
+        .expect("valid config")
+        .randomize(0, 0.02);
     let (x, t, y) = inputs(config, batch, 1);
     let shape = shape(config, batch);
     let x = Tensor::<4>::from_data(TensorData::new(x, shape), device);
@@ -106,12 +124,26 @@ pub fn forward(config: &UNetConfig, batch: usize, device: &Device) -> impl FnMut
 /// A 50-step DDIM + guidance (w = 3) sampling closure, labels `i mod 10`.
 pub fn ddim_guided(config: &UNetConfig, batch: usize, device: &Device) -> impl FnMut() {
     device.seed(0);
-    let model = config.init(device).expect("valid config").randomize(0, 0.02);
+    let model = config
+        .init(device)
+        .expect("valid config")
+        .randomize(0, 0.02);
     let mc = ModelConfig::new(config.clone());
-    let labels: Vec<Option<usize>> = (0..batch).map(|i| config.num_classes.map(|k| i % k)).collect();
+    let labels: Vec<Option<usize>> = (0..batch)
+        .map(|i| config.num_classes.map(|k| i % k))
+        .collect();
     let device = device.clone();
     move || {
-        training::generate::generate(&model, &mc, &SamplerSettings::default(), labels.clone(), 3.0, 0, &device, |_| {})
-            .expect("sampling");
+        training::generate::generate(
+            &model,
+            &mc,
+            &SamplerSettings::default(),
+            labels.clone(),
+            3.0,
+            0,
+            &device,
+            |_| {},
+        )
+        .expect("sampling");
     }
 }

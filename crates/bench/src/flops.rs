@@ -11,7 +11,11 @@ use diffusion::{TimeMode, UNetConfig};
 pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
     let ch = c.base_channels as f64;
     let temb = 4.0 * ch;
-    let film = if c.time_mode == TimeMode::Film { 2.0 } else { 1.0 };
+    let film = if c.time_mode == TimeMode::Film {
+        2.0
+    } else {
+        1.0
+    };
     let conv = |cin: f64, cout: f64, k: f64, hw: f64| 2.0 * cin * cout * k * k * hw;
     // Time MLP: ch → 4ch → 4ch.
     let mut f = 2.0 * ch * temb + 2.0 * temb * temb;
@@ -19,9 +23,14 @@ pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
         conv(cin, cout, 3.0, hw)
             + 2.0 * temb * cout * film
             + conv(cout, cout, 3.0, hw)
-            + if cin != cout { conv(cin, cout, 1.0, hw) } else { 0.0 }
+            + if cin != cout {
+                conv(cin, cout, 1.0, hw)
+            } else {
+                0.0
+            }
     };
-    let attention = |ch: f64, hw: f64| conv(ch, 3.0 * ch, 1.0, hw) + 4.0 * hw * hw * ch + conv(ch, ch, 1.0, hw);
+    let attention =
+        |ch: f64, hw: f64| conv(ch, 3.0 * ch, 1.0, hw) + 4.0 * hw * hw * ch + conv(ch, ch, 1.0, hw);
     let mut res = c.resolution;
     let hw = |r: usize| (r * r) as f64;
     f += conv(c.in_channels as f64, ch, 3.0, hw(res));
@@ -87,7 +96,10 @@ mod tests {
             .with_time_mode(TimeMode::Add);
         assert_eq!(unet_forward_flops(&m), 3_198_418_944.0);
         assert_eq!(unet_train_flops(&m), 9_591_685_120.0);
-        assert_eq!(unet_forward_flops(&UNetConfig::cifar10_ddpm()), 12_443_713_536.0);
+        assert_eq!(
+            unet_forward_flops(&UNetConfig::cifar10_ddpm()),
+            12_443_713_536.0
+        );
         // FiLM doubles the time projections only.
         let film = unet_forward_flops(&UNetConfig::mnist());
         assert!(film > 554_397_184.0 && film < 1.01 * 554_397_184.0);

@@ -22,7 +22,11 @@ use serde_json::{json, Map, Value};
 struct Cli {
     /// Sections: any of `matmul,forward,train,ddim,cifar` and `cifar-train` (the
     /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs).
-    #[arg(long, value_delimiter = ',', default_value = "matmul,forward,train,ddim,cifar")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "matmul,forward,train,ddim,cifar"
+    )]
     sections: Vec<String>,
     /// Device: `cpu` (flex), `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
@@ -46,9 +50,19 @@ struct Cli {
 
 fn reps(quick: bool, warmup: usize, min_reps: usize, max_reps: usize, target_s: f64) -> Reps {
     if quick {
-        Reps { warmup: 1, min_reps: 2, max_reps: 2, target_s: 0.0 }
+        Reps {
+            warmup: 1,
+            min_reps: 2,
+            max_reps: 2,
+            target_s: 0.0,
+        }
     } else {
-        Reps { warmup, min_reps, max_reps, target_s }
+        Reps {
+            warmup,
+            min_reps,
+            max_reps,
+            target_s,
+        }
     }
 }
 
@@ -79,7 +93,8 @@ fn main() -> Result<()> {
     let save = |res: &Map<String, Value>| -> Result<()> {
         if let Some(p) = &cli.out {
             let text = serde_json::to_string_pretty(res)?;
-            diffusion::weights::write_atomic(p, text.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+            diffusion::weights::write_atomic(p, text.as_bytes())
+                .with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())
     };
@@ -88,11 +103,21 @@ fn main() -> Result<()> {
         let a = Tensor::<2>::ones([n, n], &device);
         let b = Tensor::<2>::ones([n, n], &device);
         let t = bench(reps(cli.quick, 2, 10, 30, 4.0), || {
-            let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1]).into_scalar::<f32>();
+            let _ = a
+                .clone()
+                .matmul(b.clone())
+                .slice([0..1, 0..1])
+                .into_scalar::<f32>();
         });
         let gflops = 2.0 * (n as f64).powi(3) / t.median_s / 1e9;
-        println!("matmul fp32 {n}²: {gflops:.1} GFLOP/s ({:.1} ms)", t.median_s * 1e3);
-        res.insert("matmul_fp32".into(), json!({ "2048x2048": { "median_s": t.median_s, "gflops": gflops, "reps": t.reps } }));
+        println!(
+            "matmul fp32 {n}²: {gflops:.1} GFLOP/s ({:.1} ms)",
+            t.median_s * 1e3
+        );
+        res.insert(
+            "matmul_fp32".into(),
+            json!({ "2048x2048": { "median_s": t.median_s, "gflops": gflops, "reps": t.reps } }),
+        );
         save(&res)?;
     }
     if has("forward") {
@@ -100,7 +125,12 @@ fn main() -> Result<()> {
         for b in [1, 16, 64] {
             let t = bench(reps(cli.quick, 3, 7, 50, 8.0), forward(&s, b, &device));
             let r = record(&t, b, unet_forward_flops(&s));
-            println!("forward S b{b}: {:.2} ms  {:.1} img/s  {:.1} GFLOP/s", r["ms"].as_f64().unwrap(), r["img_per_s"].as_f64().unwrap(), r["gflops_per_s"].as_f64().unwrap());
+            println!(
+                "forward S b{b}: {:.2} ms  {:.1} img/s  {:.1} GFLOP/s",
+                r["ms"].as_f64().unwrap(),
+                r["img_per_s"].as_f64().unwrap(),
+                r["gflops_per_s"].as_f64().unwrap()
+            );
             m.insert(format!("S_b{b}"), r);
             res.insert("forward".into(), Value::Object(m.clone()));
             save(&res)?;
@@ -113,10 +143,22 @@ fn main() -> Result<()> {
                 if full && !cli.full_step {
                     continue;
                 }
-                let t = bench(reps(cli.quick, 3, 7, 30, 20.0), train_step(&s, b, full, &device));
+                let t = bench(
+                    reps(cli.quick, 3, 7, 30, 20.0),
+                    train_step(&s, b, full, &device),
+                );
                 let r = record(&t, b, unet_train_flops(&s));
-                let name = if full { format!("S_b{b}_full") } else { format!("S_b{b}") };
-                println!("train {name}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s", r["ms"].as_f64().unwrap(), r["img_per_s"].as_f64().unwrap(), r["gflops_per_s"].as_f64().unwrap());
+                let name = if full {
+                    format!("S_b{b}_full")
+                } else {
+                    format!("S_b{b}")
+                };
+                println!(
+                    "train {name}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
+                    r["ms"].as_f64().unwrap(),
+                    r["img_per_s"].as_f64().unwrap(),
+                    r["gflops_per_s"].as_f64().unwrap()
+                );
                 m.insert(name, r);
                 res.insert("train".into(), Value::Object(m.clone()));
                 save(&res)?;
@@ -129,7 +171,12 @@ fn main() -> Result<()> {
         let mut r = record(&t, b, unet_forward_flops(&s) * 2.0 * 50.0);
         r["s"] = json!(t.median_s);
         r["ms_per_step"] = json!(t.median_s / 50.0 * 1e3);
-        println!("ddim S b{b} x50 CFG: {:.2} s ({:.1} ms/step, {:.1} GFLOP/s)", t.median_s, t.median_s / 50.0 * 1e3, r["gflops_per_s"].as_f64().unwrap());
+        println!(
+            "ddim S b{b} x50 CFG: {:.2} s ({:.1} ms/step, {:.1} GFLOP/s)",
+            t.median_s,
+            t.median_s / 50.0 * 1e3,
+            r["gflops_per_s"].as_f64().unwrap()
+        );
         res.insert("ddim".into(), json!({ format!("S_b{b}_50steps_cfg"): r }));
         save(&res)?;
     }
@@ -137,8 +184,16 @@ fn main() -> Result<()> {
         let c = UNetConfig::cifar10_ddpm();
         let t = bench(reps(cli.quick, 1, 3, 10, 10.0), forward(&c, 16, &device));
         let r = record(&t, 16, unet_forward_flops(&c));
-        println!("forward CIFAR10_DDPM b16: {:.0} ms  {:.1} img/s  {:.1} GFLOP/s", r["ms"].as_f64().unwrap(), r["img_per_s"].as_f64().unwrap(), r["gflops_per_s"].as_f64().unwrap());
-        let mut fw = res.get("forward").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+        println!(
+            "forward CIFAR10_DDPM b16: {:.0} ms  {:.1} img/s  {:.1} GFLOP/s",
+            r["ms"].as_f64().unwrap(),
+            r["img_per_s"].as_f64().unwrap(),
+            r["gflops_per_s"].as_f64().unwrap()
+        );
+        let mut fw = res
+            .get("forward")
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
         fw.insert("CIFAR10_DDPM_b16".into(), r);
         res.insert("forward".into(), Value::Object(fw));
         save(&res)?;
@@ -146,10 +201,21 @@ fn main() -> Result<()> {
     if has("cifar-train") {
         let c = UNetConfig::cifar10_ddpm();
         let b = cli.cifar_train_batch;
-        let t = bench(reps(cli.quick, 3, 7, 30, 20.0), train_step(&c, b, false, &device));
+        let t = bench(
+            reps(cli.quick, 3, 7, 30, 20.0),
+            train_step(&c, b, false, &device),
+        );
         let r = record(&t, b, unet_train_flops(&c));
-        println!("train CIFAR10_DDPM b{b}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s", r["ms"].as_f64().unwrap(), r["img_per_s"].as_f64().unwrap(), r["gflops_per_s"].as_f64().unwrap());
-        let mut tr = res.get("train").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+        println!(
+            "train CIFAR10_DDPM b{b}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
+            r["ms"].as_f64().unwrap(),
+            r["img_per_s"].as_f64().unwrap(),
+            r["gflops_per_s"].as_f64().unwrap()
+        );
+        let mut tr = res
+            .get("train")
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
         tr.insert(format!("CIFAR10_DDPM_b{b}"), r);
         res.insert("train".into(), Value::Object(tr));
         save(&res)?;

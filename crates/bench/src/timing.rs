@@ -38,7 +38,9 @@ pub fn bench(reps: Reps, mut f: impl FnMut()) -> Timing {
     }
     let mut times = Vec::new();
     let mut total = 0.0;
-    while times.len() < reps.min_reps.max(1) || (total < reps.target_s && times.len() < reps.max_reps) {
+    while times.len() < reps.min_reps.max(1)
+        || (total < reps.target_s && times.len() < reps.max_reps)
+    {
         let t0 = Instant::now();
         f();
         let dt = t0.elapsed().as_secs_f64();
@@ -47,7 +49,11 @@ pub fn bench(reps: Reps, mut f: impl FnMut()) -> Timing {
     }
     times.sort_by(f64::total_cmp);
     let n = times.len();
-    let median_s = if n % 2 == 1 { times[n / 2] } else { 0.5 * (times[n / 2 - 1] + times[n / 2]) };
+    let median_s = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        0.5 * (times[n / 2 - 1] + times[n / 2])
+    };
     Timing {
         median_s,
         min_s: times[0],
@@ -63,10 +69,22 @@ mod tests {
     #[test]
     fn runs_at_least_min_reps_and_reports_the_median() {
         let mut calls = 0;
-        let t = bench(Reps { warmup: 2, min_reps: 5, max_reps: 5, target_s: 0.0 }, || {
-            calls += 1;
-            std::thread::sleep(std::time::Duration::from_millis(if calls == 7 { 30 } else { 1 }));
-        });
+        let t = bench(
+            Reps {
+                warmup: 2,
+                min_reps: 5,
+                max_reps: 5,
+                target_s: 0.0,
+            },
+            || {
+                calls += 1;
+                std::thread::sleep(std::time::Duration::from_millis(if calls == 7 {
+                    30
+                } else {
+                    1
+                }));
+            },
+        );
         assert_eq!((calls, t.reps), (7, 5));
         assert!(t.min_s <= t.median_s && t.median_s <= t.max_s);
         assert!(t.max_s >= 0.03 && t.median_s < 0.02, "{t:?}");

@@ -54,8 +54,15 @@ pub struct ClassifierConfig {
 impl ClassifierConfig {
     /// Builds a randomly initialised classifier on `device`.
     pub fn init(&self, device: &Device) -> Result<Classifier> {
-        if self.in_channels == 0 || self.resolution < 4 || self.num_classes < 2 || self.base_channels == 0 || self.feature_dim == 0 {
-            return Err(EvalError::Invalid(format!("invalid classifier config {self:?}")));
+        if self.in_channels == 0
+            || self.resolution < 4
+            || self.num_classes < 2
+            || self.base_channels == 0
+            || self.feature_dim == 0
+        {
+            return Err(EvalError::Invalid(format!(
+                "invalid classifier config {self:?}"
+            )));
         }
         let b = self.base_channels;
         let conv = |i: usize, o: usize| {
@@ -264,12 +271,16 @@ pub fn train_classifier(
     mut progress: impl FnMut(ClassifierProgress),
 ) -> Result<(Classifier, ClassifierInfo)> {
     if train.image_shape() != test.image_shape() || train.num_classes() != test.num_classes() {
-        return Err(EvalError::Invalid("train and test splits differ in shape or classes".into()));
+        return Err(EvalError::Invalid(
+            "train and test splits differ in shape or classes".into(),
+        ));
     }
     settings.validate()?;
     let [c, h, w] = train.image_shape();
     if h != w {
-        return Err(EvalError::Invalid(format!("the classifier takes square images, not {h}×{w}")));
+        return Err(EvalError::Invalid(format!(
+            "the classifier takes square images, not {h}×{w}"
+        )));
     }
     let config = ClassifierConfig::new(c, h, train.num_classes());
     let ad = device.clone().autodiff();
@@ -287,7 +298,12 @@ pub fn train_classifier(
         };
         let (mut sum, mut count) = (0.0, 0usize);
         for idx in order.chunks(settings.batch_size) {
-            let x = batch_tensor(train, idx, Some((&mut rng, settings.max_shift, settings.hflip)), &ad);
+            let x = batch_tensor(
+                train,
+                idx,
+                Some((&mut rng, settings.max_shift, settings.hflip)),
+                &ad,
+            );
             let labels: Vec<i64> = idx.iter().map(|&i| train.labels[i] as i64).collect();
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [idx.len()]), &ad);
             let loss = loss_fn.forward(model.forward(x), y);
@@ -337,10 +353,18 @@ pub fn predict(
     let [n, c, h, w] = shape;
     let per = c * h * w;
     let (mut probs, mut feats) = (Vec::new(), Vec::new());
-    let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+    let host = |t: Tensor<2>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32")
+    };
     for start in (0..n).step_by(batch.max(1)) {
         let m = batch.max(1).min(n - start);
-        let data = TensorData::new(images[start * per..(start + m) * per].to_vec(), [m, c, h, w]);
+        let data = TensorData::new(
+            images[start * per..(start + m) * per].to_vec(),
+            [m, c, h, w],
+        );
         let f = model.features(Tensor::from_data(data, device));
         let p = softmax(model.fc2.forward(f.clone()), 1);
         probs.extend(host(p));
@@ -390,9 +414,9 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<(Classifier, Clas
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .allow_partial(true)
         .validate(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| EvalError::file(path, e.to_string().lines().next().unwrap_or("").to_string()))?;
+    let result = model.load_from(&mut store).map_err(|e| {
+        EvalError::file(path, e.to_string().lines().next().unwrap_or("").to_string())
+    })?;
     check_apply(&result).map_err(|r| EvalError::file(path, r))?;
     Ok((model, info))
 }

@@ -139,7 +139,13 @@ fn signed(pixels: &[u8]) -> Vec<f32> {
 fn stats_file(dir: &Path, spec: &str, split: Split, m: usize) -> PathBuf {
     let key: String = spec
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     dir.join(format!("{key}-{}-{m}-inception.safetensors", split.name()))
 }
@@ -160,7 +166,11 @@ pub fn evaluate(
             "eval needs n ≥ 2, batch ≥ 1 and at least one guidance scale".into(),
         ));
     }
-    let spec = DatasetSpec::parse(&settings.dataset, config.unet.resolution, config.unet.in_channels)?;
+    let spec = DatasetSpec::parse(
+        &settings.dataset,
+        config.unet.resolution,
+        config.unet.in_channels,
+    )?;
     let train = spec.load(Split::Train)?;
     let test = spec.load(Split::Test)?;
     let u = &config.unet;
@@ -193,8 +203,13 @@ pub fn evaluate(
     let real_train = train.take(n_reference);
     let real_baseline_train = train.take(n_baseline);
     let real_test = test.take(n_baseline);
-    let inception_stats = |ds: &Dataset, split: Split, progress: &mut dyn FnMut(&str, usize, usize)| -> Result<Option<FeatureStats>> {
-        let Some(net) = &settings.inception else { return Ok(None) };
+    let inception_stats = |ds: &Dataset,
+                           split: Split,
+                           progress: &mut dyn FnMut(&str, usize, usize)|
+     -> Result<Option<FeatureStats>> {
+        let Some(net) = &settings.inception else {
+            return Ok(None);
+        };
         let file = stats_file(&cache, &settings.dataset, split, ds.len());
         if let Ok(s) = FeatureStats::load(&file) {
             if s.n == ds.len() && s.dim() == FEATURE_DIM {
@@ -203,14 +218,18 @@ pub fn evaluate(
         }
         let stage = format!("Inception features of {}", ds.name);
         let [c, h, w] = ds.image_shape();
-        let f = net.features(&unit(&ds.pixels), [ds.len(), c, h, w], settings.inception_batch, |d| {
-            progress(&stage, d, ds.len())
-        })?;
+        let f = net.features(
+            &unit(&ds.pixels),
+            [ds.len(), c, h, w],
+            settings.inception_batch,
+            |d| progress(&stage, d, ds.len()),
+        )?;
         let s = FeatureStats::from_features(&f, FEATURE_DIM)?;
         s.save(&file)?;
         Ok(Some(s))
     };
-    let ref_inception = inception_stats(&real_train, Split::Train, progress)?.map(FidReference::new);
+    let ref_inception =
+        inception_stats(&real_train, Split::Train, progress)?.map(FidReference::new);
     let base_train_inception = if n_baseline == n_reference {
         ref_inception.clone()
     } else {
@@ -220,28 +239,33 @@ pub fn evaluate(
 
     // The classifier's view of the real data.
     let classify = |pixels: &[f32], n: usize| {
-        settings.classifier.as_ref().map(|(c, _)| {
-            predict(c, pixels, [n, shape[0], shape[1], shape[2]], 256, device)
-        })
+        settings
+            .classifier
+            .as_ref()
+            .map(|(c, _)| predict(c, pixels, [n, shape[0], shape[1], shape[2]], 256, device))
     };
-    let domain_stats = |feats: &[f32], info: &ClassifierInfo| FeatureStats::from_features(feats, info.feature_dim);
+    let domain_stats =
+        |feats: &[f32], info: &ClassifierInfo| FeatureStats::from_features(feats, info.feature_dim);
     let real_train_cls = classify(&signed(&real_train.pixels), real_train.len());
     let base_train_cls = classify(&signed(&real_baseline_train.pixels), n_baseline);
     let real_test_cls = classify(&signed(&real_test.pixels), n_baseline);
-    let (ref_domain, base_domain_ref) = match (&settings.classifier, &real_train_cls, &base_train_cls) {
-        (Some((_, info)), Some((_, f)), Some((_, fb))) => (
-            Some(FidReference::new(domain_stats(f, info)?)),
-            Some(FidReference::new(domain_stats(fb, info)?)),
-        ),
-        _ => (None, None),
-    };
+    let (ref_domain, base_domain_ref) =
+        match (&settings.classifier, &real_train_cls, &base_train_cls) {
+            (Some((_, info)), Some((_, f)), Some((_, fb))) => (
+                Some(FidReference::new(domain_stats(f, info)?)),
+                Some(FidReference::new(domain_stats(fb, info)?)),
+            ),
+            _ => (None, None),
+        };
 
     // Real-vs-real baseline.
     let mut baseline = Scores::default();
     if let (Some(r), Some(t)) = (&base_train_inception, &test_inception) {
         baseline.inception_fid = Some(r.fid(t)?);
     }
-    if let (Some((_, info)), Some(r), Some((probs, feats))) = (&settings.classifier, &base_domain_ref, &real_test_cls) {
+    if let (Some((_, info)), Some(r), Some((probs, feats))) =
+        (&settings.classifier, &base_domain_ref, &real_test_cls)
+    {
         baseline.domain_fid = Some(r.fid(&domain_stats(feats, info)?)?);
         baseline.classifier_accuracy = Some(accuracy(probs, info.num_classes, &real_test.labels));
         let (m, s) = inception_score_form(probs, info.num_classes, settings.splits);
@@ -249,7 +273,9 @@ pub fn evaluate(
     }
 
     // Samples.
-    let labels: Vec<Option<usize>> = (0..settings.n).map(|i| u.num_classes.map(|k| i % k)).collect();
+    let labels: Vec<Option<usize>> = (0..settings.n)
+        .map(|i| u.num_classes.map(|k| i % k))
+        .collect();
     let mut rows = Vec::new();
     let mut samples = Vec::new();
     for &w in &settings.guidance {
@@ -257,9 +283,22 @@ pub fn evaluate(
         let stage = format!("sampling at w = {w}");
         let mut values = Vec::with_capacity(settings.n * shape.iter().product::<usize>());
         for (j, chunk) in labels.chunks(settings.batch).enumerate() {
-            let (v, _) = generate(model, config, &settings.sampler, chunk.to_vec(), w, mix_seed(settings.seed, 20, j as u64), device, |_| {})?;
+            let (v, _) = generate(
+                model,
+                config,
+                &settings.sampler,
+                chunk.to_vec(),
+                w,
+                mix_seed(settings.seed, 20, j as u64),
+                device,
+                |_| {},
+            )?;
             values.extend(v);
-            progress(&stage, (j * settings.batch + chunk.len()).min(settings.n), settings.n);
+            progress(
+                &stage,
+                (j * settings.batch + chunk.len()).min(settings.n),
+                settings.n,
+            );
         }
         let sample_s = t0.elapsed().as_secs_f64();
         // Quantise as a saved PNG would.
@@ -268,13 +307,24 @@ pub fn evaluate(
         let t1 = Instant::now();
         if let (Some(net), Some(r)) = (&settings.inception, &ref_inception) {
             let stage = format!("Inception features at w = {w}");
-            let f = net.features(&unit(&pixels), [settings.n, shape[0], shape[1], shape[2]], settings.inception_batch, |d| {
-                progress(&stage, d, settings.n)
-            })?;
+            let f = net.features(
+                &unit(&pixels),
+                [settings.n, shape[0], shape[1], shape[2]],
+                settings.inception_batch,
+                |d| progress(&stage, d, settings.n),
+            )?;
             scores.inception_fid = Some(r.fid(&FeatureStats::from_features(&f, FEATURE_DIM)?)?);
         }
-        let inception_s = if settings.inception.is_some() { t1.elapsed().as_secs_f64() } else { 0.0 };
-        if let (Some((_, info)), Some(r), Some((probs, feats))) = (&settings.classifier, &ref_domain, classify(&signed(&pixels), settings.n)) {
+        let inception_s = if settings.inception.is_some() {
+            t1.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        if let (Some((_, info)), Some(r), Some((probs, feats))) = (
+            &settings.classifier,
+            &ref_domain,
+            classify(&signed(&pixels), settings.n),
+        ) {
             scores.domain_fid = Some(r.fid(&domain_stats(&feats, info)?)?);
             if u.num_classes.is_some() {
                 let wanted: Vec<usize> = labels.iter().map(|l| l.unwrap_or(0)).collect();
@@ -283,7 +333,12 @@ pub fn evaluate(
             let (m, s) = inception_score_form(&probs, info.num_classes, settings.splits);
             (scores.classifier_score, scores.classifier_score_std) = (Some(m), Some(s));
         }
-        rows.push(EvalRow { guidance: w, scores, sample_s, inception_s });
+        rows.push(EvalRow {
+            guidance: w,
+            scores,
+            sample_s,
+            inception_s,
+        });
         let [c, h, wd] = shape;
         samples.push((w, values, [settings.n, c, h, wd]));
     }
@@ -295,7 +350,10 @@ pub fn evaluate(
         n_baseline,
         sampler: settings.sampler,
         seed: settings.seed,
-        classifier: settings.classifier.as_ref().map(|(_, i)| format!("trained on {}", i.dataset)),
+        classifier: settings
+            .classifier
+            .as_ref()
+            .map(|(_, i)| format!("trained on {}", i.dataset)),
         classifier_test_accuracy: settings.classifier.as_ref().map(|(_, i)| i.test_accuracy),
         inception: settings.inception.is_some(),
         baseline,
@@ -370,7 +428,12 @@ pub fn write_report(
     std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
     let mut files = Vec::new();
     let json = out.join("eval.json");
-    write_atomic(&json, serde_json::to_string_pretty(report).expect("serialises").as_bytes())?;
+    write_atomic(
+        &json,
+        serde_json::to_string_pretty(report)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
     files.push(json);
     let md = out.join("eval.md");
     write_atomic(&md, markdown(report).as_bytes())?;
@@ -390,15 +453,25 @@ pub fn write_report(
             .filter_map(|r| Some((r.scores.classifier_accuracy? * 100.0, pick(&r.scores)?)))
             .collect();
         if !points.is_empty() {
-            let what = if report.inception { "Inception FID" } else { "domain FID" };
+            let what = if report.inception {
+                "Inception FID"
+            } else {
+                "domain FID"
+            };
             let ws: Vec<String> = report.rows.iter().map(|r| r.guidance.to_string()).collect();
             let p = out.join("guidance-sweep.png");
             line_plot(
                 &p,
-                &format!("{what} vs classifier accuracy, guidance w = {}", ws.join(", ")),
+                &format!(
+                    "{what} vs classifier accuracy, guidance w = {}",
+                    ws.join(", ")
+                ),
                 "classifier accuracy (%)",
                 what,
-                &[Series { name: "guidance sweep".into(), points }],
+                &[Series {
+                    name: "guidance sweep".into(),
+                    points,
+                }],
                 false,
             )?;
             files.push(p);

@@ -75,8 +75,14 @@ impl FeatureStats {
         let cov: Vec<u8> = self.cov.iter().flat_map(|v| v.to_le_bytes()).collect();
         let err = |e: safetensors::SafeTensorError| EvalError::file(path, e.to_string());
         let views = vec![
-            ("cov", TensorView::new(Dtype::F64, vec![d, d], &cov).map_err(err)?),
-            ("mean", TensorView::new(Dtype::F64, vec![d], &mean).map_err(err)?),
+            (
+                "cov",
+                TensorView::new(Dtype::F64, vec![d, d], &cov).map_err(err)?,
+            ),
+            (
+                "mean",
+                TensorView::new(Dtype::F64, vec![d], &mean).map_err(err)?,
+            ),
         ];
         let meta = HashMap::from([("n".to_string(), self.n.to_string())]);
         let bytes = safetensors::serialize(views, Some(meta)).map_err(err)?;
@@ -241,8 +247,14 @@ mod tests {
     #[test]
     fn fid_between_known_gaussians_equals_the_closed_form() {
         // Diagonal covariances: FID = ‖μ₁ − μ₂‖² + Σᵢ (√a_i − √b_i)².
-        let a = stats(vec![0.0, 1.0, 2.0], DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 9.0])));
-        let b = stats(vec![1.0, 1.0, 0.0], DMatrix::from_diagonal(&DVector::from_vec(vec![4.0, 1.0, 1.0])));
+        let a = stats(
+            vec![0.0, 1.0, 2.0],
+            DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 9.0])),
+        );
+        let b = stats(
+            vec![1.0, 1.0, 0.0],
+            DMatrix::from_diagonal(&DVector::from_vec(vec![4.0, 1.0, 1.0])),
+        );
         let want = (1.0 + 0.0 + 4.0) + (1.0 + 1.0 + 4.0);
         assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-10);
         // Symmetric in its arguments.
@@ -250,7 +262,10 @@ mod tests {
         // Non-commuting covariances: Σ₁ = I·4, Σ₂ = [[2, 1], [1, 2]]. With Σ₁ = 4I,
         // tr((Σ₁Σ₂)^½) = 2 tr(Σ₂^½) = 2 (√3 + 1); FID = 8 + 4 − 4(√3 + 1).
         let a = stats(vec![0.0, 0.0], DMatrix::identity(2, 2) * 4.0);
-        let b = stats(vec![0.0, 0.0], DMatrix::from_row_slice(2, 2, &[2.0, 1.0, 1.0, 2.0]));
+        let b = stats(
+            vec![0.0, 0.0],
+            DMatrix::from_row_slice(2, 2, &[2.0, 1.0, 1.0, 2.0]),
+        );
         let want = 12.0 - 4.0 * (3f64.sqrt() + 1.0);
         assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-10);
         assert!((frechet_distance(&b, &a).unwrap() - want).abs() < 1e-10);

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, conv2d, interpolate, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::ops::{
+    AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
@@ -64,7 +66,12 @@ struct BasicConv {
 impl BasicConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], self.padding, [1, 1], 1);
-        relu(conv2d(x, self.weight.clone(), Some(self.bias.clone()), options))
+        relu(conv2d(
+            x,
+            self.weight.clone(),
+            Some(self.bias.clone()),
+            options,
+        ))
     }
 }
 
@@ -102,7 +109,10 @@ impl WeightFile<'_> {
     fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         let full = format!("{PREFIX}{name}");
         let t = self.st.tensor(&full).map_err(|_| {
-            EvalError::file(self.path, format!("missing tensor `{full}` — is this the FID Inception?"))
+            EvalError::file(
+                self.path,
+                format!("missing tensor `{full}` — is this the FID Inception?"),
+            )
         })?;
         if t.dtype() != Dtype::F32 {
             return Err(EvalError::file(
@@ -160,7 +170,9 @@ impl WeightFile<'_> {
 
     /// The sequential tower `name` (`conv`, `conv_1`, …) of `n` same-padded layers.
     fn tower(&self, name: &str, n: usize) -> Result<Vec<BasicConv>> {
-        (0..n).map(|i| self.conv(&seq_name(name, i), 1, true)).collect()
+        (0..n)
+            .map(|i| self.conv(&seq_name(name, i), 1, true))
+            .collect()
     }
 }
 
@@ -320,7 +332,11 @@ impl FidInception {
                 tower_2: w.conv(&format!("{name}.tower_2.conv"), 1, true)?,
             })
         };
-        let mixed_a = vec![block_a("mixed", 3)?, block_a("mixed_1", 3)?, block_a("mixed_2", 3)?];
+        let mixed_a = vec![
+            block_a("mixed", 3)?,
+            block_a("mixed_1", 3)?,
+            block_a("mixed_2", 3)?,
+        ];
         let mixed_b = InceptionB {
             conv: w.conv("mixed_3.conv", 2, false)?,
             tower: vec![
@@ -375,7 +391,10 @@ impl FidInception {
         let out = self.forward(Tensor::zeros([1, 3, INPUT_SIZE, INPUT_SIZE], &self.device));
         match out.dims() {
             [1, FEATURE_DIM] => Ok(()),
-            d => Err(EvalError::file(path, format!("the network gives {d:?} features, not [1, {FEATURE_DIM}]"))),
+            d => Err(EvalError::file(
+                path,
+                format!("the network gives {d:?} features, not [1, {FEATURE_DIM}]"),
+            )),
         }
     }
 
@@ -412,7 +431,11 @@ impl FidInception {
     /// - output: `[batch, 3, 299, 299]`
     pub fn preprocess(images: Tensor<4>) -> Tensor<4> {
         let [_, c, h, w] = images.dims();
-        let x = if c == 1 { images.repeat_dim(1, 3) } else { images };
+        let x = if c == 1 {
+            images.repeat_dim(1, 3)
+        } else {
+            images
+        };
         let x = if (h, w) == (INPUT_SIZE, INPUT_SIZE) {
             x
         } else {
@@ -451,7 +474,10 @@ impl FidInception {
         let mut out = Vec::with_capacity(n * FEATURE_DIM);
         for start in (0..n).step_by(batch.max(1)) {
             let m = batch.max(1).min(n - start);
-            let data = TensorData::new(images[start * per..(start + m) * per].to_vec(), [m, c, h, w]);
+            let data = TensorData::new(
+                images[start * per..(start + m) * per].to_vec(),
+                [m, c, h, w],
+            );
             let x = Self::preprocess(Tensor::from_data(data, &self.device));
             let f = self.forward(x);
             out.extend(

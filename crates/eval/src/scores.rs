@@ -7,7 +7,13 @@ pub fn argmax_rows(probs: &[f32], k: usize) -> Vec<usize> {
         .map(|row| {
             row.iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
+                .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+                    if p > best.1 {
+                        (i, p)
+                    } else {
+                        best
+                    }
+                })
                 .0
         })
         .collect()
@@ -85,7 +91,15 @@ mod tests {
         assert!((inception_score_form(&flat, 4, 10).0 - 1.0).abs() < 1e-6);
         // A known two-class case: rows (0.9, 0.1) and (0.1, 0.9) half each: marginal (0.5, 0.5),
         // KL = 0.9 ln 1.8 + 0.1 ln 0.2.
-        let mixed: Vec<f32> = (0..10).flat_map(|i| if i % 2 == 0 { [0.9f32, 0.1] } else { [0.1, 0.9] }).collect();
+        let mixed: Vec<f32> = (0..10)
+            .flat_map(|i| {
+                if i % 2 == 0 {
+                    [0.9f32, 0.1]
+                } else {
+                    [0.1, 0.9]
+                }
+            })
+            .collect();
         let want = (0.9f64 * 1.8f64.ln() + 0.1 * 0.2f64.ln()).exp();
         assert!((inception_score_form(&mixed, 2, 1).0 - want).abs() < 1e-6);
     }

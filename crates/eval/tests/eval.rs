@@ -42,7 +42,11 @@ fn classifier_learns_a_fixture_and_round_trips() {
     .unwrap();
     assert_eq!(losses.len(), 3);
     assert!(losses[2] < losses[0], "loss did not fall: {losses:?}");
-    assert!(info.test_accuracy >= 0.90, "accuracy {}", info.test_accuracy);
+    assert!(
+        info.test_accuracy >= 0.90,
+        "accuracy {}",
+        info.test_accuracy
+    );
 
     let dir = tmp("classifier");
     let path = dir.join("c.safetensors");
@@ -65,7 +69,11 @@ fn classifier_learns_a_fixture_and_round_trips() {
 fn eval_runs_end_to_end_on_tiny_n() {
     let device = Device::flex();
     let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
-    let classifier = load_classifier(&repo().join("weights/classifier-mnist10k.safetensors"), &device).unwrap();
+    let classifier = load_classifier(
+        &repo().join("weights/classifier-mnist10k.safetensors"),
+        &device,
+    )
+    .unwrap();
     // The Inception part runs where its weights are cached (see tests/inception.rs).
     let inception = default_weights_path()
         .exists()
@@ -88,13 +96,23 @@ fn eval_runs_end_to_end_on_tiny_n() {
         stats_cache: Some(out.join("stats")),
     };
     let mut stages = Vec::new();
-    let (report, samples) = evaluate(&model, &config, "mnist", &settings, &device, &mut |s, _, _| {
-        if stages.last().map(String::as_str) != Some(s) {
-            stages.push(s.to_string())
-        }
-    })
+    let (report, samples) = evaluate(
+        &model,
+        &config,
+        "mnist",
+        &settings,
+        &device,
+        &mut |s, _, _| {
+            if stages.last().map(String::as_str) != Some(s) {
+                stages.push(s.to_string())
+            }
+        },
+    )
     .unwrap();
-    assert_eq!((report.n, report.n_reference, report.n_baseline), (20, 20, 20));
+    assert_eq!(
+        (report.n, report.n_reference, report.n_baseline),
+        (20, 20, 20)
+    );
     assert_eq!(report.rows.len(), 2);
     let b = &report.baseline;
     assert!(b.classifier_accuracy.unwrap() > 0.9, "{b:?}");
@@ -114,15 +132,33 @@ fn eval_runs_end_to_end_on_tiny_n() {
         assert!(report.baseline.inception_fid.unwrap() > 0.0);
     }
     let files = write_report(&report, &samples, &out).unwrap();
-    for name in ["eval.json", "eval.md", "samples-w1.png", "samples-w3.png", "guidance-sweep.png"] {
-        assert!(files.contains(&out.join(name)), "{name} missing from {files:?}");
+    for name in [
+        "eval.json",
+        "eval.md",
+        "samples-w1.png",
+        "samples-w3.png",
+        "guidance-sweep.png",
+    ] {
+        assert!(
+            files.contains(&out.join(name)),
+            "{name} missing from {files:?}"
+        );
     }
-    let back: EvalReport = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let back: EvalReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(back, report);
     // Same seed ⇒ the same samples and scores.
     let mut settings2 = settings.clone();
     settings2.guidance = vec![3.0];
-    let (again, _) = evaluate(&model, &config, "mnist", &settings2, &device, &mut |_, _, _| {}).unwrap();
+    let (again, _) = evaluate(
+        &model,
+        &config,
+        "mnist",
+        &settings2,
+        &device,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(again.rows[0].scores, report.rows[1].scores);
     std::fs::remove_dir_all(out).ok();
 }
@@ -148,6 +184,8 @@ fn bad_settings_are_clear_errors() {
     assert!(e.to_string().contains("n ≥ 2"), "{e}");
     settings.n = 4;
     settings.dataset = "cifar10:/nonexistent".into();
-    let e = evaluate(&model, &config, "m", &settings, &device, &mut |_, _, _| {}).unwrap_err().to_string();
+    let e = evaluate(&model, &config, "m", &settings, &device, &mut |_, _, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent") && !e.contains('\n'), "{e}");
 }

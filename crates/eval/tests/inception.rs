@@ -34,7 +34,8 @@ fn features_equal_pytorch_reference() {
         );
         return;
     }
-    let reference: Value = serde_json::from_str(include_str!("data/inception_reference.json")).unwrap();
+    let reference: Value =
+        serde_json::from_str(include_str!("data/inception_reference.json")).unwrap();
     let input = flat(&reference["input"]["values"]);
     let want = flat(&reference["features"]["values"]);
     assert_eq!(input.len(), 2 * 28 * 28);
@@ -66,7 +67,10 @@ fn features_equal_pytorch_reference() {
         .fold(0.0f32, f32::max);
     let max_ref = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     eprintln!("Inception features: max |Δ| = {max_diff:e} (max |feature| = {max_ref})");
-    assert!(max_diff < 1e-3, "features differ from PyTorch by {max_diff}");
+    assert!(
+        max_diff < 1e-3,
+        "features differ from PyTorch by {max_diff}"
+    );
 }
 
 #[test]
@@ -75,8 +79,13 @@ fn wrong_or_missing_weights_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("inception-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let missing = dir.join("none.safetensors");
-    let e = FidInception::load(&missing, &device).unwrap_err().to_string();
-    assert!(e.contains("scripts/fetch-inception.py") && !e.contains('\n'), "{e}");
+    let e = FidInception::load(&missing, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("scripts/fetch-inception.py") && !e.contains('\n'),
+        "{e}"
+    );
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"not safetensors").unwrap();
     let e = FidInception::load(&junk, &device).unwrap_err().to_string();

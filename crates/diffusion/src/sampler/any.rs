@@ -145,21 +145,36 @@ mod tests {
         // ε̂ consistent with it, x_{t−1} = √ᾱ' x̂_0 + √(1−ᾱ') (x_t − √ᾱ x̂_0)/√(1−ᾱ).
         let device = Device::flex();
         let schedule = NoiseScheduleConfig::default().build().unwrap();
-        let settings = SamplerSettings { num_inference_steps: 10, ..Default::default() };
-        let s = settings.scheduler(&schedule, PredictionType::Epsilon).unwrap();
+        let settings = SamplerSettings {
+            num_inference_steps: 10,
+            ..Default::default()
+        };
+        let s = settings
+            .scheduler(&schedule, PredictionType::Epsilon)
+            .unwrap();
         let (t, t_prev) = (s.timesteps()[3], s.timesteps()[4]);
         let (ab, abp) = (schedule.alphas_cumprod[t], schedule.alphas_cumprod[t_prev]);
         let x_t = [0.9f32, -0.2, 2.5, -3.0];
         let eps = [-1.5f32, 0.3, -0.4, 1.2];
-        let tensor = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, 1, 2, 2]), &device);
+        let tensor =
+            |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, 1, 2, 2]), &device);
         let out = s.step(tensor(&eps), 3, tensor(&x_t), None);
-        let got: Vec<f32> = out.prev_sample.into_data().convert::<f32>().try_into_vec().unwrap();
+        let got: Vec<f32> = out
+            .prev_sample
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
         for i in 0..4 {
             let (x, e) = (x_t[i] as f64, eps[i] as f64);
             let x0 = ((x - (1.0 - ab).sqrt() * e) / ab.sqrt()).clamp(-1.0, 1.0);
             let e2 = (x - ab.sqrt() * x0) / (1.0 - ab).sqrt();
             let want = abp.sqrt() * x0 + (1.0 - abp).sqrt() * e2;
-            assert!((got[i] as f64 - want).abs() < 1e-5, "{i}: {} vs {want}", got[i]);
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-5,
+                "{i}: {} vs {want}",
+                got[i]
+            );
         }
     }
 }
