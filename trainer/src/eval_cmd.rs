@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datasets::{DatasetSpec, Split};
-use diffusion::sampler::{SamplerKind, SamplerSettings};
 use diffusion::weights::load_model;
 use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
 use eval::evaluate::{evaluate, markdown, write_report, EvalSettings};
@@ -114,15 +113,8 @@ pub struct EvalArgs {
     /// Samples per guidance scale (10,000 is the usual FID size; small n biases FID up).
     #[arg(long, default_value_t = 10_000)]
     n: usize,
-    /// Sampler: `ddim` or `ddpm`.
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
+    #[command(flatten)]
+    sampler: crate::SamplerFlags,
     /// Guidance scale w.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
@@ -161,12 +153,7 @@ pub struct EvalArgs {
 pub fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
-    let sampler = SamplerSettings {
-        sampler: SamplerKind::from_name(&a.sampler)?,
-        num_inference_steps: a.steps,
-        eta: a.eta,
-    };
-    sampler.scheduler(&config.schedule.build()?, config.prediction_type)?;
+    let sampler = a.sampler.settings(&config)?;
     let guidance = a.guidance_sweep.clone().unwrap_or_else(|| vec![a.guidance]);
     if let Some(w) = guidance.iter().find(|w| !w.is_finite()) {
         bail!("guidance scale {w} is not finite");

@@ -271,6 +271,33 @@ impl ModelArgs {
     }
 }
 
+/// Sampler choice, shared by `sample` and `eval`.
+#[derive(Args)]
+pub(crate) struct SamplerFlags {
+    /// Sampler: `ddim` or `ddpm`.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+}
+
+impl SamplerFlags {
+    /// The settings, checked against `config`'s schedule (bad steps or η are one-line errors).
+    pub(crate) fn settings(&self, config: &diffusion::ModelConfig) -> Result<SamplerSettings> {
+        let settings = SamplerSettings {
+            sampler: SamplerKind::from_name(&self.sampler)?,
+            num_inference_steps: self.steps,
+            eta: self.eta,
+        };
+        settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
+        Ok(settings)
+    }
+}
+
 #[derive(Args)]
 struct SampleArgs {
     /// Weights file (`NAME.safetensors`, with `NAME.json` beside it).
@@ -283,15 +310,8 @@ struct SampleArgs {
     /// unconditional).
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
-    /// Sampler: `ddim` or `ddpm`.
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// DDIM η (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
+    #[command(flatten)]
+    sampler: SamplerFlags,
     /// Seed of the noise (same seed ⇒ same image, on every backend and in the browser).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -532,15 +552,10 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             }
         }
     };
-    let settings = SamplerSettings {
-        sampler: SamplerKind::from_name(&a.sampler)?,
-        num_inference_steps: a.steps,
-        eta: a.eta,
-    };
-    settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
+    let settings = a.sampler.settings(&config)?;
     let started = std::time::Instant::now();
     let (values, shape) = if let Some(traj) = &a.trajectory {
-        let every = (a.steps / 10).max(1);
+        let every = (a.sampler.steps / 10).max(1);
         let (values, frames, shape) = generate_trajectory(
             &model, &config, &settings, labels, a.guidance, a.seed, every, &device,
         )?;

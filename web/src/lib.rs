@@ -57,7 +57,7 @@ fn now_ms() -> f64 {
 
 /// Lets the browser's event loop run (repaint, input, the progress bar): CPU-wasm sampling
 /// would otherwise hold the main thread for the whole call.
-async fn yield_to_browser() -> Result<(), JsError> {
+pub async fn yield_to_browser() -> Result<(), JsError> {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
             .ok()

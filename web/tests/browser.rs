@@ -11,7 +11,7 @@
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
-use web::Sampler;
+use web::{yield_to_browser, Sampler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -58,25 +58,8 @@ fn to_u8(v: f32) -> i32 {
     ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32
 }
 
-/// Lets the page's event loop run: CPU-wasm sampling blocks the main thread, and chromedriver
-/// gives up on a page that does not answer for 30 s.
-async fn yield_to_browser() {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let set_timeout: js_sys::Function =
-            js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
-                .expect("setTimeout")
-                .into();
-        set_timeout
-            .call2(&JsValue::NULL, &resolve, &0.into())
-            .expect("setTimeout call");
-    });
-    wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .expect("timeout");
-}
-
 async fn sampler(backend: &str) -> Sampler {
-    yield_to_browser().await;
+    yield_to_browser().await.expect("yield");
     Sampler::create(WEIGHTS.to_vec(), CONFIG.to_string(), backend.to_string())
         .await
         .unwrap_or_else(|e| {
@@ -101,7 +84,7 @@ async fn check_golden(backend: &str) {
     let s = sampler(backend).await;
     assert_eq!(s.backend(), backend);
     for (class, w, seed, steps, golden) in CASES {
-        yield_to_browser().await;
+        yield_to_browser().await.expect("yield");
         let r = s
             .sample(options(class, w, seed, steps), None)
             .await

@@ -184,7 +184,7 @@ pub fn evaluate(
     }
     if let Some((_, info)) = &settings.classifier {
         if [info.in_channels, info.resolution, info.resolution] != shape
-            || Some(info.num_classes) != u.num_classes.or(Some(info.num_classes))
+            || u.num_classes.is_some_and(|k| k != info.num_classes)
         {
             return Err(EvalError::Invalid(format!(
                 "the classifier (trained on {}) does not fit this model's images or classes",
@@ -247,16 +247,21 @@ pub fn evaluate(
     let domain_stats =
         |feats: &[f32], info: &ClassifierInfo| FeatureStats::from_features(feats, info.feature_dim);
     let real_train_cls = classify(&signed(&real_train.pixels), real_train.len());
-    let base_train_cls = classify(&signed(&real_baseline_train.pixels), n_baseline);
     let real_test_cls = classify(&signed(&real_test.pixels), n_baseline);
-    let (ref_domain, base_domain_ref) =
-        match (&settings.classifier, &real_train_cls, &base_train_cls) {
-            (Some((_, info)), Some((_, f)), Some((_, fb))) => (
-                Some(FidReference::new(domain_stats(f, info)?)),
-                Some(FidReference::new(domain_stats(fb, info)?)),
-            ),
-            _ => (None, None),
-        };
+    // The baseline's train images are the first n_baseline of the reference images: reuse
+    // their features instead of classifying them again.
+    let (ref_domain, base_domain_ref) = match (&settings.classifier, &real_train_cls) {
+        (Some((_, info)), Some((_, f))) => {
+            let full = FidReference::new(domain_stats(f, info)?);
+            let base = if n_baseline == n_reference {
+                full.clone()
+            } else {
+                FidReference::new(domain_stats(&f[..n_baseline * info.feature_dim], info)?)
+            };
+            (Some(full), Some(base))
+        }
+        _ => (None, None),
+    };
 
     // Real-vs-real baseline.
     let mut baseline = Scores::default();

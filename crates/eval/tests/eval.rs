@@ -23,6 +23,26 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Equal JSON trees, numbers within a relative 1e-12.
+fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(y.abs()), "{x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).for_each(|(x, y)| assert_json_close(x, y));
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+            x.iter().for_each(|(k, v)| assert_json_close(v, &y[k]));
+        }
+        _ => assert_eq!(a, b),
+    }
+}
+
 #[test]
 fn classifier_learns_a_fixture_and_round_trips() {
     let device = Device::flex();
@@ -146,7 +166,11 @@ fn eval_runs_end_to_end_on_tiny_n() {
     }
     let back: EvalReport =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
-    assert_eq!(back, report);
+    // serde_json parses f64 to within an ulp (no `float_roundtrip`): compare to 1e-12.
+    assert_json_close(
+        &serde_json::to_value(&back).unwrap(),
+        &serde_json::to_value(&report).unwrap(),
+    );
     // Same seed ⇒ the same samples and scores.
     let mut settings2 = settings.clone();
     settings2.guidance = vec![3.0];
