@@ -12,6 +12,7 @@
 //! identical across backends — schedule constants, timesteps, time embeddings, noise — is
 //! computed on the host in `f64` and uploaded.
 
+pub mod conv2d;
 pub mod error;
 pub mod guidance;
 pub mod noise;

@@ -19,6 +19,7 @@ pub use res_block::{ResBlock, ResBlockConfig, TimeMode};
 pub use resample::{Downsample, Upsample};
 pub use time_embedding::{timestep_embedding, MAX_PERIOD};
 
+use crate::conv2d;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -429,7 +430,7 @@ impl UNet {
         let [b, _, _, _] = x.dims();
         assert_eq!(timesteps.len(), b, "one timestep per sample");
         let emb = self.embedding(timesteps, class_labels, &x.device());
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv2d::forward(&self.conv_in, x);
         let mut skips = vec![h.clone()];
         for level in &self.down {
             for (block, attn) in level.blocks.iter().zip(&level.attentions) {
@@ -459,7 +460,7 @@ impl UNet {
                 h = up.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d::forward(&self.conv_out, silu(self.norm_out.forward(h)))
     }
 }
 

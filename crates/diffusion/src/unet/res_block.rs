@@ -1,5 +1,6 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
+use crate::conv2d;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -110,7 +111,7 @@ impl ResBlock {
     ///   through SiLU by the caller, shared by every block).
     /// - output: `[batch, out_channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>, emb_silu: Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv2d::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(emb_silu);
         let h = match self.time_mode {
@@ -122,9 +123,9 @@ impl ResBlock {
                 self.norm2.forward(h) * scale.add_scalar(1.0) + shift
             }
         };
-        let h = self.conv2.forward(self.dropout.forward(silu(h)));
+        let h = conv2d::forward(&self.conv2, self.dropout.forward(silu(h)));
         match &self.skip {
-            Some(skip) => skip.forward(x) + h,
+            Some(skip) => conv2d::forward(skip, x) + h,
             None => x + h,
         }
     }

@@ -1,6 +1,7 @@
 //! Resolution changes between U-Net levels: strided-conv downsampling and nearest + conv
 //! upsampling (DDPM's `Downsample(with_conv=True)` / `Upsample(with_conv=True)`).
 
+use crate::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
@@ -35,7 +36,7 @@ impl Downsample {
     /// # Shapes
     /// - `x`: `[batch, c, h, w]`; output: `[batch, c, ⌈h/2⌉, ⌈w/2⌉]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        conv2d::forward(&self.conv, x)
     }
 }
 
@@ -64,6 +65,6 @@ impl Upsample {
                 .with_output_size([2 * h, 2 * w])
                 .with_align_corners(false),
         );
-        self.conv.forward(up)
+        conv2d::forward(&self.conv, up)
     }
 }
