@@ -66,9 +66,10 @@ pub fn forward(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
 #[cfg(feature = "flex")]
 mod flex {
     use super::kernels::{self, Geometry};
+    use crate::flex_tensor::{contiguous, tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
-    use burn::tensor::{ops::ConvOptions, DType, Tensor, TensorData};
+    use burn::tensor::{ops::ConvOptions, DType, Tensor};
 
     /// The inputs, handed back when the fast path does not apply.
     pub(super) type Inputs = (Tensor<4>, Tensor<4>, Option<Tensor<1>>);
@@ -118,22 +119,6 @@ mod flex {
         Err((x, weight, bias))
     }
 
-    /// The f32 elements of a tensor in row-major order (copies only non-contiguous tensors).
-    pub(super) fn contiguous(t: &FlexTensor) -> FlexTensor {
-        t.to_contiguous()
-    }
-
-    /// The elements of a contiguous f32 tensor.
-    pub(super) fn values(t: &FlexTensor) -> &[f32] {
-        let start = t.layout().start_offset();
-        &t.storage::<f32>()[start..start + t.layout().num_elements()]
-    }
-
-    /// Wraps a row-major buffer as a Flex tensor.
-    pub(super) fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(data, shape))
-    }
-
     /// The forward convolution of Flex tensors.
     pub(super) fn forward(
         g: &Geometry,
@@ -150,8 +135,9 @@ mod flex {
 
 #[cfg(all(feature = "flex", feature = "autodiff"))]
 mod autodiff {
-    use super::flex::{contiguous, tensor, values, Inputs};
+    use super::flex::Inputs;
     use super::kernels::{self, Geometry};
+    use crate::flex_tensor::{contiguous, tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -159,7 +145,7 @@ mod autodiff {
     use burn::backend::autodiff::NodeId;
     use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
-    use burn::tensor::{Tensor, TensorData};
+    use burn::tensor::Tensor;
 
     /// Backward step of a convolution with a bias: parents are (x, weight, bias).
     #[derive(Debug)]
@@ -186,7 +172,7 @@ mod autodiff {
         [
             dx.map(|v| tensor(v, g.input_shape())),
             dw.map(|v| tensor(v, g.weight_shape())),
-            db.map(|v| FlexTensor::from_data(TensorData::new(v, [g.channels_out]))),
+            db.map(|v| tensor(v, [g.channels_out])),
         ]
     }
 

@@ -14,12 +14,15 @@
 
 pub mod conv2d;
 pub mod error;
+#[cfg(feature = "flex")]
+mod flex_tensor;
 pub mod guidance;
 pub mod noise;
 pub mod objective;
 pub mod pixels;
 pub mod sampler;
 pub mod schedule;
+pub mod silu;
 pub mod unet;
 pub mod weights;
 

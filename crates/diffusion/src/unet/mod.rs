@@ -20,6 +20,7 @@ pub use resample::{Downsample, Upsample};
 pub use time_embedding::{timestep_embedding, MAX_PERIOD};
 
 use crate::conv2d;
+use crate::silu::silu;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -27,7 +28,6 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::{
     Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
