@@ -13,6 +13,7 @@
 //! computed on the host in `f64` and uploaded.
 
 pub mod conv2d;
+pub mod dropout;
 pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;

@@ -1,7 +1,7 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
-use crate::conv2d;
 use crate::silu::silu;
+use crate::{conv2d, dropout};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -123,7 +123,7 @@ impl ResBlock {
                 self.norm2.forward(h) * scale.add_scalar(1.0) + shift
             }
         };
-        let h = conv2d::forward(&self.conv2, self.dropout.forward(silu(h)));
+        let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, silu(h)));
         match &self.skip {
             Some(skip) => conv2d::forward(skip, x) + h,
             None => x + h,
