@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;
+pub mod group_norm;
 pub mod guidance;
 pub mod noise;
 pub mod objective;

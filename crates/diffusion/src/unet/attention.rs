@@ -1,6 +1,6 @@
 //! Multi-head self-attention over the pixels of a feature map (DDPM's `AttnBlock`).
 
-use crate::conv2d;
+use crate::{conv2d, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -65,7 +65,7 @@ impl AttentionBlock {
         let [b, c, h, w] = x.dims();
         let (heads, n) = (self.num_heads, h * w);
         let d = c / heads;
-        let qkv = conv2d::forward(&self.qkv, self.norm.forward(x.clone()));
+        let qkv = conv2d::forward(&self.qkv, group_norm::forward(&self.norm, x.clone()));
         // [B, 3C, H, W] → [B, 3, heads, d, HW] → three [B, heads, HW, d].
         let qkv = qkv.reshape([b * 3, heads, d, n]).swap_dims(2, 3);
         let mut parts = qkv.reshape([b, 3, heads, n, d]).chunk(3, 1).into_iter();

@@ -19,8 +19,8 @@ pub use res_block::{ResBlock, ResBlockConfig, TimeMode};
 pub use resample::{Downsample, Upsample};
 pub use time_embedding::{timestep_embedding, MAX_PERIOD};
 
-use crate::conv2d;
 use crate::silu::silu;
+use crate::{conv2d, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -460,7 +460,7 @@ impl UNet {
                 h = up.forward(h);
             }
         }
-        conv2d::forward(&self.conv_out, silu(self.norm_out.forward(h)))
+        conv2d::forward(&self.conv_out, silu(group_norm::forward(&self.norm_out, h)))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
 use crate::silu::silu;
-use crate::{conv2d, dropout};
+use crate::{conv2d, dropout, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -111,16 +111,19 @@ impl ResBlock {
     ///   through SiLU by the caller, shared by every block).
     /// - output: `[batch, out_channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>, emb_silu: Tensor<2>) -> Tensor<4> {
-        let h = conv2d::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d::forward(
+            &self.conv1,
+            silu(group_norm::forward(&self.norm1, x.clone())),
+        );
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(emb_silu);
         let h = match self.time_mode {
-            TimeMode::Add => self.norm2.forward(h + e.reshape([b, c, 1, 1])),
+            TimeMode::Add => group_norm::forward(&self.norm2, h + e.reshape([b, c, 1, 1])),
             TimeMode::Film => {
                 let e = e.reshape([b, 2 * c, 1, 1]);
                 let scale = e.clone().narrow(1, 0, c);
                 let shift = e.narrow(1, c, c);
-                self.norm2.forward(h) * scale.add_scalar(1.0) + shift
+                group_norm::forward(&self.norm2, h) * scale.add_scalar(1.0) + shift
             }
         };
         let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, silu(h)));

@@ -1,0 +1,415 @@
+//! Group normalisation (Wu & He, 2018) with a fused kernel for f32 tensors on the Flex CPU
+//! backend.
+//!
+//! Burn composes GroupNorm from about ten tensor operations (mean, subtract, square, mean,
+//! add, sqrt, divide, multiply, add), each a pass over memory and, under autodiff, a backward
+//! node of its own. Here the forward is two passes per group (statistics, then
+//! `y = x·a_c + b_c` with `a_c = γ_c/σ`, `b_c = β_c − μ·a_c`), and the backward two more, from
+//! the standard result for x̂ = (x − μ)/σ over a group of n values:
+//!
+//! `∂L/∂x = (1/σ)·(g − mean(g) − x̂·mean(g·x̂))` with `g = γ_c·∂L/∂y`,
+//! `∂L/∂γ_c = Σ ∂L/∂y·x̂`, `∂L/∂β_c = Σ ∂L/∂y`.
+//!
+//! The variance is the biased one with ε inside the square root, as in Burn and PyTorch.
+//! Non-affine norms, other dtypes and other backends use Burn's `GroupNorm::forward`.
+
+use burn::nn::GroupNorm;
+use burn::tensor::Tensor;
+
+/// [`GroupNorm::forward`], fused on Flex.
+///
+/// # Shapes
+/// - `input`: `[batch, num_channels, ...]`; the output has the same shape.
+pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) {
+        let shape = input.dims();
+        if let Some(g) = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon) {
+            let inputs = (input, gamma.val(), beta.val());
+            match flex::try_group_norm(g, inputs) {
+                Ok(y) => return y,
+                Err((input, _, _)) => return norm.forward(input),
+            }
+        }
+    }
+    norm.forward(input)
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::kernels::{self, Geometry};
+    use crate::flex_tensor::{contiguous, values};
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::Flex;
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    /// The inputs (x, γ, β), handed back when the fused path does not apply.
+    pub(super) type Inputs<const D: usize> = (Tensor<D>, Tensor<1>, Tensor<1>);
+
+    pub(super) fn try_group_norm<const D: usize>(
+        g: Geometry,
+        (x, gamma, beta): Inputs<D>,
+    ) -> Result<Tensor<D>, Inputs<D>> {
+        let f32_only = [x.dtype(), gamma.dtype(), beta.dtype()]
+            .iter()
+            .all(|&d| d == DType::F32);
+        if !f32_only {
+            return Err((x, gamma, beta));
+        }
+        let plain = (
+            x.clone().try_into_primitive::<Flex>(),
+            gamma.clone().try_into_primitive::<Flex>(),
+            beta.clone().try_into_primitive::<Flex>(),
+        );
+        if let (Ok(xp), Ok(gp), Ok(bp)) = plain {
+            let (y, _) = forward(&g, &xp, &gp, &bp);
+            return Ok(Tensor::from_primitive::<Flex>(y));
+        }
+        #[cfg(feature = "autodiff")]
+        {
+            use burn::backend::autodiff::checkpoint::strategy::{
+                BalancedCheckpointing, NoCheckpointing,
+            };
+            let inputs =
+                match super::autodiff::try_group_norm::<NoCheckpointing, D>(g, (x, gamma, beta)) {
+                    Ok(y) => return Ok(y),
+                    Err(inputs) => inputs,
+                };
+            super::autodiff::try_group_norm::<BalancedCheckpointing, D>(g, inputs)
+        }
+        #[cfg(not(feature = "autodiff"))]
+        Err((x, gamma, beta))
+    }
+
+    /// The normalised tensor and the (mean, 1/σ) of every (image, group).
+    pub(super) fn forward(
+        g: &Geometry,
+        x: &FlexTensor,
+        gamma: &FlexTensor,
+        beta: &FlexTensor,
+    ) -> (FlexTensor, Vec<[f32; 2]>) {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let shape = x.layout().shape().clone();
+        let (y, stats) = kernels::forward(g, values(&x), values(&gamma), values(&beta));
+        (FlexTensor::from_data(TensorData::new(y, shape)), stats)
+    }
+}
+
+#[cfg(all(feature = "flex", feature = "autodiff"))]
+mod autodiff {
+    use super::flex::Inputs;
+    use super::kernels::{self, Geometry};
+    use crate::flex_tensor::{contiguous, tensor, values};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
+    use burn::tensor::{Tensor, TensorData};
+
+    /// Backward step of GroupNorm; parents are (x, γ, β).
+    #[derive(Debug)]
+    struct GroupNormBackward;
+
+    /// The checkpointed x and γ, the statistics of the forward pass and the geometry.
+    type State = (NodeId, NodeId, Vec<[f32; 2]>, Geometry);
+
+    impl Backward<Flex, 3> for GroupNormBackward {
+        type State = State;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let (x_id, gamma_id, stats, g) = ops.state;
+            let x = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(x_id));
+            let gamma = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(gamma_id));
+            let shape = x.layout().shape().clone();
+            let (dx, dgamma, dbeta) =
+                kernels::backward(&g, values(&x), values(&gamma), values(&grad), &stats);
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            if let Some(node) = node_x {
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+            }
+            if let Some(node) = node_gamma {
+                grads.register::<Flex>(node.id, tensor(dgamma, [g.channels]));
+            }
+            if let Some(node) = node_beta {
+                grads.register::<Flex>(node.id, tensor(dbeta, [g.channels]));
+            }
+        }
+    }
+
+    /// GroupNorm as one autodiff node on `Autodiff<Flex, C>`; hands the inputs back if they are
+    /// not all on that backend.
+    pub(super) fn try_group_norm<C: CheckpointStrategy, const D: usize>(
+        g: Geometry,
+        (x, gamma, beta): Inputs<D>,
+    ) -> Result<Tensor<D>, Inputs<D>>
+    where
+        DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+    {
+        let converted = (
+            x.clone().try_into_primitive::<Autodiff<Flex, C>>(),
+            gamma.clone().try_into_primitive::<Autodiff<Flex, C>>(),
+            beta.clone().try_into_primitive::<Autodiff<Flex, C>>(),
+        );
+        let (Ok(x_ad), Ok(g_ad), Ok(b_ad)) = converted else {
+            return Err((x, gamma, beta));
+        };
+        let prep = GroupNormBackward
+            .prepare::<C>([x_ad.node(), g_ad.node(), b_ad.node()])
+            .compute_bound()
+            .stateful();
+        let output = match prep {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, g_state) = (prep.checkpoint(&x_ad), prep.checkpoint(&g_ad));
+                let (y, stats) =
+                    super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
+                prep.finish((x_state, g_state, stats, g), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, _) =
+                    super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
+                prep.finish(y)
+            }
+        };
+        Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
+    }
+}
+
+#[cfg(feature = "flex")]
+mod kernels {
+    //! The per-group loops on f32 slices laid out as `[batch, channels, spatial…]`.
+
+    use rayon::prelude::*;
+
+    /// Calls of [`forward`] and [`backward`], so tests can check that the fused path ran.
+    #[cfg(test)]
+    pub(super) static CALLS: [std::sync::atomic::AtomicUsize; 2] = [
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ];
+
+    /// Sizes of one GroupNorm.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Geometry {
+        pub batch: usize,
+        pub channels: usize,
+        pub groups: usize,
+        /// Elements per channel (the product of the spatial sizes).
+        pub spatial: usize,
+        pub epsilon: f64,
+    }
+
+    impl Geometry {
+        /// `None` when the shape does not fit (rank < 3, groups not dividing the channels,
+        /// empty tensors): Burn's GroupNorm then reports it.
+        pub fn new(shape: &[usize], groups: usize, epsilon: f64) -> Option<Self> {
+            if shape.len() < 3 || groups == 0 || shape[1] % groups != 0 {
+                return None;
+            }
+            let g = Self {
+                batch: shape[0],
+                channels: shape[1],
+                groups,
+                spatial: shape[2..].iter().product(),
+                epsilon,
+            };
+            (g.batch * g.channels * g.spatial > 0).then_some(g)
+        }
+
+        fn group_len(&self) -> usize {
+            self.channels / self.groups * self.spatial
+        }
+    }
+
+    /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), and the (μ, 1/σ) of each.
+    pub(super) fn forward(
+        g: &Geometry,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> (Vec<f32>, Vec<[f32; 2]>) {
+        #[cfg(test)]
+        CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = g.group_len();
+        let cpg = g.channels / g.groups;
+        let mut y = vec![0.0f32; x.len()];
+        let mut stats = vec![[0.0f32; 2]; g.batch * g.groups];
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .zip(stats.par_iter_mut())
+            .enumerate()
+            .for_each(|(index, ((y, x), stats))| {
+                let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                let rstd = 1.0 / (var + g.epsilon).sqrt();
+                *stats = [mean as f32, rstd as f32];
+                let c0 = (index % g.groups) * cpg;
+                for ((y, x), c) in y
+                    .chunks_exact_mut(g.spatial)
+                    .zip(x.chunks_exact(g.spatial))
+                    .zip(c0..)
+                {
+                    let a = (gamma[c] as f64 * rstd) as f32;
+                    let b = (beta[c] as f64 - mean * gamma[c] as f64 * rstd) as f32;
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * a + b;
+                    }
+                }
+            });
+        (y, stats)
+    }
+
+    /// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from x, γ, ∂L/∂y and the forward statistics.
+    pub(super) fn backward(
+        g: &Geometry,
+        x: &[f32],
+        gamma: &[f32],
+        dy: &[f32],
+        stats: &[[f32; 2]],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        #[cfg(test)]
+        CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = g.group_len();
+        let cpg = g.channels / g.groups;
+        let mut dx = vec![0.0f32; x.len()];
+        // Per (image, channel): Σ ∂L/∂y and Σ ∂L/∂y · x̂, summed over images afterwards.
+        let mut sums = vec![[0.0f64; 2]; g.batch * g.channels];
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+            .zip(sums.par_chunks_mut(cpg))
+            .enumerate()
+            .for_each(|(index, ((dx, (x, dy)), sums))| {
+                let [mean, rstd] = stats[index];
+                let (mean, rstd) = (mean as f64, rstd as f64);
+                let c0 = (index % g.groups) * cpg;
+                let (mut m1, mut m2) = (0.0f64, 0.0f64);
+                for (((x, dy), sum), c) in x
+                    .chunks_exact(g.spatial)
+                    .zip(dy.chunks_exact(g.spatial))
+                    .zip(sums.iter_mut())
+                    .zip(c0..)
+                {
+                    let sum_dy = dy.iter().map(|&v| v as f64).sum::<f64>();
+                    let sum_dy_x = x
+                        .iter()
+                        .zip(dy)
+                        .map(|(&x, &d)| x as f64 * d as f64)
+                        .sum::<f64>();
+                    let sum_dy_xhat = (sum_dy_x - mean * sum_dy) * rstd;
+                    *sum = [sum_dy, sum_dy_xhat];
+                    m1 += gamma[c] as f64 * sum_dy;
+                    m2 += gamma[c] as f64 * sum_dy_xhat;
+                }
+                let (m1, m2) = (m1 / n as f64, m2 / n as f64);
+                // dx = rstd·(γ_c·dy − m1 − x̂·m2) = α_c·dy + β·x + δ
+                let beta = -rstd * rstd * m2;
+                let delta = rstd * rstd * m2 * mean - rstd * m1;
+                for (((dx, x), dy), c) in dx
+                    .chunks_exact_mut(g.spatial)
+                    .zip(x.chunks_exact(g.spatial))
+                    .zip(dy.chunks_exact(g.spatial))
+                    .zip(c0..)
+                {
+                    let alpha = (rstd * gamma[c] as f64) as f32;
+                    let (beta, delta) = (beta as f32, delta as f32);
+                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                        *dx = alpha * dy + beta * x + delta;
+                    }
+                }
+            });
+        let mut dgamma = vec![0.0f64; g.channels];
+        let mut dbeta = vec![0.0f64; g.channels];
+        for image in sums.chunks_exact(g.channels) {
+            for ((dg, db), [sum_dy, sum_dy_xhat]) in dgamma.iter_mut().zip(&mut dbeta).zip(image) {
+                *db += sum_dy;
+                *dg += sum_dy_xhat;
+            }
+        }
+        let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (dx, narrow(dgamma), narrow(dbeta))
+    }
+}
+
+#[cfg(all(test, feature = "flex", feature = "autodiff"))]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::GroupNormConfig;
+    use burn::tensor::{Device, Distribution};
+
+    fn calls(which: usize) -> usize {
+        kernels::CALLS[which].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    }
+
+    /// A GroupNorm with random γ and β on `device`.
+    fn norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
+        let mut norm = GroupNormConfig::new(groups, channels)
+            .with_epsilon(1e-5)
+            .init(device);
+        let random = || Tensor::<1>::random([channels], Distribution::Normal(0.5, 1.0), device);
+        norm.gamma = Some(Param::from_tensor(random()));
+        norm.beta = Some(Param::from_tensor(random()));
+        norm
+    }
+
+    #[test]
+    fn forward_matches_burn_group_norm() {
+        let device = Device::flex();
+        for (shape, groups) in [([3, 8, 5, 7], 4), ([2, 6, 1, 1], 3), ([4, 32, 14, 14], 32)] {
+            let norm = norm(groups, shape[1], &device);
+            // An offset mean and spread, as after a convolution.
+            let x = Tensor::<4>::random(shape, Distribution::Normal(3.0, 2.0), &device);
+            let before = calls(0);
+            let ours = forward(&norm, x.clone());
+            assert!(calls(0) > before, "the fused path did not run");
+            let err = relative_error(ours, norm.forward(x));
+            assert!(err < 1e-5, "{shape:?}/{groups}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_burn_group_norm_on_autodiff_flex() {
+        let device = Device::flex().autodiff();
+        for (shape, groups) in [([3, 8, 5, 7], 4), ([4, 16, 6, 6], 8)] {
+            let norm = norm(groups, shape[1], &device);
+            let x = Tensor::<4>::random(shape, Distribution::Normal(3.0, 2.0), &device);
+            let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let run = |fast: bool| {
+                let x = x.clone().require_grad();
+                let y = if fast {
+                    forward(&norm, x.clone())
+                } else {
+                    norm.forward(x.clone())
+                };
+                let grads = (y * r.clone()).sum().backward();
+                let gamma = norm.gamma.as_ref().unwrap().val();
+                let beta = norm.beta.as_ref().unwrap().val();
+                (
+                    x.grad(&grads).expect("x grad"),
+                    gamma.grad(&grads).expect("γ grad"),
+                    beta.grad(&grads).expect("β grad"),
+                )
+            };
+            let before = calls(1);
+            let (dx, dg, db) = run(true);
+            assert!(calls(1) > before, "the fused backward did not run");
+            let (rx, rg, rb) = run(false);
+            assert!(relative_error(dx, rx) < 1e-4, "{shape:?}: dx");
+            assert!(relative_error(dg, rg) < 1e-5, "{shape:?}: dγ");
+            assert!(relative_error(db, rb) < 1e-5, "{shape:?}: dβ");
+        }
+    }
+}
