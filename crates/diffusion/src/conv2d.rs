@@ -449,6 +449,27 @@ mod kernels {
             ((lo as usize).min(hi), hi, offset)
         }
 
+        /// For stride 1, dilation 1 and "same" width, one kernel tap `(i, j)` reads the input
+        /// image shifted by a constant: output index `t` reads input index `t + shift` for all
+        /// output rows `rows` and columns `lo..hi` (returned as `(rows, lo, hi, shift)`), so a
+        /// tap is one contiguous copy plus a few border columns to clear.
+        fn shifted_tap(
+            &self,
+            i: usize,
+            j: usize,
+        ) -> Option<(std::ops::Range<usize>, usize, usize, isize)> {
+            let unit = self.stride == [1, 1] && self.dilation == [1, 1];
+            if !unit || self.width_out != self.width {
+                return None;
+            }
+            let dy = i as isize - self.pad[0] as isize;
+            let first = (-dy).clamp(0, self.height_out as isize) as usize;
+            let last = (self.height as isize - dy).clamp(first as isize, self.height_out as isize)
+                as usize;
+            let (lo, hi, dx) = self.columns(j);
+            Some((first..last, lo, hi, dy * self.width as isize + dx))
+        }
+
         /// The input row read by output row `oy` for kernel row `i`, if inside the image.
         fn row(&self, oy: usize, i: usize) -> Option<usize> {
             let iy = (oy * self.stride[0] + i * self.dilation[0]) as isize - self.pad[0] as isize;
@@ -461,20 +482,25 @@ mod kernels {
     /// Builds the im2col matrix of a group of images (`x` holds exactly those): `[K, nb·P]`,
     /// row `(c, i, j)` holding, for every image and output pixel, the input value under kernel
     /// tap `(i, j)` (0 in the padding).
-    fn im2col(g: &Geometry, x: &[f32], cols: &mut Vec<f32>) {
+    fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
         let p = g.p();
         let nb = x.len() / g.plane();
         let n = nb * p;
         let [kh, kw] = g.kernel;
         let hw = g.height * g.width;
         let s = g.stride[1];
-        cols.resize(g.k() * n, 0.0);
+        debug_assert_eq!(cols.len(), g.k() * n);
         for (r, row) in cols.chunks_exact_mut(n).enumerate() {
             let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
             let (lo, hi, offset) = g.columns(j);
             let start = lo as isize * s as isize + offset;
+            let tap = g.shifted_tap(i, j);
             for (bi, image_row) in row.chunks_exact_mut(p).enumerate() {
                 let src = &x[(bi * g.channels_in + c) * hw..][..hw];
+                if let Some((rows, lo, hi, shift)) = tap.clone() {
+                    copy_shifted(image_row, src, g.width_out, rows, lo, hi, shift);
+                    continue;
+                }
                 for (oy, dst) in image_row.chunks_exact_mut(g.width_out).enumerate() {
                     let Some(iy) = g.row(oy, i) else {
                         dst.fill(0.0);
@@ -498,7 +524,7 @@ mod kernels {
 
     /// Adds the columns of `dcols` (`[K, nb·P]`, laid out as [`im2col`]'s output) back onto
     /// the input pixels they were read from; `dx` holds the group's `[nb, C_in, H, W]`.
-    fn col2im(g: &Geometry, dcols: &[f32], dx: &mut [f32]) {
+    fn col2im(g: &Geometry, dcols: &mut [f32], dx: &mut [f32]) {
         let p = g.p();
         let n = dx.len() / g.plane() * p;
         let [kh, kw] = g.kernel;
@@ -512,6 +538,11 @@ mod kernels {
                     let (lo, hi, offset) = g.columns(j);
                     let start = (lo as isize * s as isize + offset) as usize;
                     let r = (c * kh + i) * kw + j;
+                    if let Some((rows, lo, hi, shift)) = g.shifted_tap(i, j) {
+                        let src = &mut dcols[r * n + bi * p..][..p];
+                        add_shifted(plane, src, g.width_out, rows, lo, hi, shift);
+                        continue;
+                    }
                     let src = &dcols[r * n + bi * p..][..p];
                     for (oy, src) in src.chunks_exact(g.width_out).enumerate() {
                         let Some(iy) = g.row(oy, i) else { continue };
@@ -529,6 +560,58 @@ mod kernels {
                     }
                 }
             }
+        }
+    }
+
+    /// One tap of [`Geometry::shifted_tap`]: `dst[t] = src[t + shift]` over `rows`, columns
+    /// `lo..hi`; 0 elsewhere.
+    fn copy_shifted(
+        dst: &mut [f32],
+        src: &[f32],
+        width: usize,
+        rows: std::ops::Range<usize>,
+        lo: usize,
+        hi: usize,
+        shift: isize,
+    ) {
+        if rows.is_empty() || lo == hi {
+            dst.fill(0.0);
+            return;
+        }
+        let (start, end) = (rows.start * width + lo, (rows.end - 1) * width + hi);
+        dst[..start].fill(0.0);
+        dst[end..].fill(0.0);
+        let from = (start as isize + shift) as usize;
+        dst[start..end].copy_from_slice(&src[from..from + (end - start)]);
+        // The contiguous copy ran across row ends; clear the columns outside lo..hi.
+        for row in rows {
+            dst[row * width..row * width + lo].fill(0.0);
+            dst[row * width + hi..(row + 1) * width].fill(0.0);
+        }
+    }
+
+    /// The adjoint of [`copy_shifted`]: `dst[t + shift] += src[t]` over `rows`, columns
+    /// `lo..hi` (`src` is scratch: its other columns are cleared first).
+    fn add_shifted(
+        dst: &mut [f32],
+        src: &mut [f32],
+        width: usize,
+        rows: std::ops::Range<usize>,
+        lo: usize,
+        hi: usize,
+        shift: isize,
+    ) {
+        if rows.is_empty() || lo == hi {
+            return;
+        }
+        for row in rows.clone() {
+            src[row * width..row * width + lo].fill(0.0);
+            src[row * width + hi..(row + 1) * width].fill(0.0);
+        }
+        let (start, end) = (rows.start * width + lo, (rows.end - 1) * width + hi);
+        let to = (start as isize + shift) as usize;
+        for (d, v) in dst[to..to + (end - start)].iter_mut().zip(&src[start..end]) {
+            *d += v;
         }
     }
 
@@ -600,54 +683,90 @@ mod kernels {
         let mut y = vec![0.0f32; g.batch * co * p];
         y.par_chunks_mut(gs * co * p)
             .zip(x.par_chunks(gs * g.plane()))
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(cols, product), (y, x)| {
-                    let n = x.len() / g.plane() * p;
-                    im2col(g, x, cols);
-                    let w = Mat {
-                        data: weight,
-                        rs: k,
-                        cs: 1,
-                    };
-                    let cols = Mat {
-                        data: cols,
-                        rs: n,
-                        cs: 1,
-                    };
-                    if n == p {
-                        // One image: the product is the output; start from the bias.
-                        if let Some(bias) = bias {
-                            for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
-                                row.fill(b);
-                            }
-                        }
-                        matmul((co, n, k), y, bias.is_some(), w, cols, parallelism);
-                        return;
-                    }
-                    // [C_out, nb·P] → [nb, C_out, P], adding the bias.
-                    product.resize(co * n, 0.0);
-                    matmul((co, n, k), product, false, w, cols, parallelism);
-                    for (index, dst) in y.chunks_exact_mut(p).enumerate() {
-                        let (bi, c) = (index / co, index % co);
-                        let b = bias.map_or(0.0, |bias| bias[c]);
-                        for (d, v) in dst.iter_mut().zip(&product[c * n + bi * p..][..p]) {
-                            *d = v + b;
+            .for_each_init(Scratch::take, |scratch, (y, x)| {
+                let n = x.len() / g.plane() * p;
+                let [cols, product, _] = &mut scratch.0;
+                let cols = sized(cols, k * n);
+                im2col(g, x, cols);
+                let w = Mat {
+                    data: weight,
+                    rs: k,
+                    cs: 1,
+                };
+                let cols = Mat {
+                    data: cols,
+                    rs: n,
+                    cs: 1,
+                };
+                if n == p {
+                    // One image: the product is the output; start from the bias.
+                    if let Some(bias) = bias {
+                        for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
+                            row.fill(b);
                         }
                     }
-                },
-            );
+                    matmul((co, n, k), y, bias.is_some(), w, cols, parallelism);
+                    return;
+                }
+                // [C_out, nb·P] → [nb, C_out, P], adding the bias.
+                let product = sized(product, co * n);
+                matmul((co, n, k), product, false, w, cols, parallelism);
+                for (index, dst) in y.chunks_exact_mut(p).enumerate() {
+                    let (bi, c) = (index / co, index % co);
+                    let b = bias.map_or(0.0, |bias| bias[c]);
+                    for (d, v) in dst.iter_mut().zip(&product[c * n + bi * p..][..p]) {
+                        *d = v + b;
+                    }
+                }
+            });
         y
     }
 
+    thread_local! {
+        static SCRATCH: std::cell::Cell<[Vec<f32>; 3]> = std::cell::Cell::default();
+    }
+
+    /// Three scratch buffers kept per thread across calls, so the im2col blocks are neither
+    /// allocated nor zeroed per image group. A nested user on the same thread (a task stolen
+    /// while gemm waits) finds none and allocates its own.
+    struct Scratch([Vec<f32>; 3]);
+
+    impl Scratch {
+        fn take() -> Self {
+            Self(SCRATCH.try_with(|s| s.take()).unwrap_or_default())
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let buffers = std::mem::take(&mut self.0);
+            let _ = SCRATCH.try_with(|s| s.set(buffers));
+        }
+    }
+
+    /// The first `len` elements of a scratch buffer, growing it if needed (stale contents).
+    fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        &mut buffer[..len]
+    }
+
     /// Per-worker state of the backward pass: partial weight and bias gradients and scratch.
-    #[derive(Default)]
     struct Partial {
         dw: Vec<f32>,
         db: Vec<f64>,
-        cols: Vec<f32>,
-        dcols: Vec<f32>,
-        dy: Vec<f32>,
+        scratch: Scratch,
+    }
+
+    impl Partial {
+        fn new() -> Self {
+            Self {
+                dw: Vec::new(),
+                db: Vec::new(),
+                scratch: Scratch::take(),
+            }
+        }
     }
 
     /// Gradients of the convolution with respect to x, the weight and the bias (each only if
@@ -674,7 +793,8 @@ mod kernels {
         let partial = slots
             .into_par_iter()
             .enumerate()
-            .fold(Partial::default, |mut acc, (group, dx)| {
+            .fold(Partial::new, |mut acc, (group, dx)| {
+                let [cols, dcols, dy_buffer] = &mut acc.scratch.0;
                 let b0 = group * gs;
                 let nb = gs.min(g.batch - b0);
                 let n = nb * p;
@@ -683,13 +803,13 @@ mod kernels {
                 let dy: &[f32] = if nb == 1 {
                     grad
                 } else {
-                    acc.dy.resize(co * n, 0.0);
-                    for (c, row) in acc.dy.chunks_exact_mut(n).enumerate() {
+                    let dy = sized(dy_buffer, co * n);
+                    for (c, row) in dy.chunks_exact_mut(n).enumerate() {
                         for (bi, dst) in row.chunks_exact_mut(p).enumerate() {
                             dst.copy_from_slice(&grad[(bi * co + c) * p..][..p]);
                         }
                     }
-                    &acc.dy
+                    dy
                 };
                 if need_b {
                     acc.db.resize(co, 0.0);
@@ -698,7 +818,8 @@ mod kernels {
                     }
                 }
                 if need_w {
-                    im2col(g, &x[b0 * g.plane()..(b0 + nb) * g.plane()], &mut acc.cols);
+                    let cols = sized(cols, k * n);
+                    im2col(g, &x[b0 * g.plane()..(b0 + nb) * g.plane()], cols);
                     acc.dw.resize(co * k, 0.0);
                     let lhs = Mat {
                         data: dy,
@@ -706,14 +827,14 @@ mod kernels {
                         cs: 1,
                     };
                     let rhs = Mat {
-                        data: &acc.cols,
+                        data: cols,
                         rs: 1,
                         cs: n,
                     };
                     matmul((co, k, n), &mut acc.dw, true, lhs, rhs, parallelism);
                 }
                 if let Some(dx) = dx {
-                    acc.dcols.resize(k * n, 0.0);
+                    let dcols = sized(dcols, k * n);
                     let wt = Mat {
                         data: weight,
                         rs: 1,
@@ -724,8 +845,8 @@ mod kernels {
                         rs: n,
                         cs: 1,
                     };
-                    matmul((k, n, co), &mut acc.dcols, false, wt, dy, parallelism);
-                    col2im(g, &acc.dcols, dx);
+                    matmul((k, n, co), dcols, false, wt, dy, parallelism);
+                    col2im(g, dcols, dx);
                 }
                 acc
             })
