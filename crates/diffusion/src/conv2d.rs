@@ -583,10 +583,26 @@ mod kernels {
         dst[end..].fill(0.0);
         let from = (start as isize + shift) as usize;
         dst[start..end].copy_from_slice(&src[from..from + (end - start)]);
-        // The contiguous copy ran across row ends; clear the columns outside lo..hi.
-        for row in rows {
-            dst[row * width..row * width + lo].fill(0.0);
-            dst[row * width + hi..(row + 1) * width].fill(0.0);
+        // The contiguous copy ran across row ends; clear the columns outside lo..hi (one or
+        // two per row for a 3×3 kernel: plain stores, not memset calls).
+        clear_border_columns(
+            &mut dst[rows.start * width..rows.end * width],
+            width,
+            lo,
+            hi,
+        );
+    }
+
+    /// Zeroes columns `..lo` and `hi..` of every row of a row-major block.
+    #[inline(always)]
+    fn clear_border_columns(block: &mut [f32], width: usize, lo: usize, hi: usize) {
+        for row in block.chunks_exact_mut(width) {
+            for v in &mut row[..lo] {
+                *v = 0.0;
+            }
+            for v in &mut row[hi..] {
+                *v = 0.0;
+            }
         }
     }
 
@@ -604,10 +620,12 @@ mod kernels {
         if rows.is_empty() || lo == hi {
             return;
         }
-        for row in rows.clone() {
-            src[row * width..row * width + lo].fill(0.0);
-            src[row * width + hi..(row + 1) * width].fill(0.0);
-        }
+        clear_border_columns(
+            &mut src[rows.start * width..rows.end * width],
+            width,
+            lo,
+            hi,
+        );
         let (start, end) = (rows.start * width + lo, (rows.end - 1) * width + hi);
         let to = (start as isize + shift) as usize;
         for (d, v) in dst[to..to + (end - start)].iter_mut().zip(&src[start..end]) {

@@ -229,6 +229,134 @@ mod kernels {
         }
     }
 
+    /// Sixteen running sums, so the compiler can keep them in vector registers (a single f32
+    /// or f64 accumulator is a serial dependency chain that does not vectorise).
+    const LANES: usize = 16;
+
+    /// `Σ f(a_i, b_i)`, summed lane-wise.
+    #[inline(always)]
+    fn sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(&x, &y)| f(x, y))
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for lane in 0..LANES {
+                acc[lane] += f(x[lane], y[lane]);
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// Normalises one (image, group) block and returns its (μ, 1/σ).
+    #[inline(always)]
+    fn forward_group(
+        g: &Geometry,
+        c0: usize,
+        x: &[f32],
+        y: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> [f32; 2] {
+        let n = x.len() as f64;
+        let mean = (sum2(x, x, |v, _| v) as f64 / n) as f32;
+        let var = sum2(x, x, |v, _| (v - mean) * (v - mean)) as f64 / n;
+        let rstd = (1.0 / (var + g.epsilon).sqrt()) as f32;
+        for ((y, x), c) in y
+            .chunks_exact_mut(g.spatial)
+            .zip(x.chunks_exact(g.spatial))
+            .zip(c0..)
+        {
+            let a = gamma[c] * rstd;
+            let b = beta[c] - mean * a;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * a + b;
+            }
+        }
+        [mean, rstd]
+    }
+
+    /// Gradients of one (image, group) block: writes ∂L/∂x and the per-channel
+    /// (Σ ∂L/∂y, Σ ∂L/∂y·x̂) into `sums`.
+    #[inline(always)]
+    fn backward_group(
+        g: &Geometry,
+        c0: usize,
+        [mean, rstd]: [f32; 2],
+        (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+        gamma: &[f32],
+        sums: &mut [[f64; 2]],
+    ) {
+        let n = x.len() as f64;
+        let (mean64, rstd64) = (mean as f64, rstd as f64);
+        let (mut m1, mut m2) = (0.0f64, 0.0f64);
+        for (((x, dy), sum), c) in x
+            .chunks_exact(g.spatial)
+            .zip(dy.chunks_exact(g.spatial))
+            .zip(sums.iter_mut())
+            .zip(c0..)
+        {
+            let sum_dy = sum2(dy, dy, |d, _| d) as f64;
+            // Σ dy·x̂ = Σ dy·(x − μ)/σ, with x − μ formed before the product for accuracy.
+            let sum_dy_xhat = sum2(x, dy, |x, d| (x - mean) * d) as f64 * rstd64;
+            *sum = [sum_dy, sum_dy_xhat];
+            m1 += gamma[c] as f64 * sum_dy;
+            m2 += gamma[c] as f64 * sum_dy_xhat;
+        }
+        let (m1, m2) = (m1 / n, m2 / n);
+        // dx = σ⁻¹·(γ_c·dy − m1 − x̂·m2) = α_c·dy + β·x + δ
+        let beta = (-rstd64 * rstd64 * m2) as f32;
+        let delta = (rstd64 * rstd64 * m2 * mean64 - rstd64 * m1) as f32;
+        for (((dx, x), dy), c) in dx
+            .chunks_exact_mut(g.spatial)
+            .zip(x.chunks_exact(g.spatial))
+            .zip(dy.chunks_exact(g.spatial))
+            .zip(c0..)
+        {
+            let alpha = rstd * gamma[c];
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                *dx = alpha * dy + beta * x + delta;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn forward_group_avx512(
+        g: &Geometry,
+        c0: usize,
+        x: &[f32],
+        y: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> [f32; 2] {
+        forward_group(g, c0, x, y, gamma, beta)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn backward_group_avx512(
+        g: &Geometry,
+        c0: usize,
+        stats: [f32; 2],
+        blocks: (&[f32], &[f32], &mut [f32]),
+        gamma: &[f32],
+        sums: &mut [[f64; 2]],
+    ) {
+        backward_group(g, c0, stats, blocks, gamma, sums)
+    }
+
+    fn avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), and the (μ, 1/σ) of each.
     pub(super) fn forward(
         g: &Geometry,
@@ -240,6 +368,7 @@ mod kernels {
         CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n = g.group_len();
         let cpg = g.channels / g.groups;
+        let fast = avx512();
         let mut y = vec![0.0f32; x.len()];
         let mut stats = vec![[0.0f32; 2]; g.batch * g.groups];
         y.par_chunks_mut(n)
@@ -247,22 +376,15 @@ mod kernels {
             .zip(stats.par_iter_mut())
             .enumerate()
             .for_each(|(index, ((y, x), stats))| {
-                let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-                let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-                let rstd = 1.0 / (var + g.epsilon).sqrt();
-                *stats = [mean as f32, rstd as f32];
                 let c0 = (index % g.groups) * cpg;
-                for ((y, x), c) in y
-                    .chunks_exact_mut(g.spatial)
-                    .zip(x.chunks_exact(g.spatial))
-                    .zip(c0..)
-                {
-                    let a = (gamma[c] as f64 * rstd) as f32;
-                    let b = (beta[c] as f64 - mean * gamma[c] as f64 * rstd) as f32;
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x * a + b;
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    *stats = unsafe { forward_group_avx512(g, c0, x, y, gamma, beta) };
+                    return;
                 }
+                let _ = fast;
+                *stats = forward_group(g, c0, x, y, gamma, beta);
             });
         (y, stats)
     }
@@ -279,6 +401,7 @@ mod kernels {
         CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n = g.group_len();
         let cpg = g.channels / g.groups;
+        let fast = avx512();
         let mut dx = vec![0.0f32; x.len()];
         // Per (image, channel): Σ ∂L/∂y and Σ ∂L/∂y · x̂, summed over images afterwards.
         let mut sums = vec![[0.0f64; 2]; g.batch * g.channels];
@@ -287,43 +410,15 @@ mod kernels {
             .zip(sums.par_chunks_mut(cpg))
             .enumerate()
             .for_each(|(index, ((dx, (x, dy)), sums))| {
-                let [mean, rstd] = stats[index];
-                let (mean, rstd) = (mean as f64, rstd as f64);
                 let c0 = (index % g.groups) * cpg;
-                let (mut m1, mut m2) = (0.0f64, 0.0f64);
-                for (((x, dy), sum), c) in x
-                    .chunks_exact(g.spatial)
-                    .zip(dy.chunks_exact(g.spatial))
-                    .zip(sums.iter_mut())
-                    .zip(c0..)
-                {
-                    let sum_dy = dy.iter().map(|&v| v as f64).sum::<f64>();
-                    let sum_dy_x = x
-                        .iter()
-                        .zip(dy)
-                        .map(|(&x, &d)| x as f64 * d as f64)
-                        .sum::<f64>();
-                    let sum_dy_xhat = (sum_dy_x - mean * sum_dy) * rstd;
-                    *sum = [sum_dy, sum_dy_xhat];
-                    m1 += gamma[c] as f64 * sum_dy;
-                    m2 += gamma[c] as f64 * sum_dy_xhat;
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    unsafe { backward_group_avx512(g, c0, stats[index], (x, dy, dx), gamma, sums) };
+                    return;
                 }
-                let (m1, m2) = (m1 / n as f64, m2 / n as f64);
-                // dx = rstd·(γ_c·dy − m1 − x̂·m2) = α_c·dy + β·x + δ
-                let beta = -rstd * rstd * m2;
-                let delta = rstd * rstd * m2 * mean - rstd * m1;
-                for (((dx, x), dy), c) in dx
-                    .chunks_exact_mut(g.spatial)
-                    .zip(x.chunks_exact(g.spatial))
-                    .zip(dy.chunks_exact(g.spatial))
-                    .zip(c0..)
-                {
-                    let alpha = (rstd * gamma[c] as f64) as f32;
-                    let (beta, delta) = (beta as f32, delta as f32);
-                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                        *dx = alpha * dy + beta * x + delta;
-                    }
-                }
+                let _ = fast;
+                backward_group(g, c0, stats[index], (x, dy, dx), gamma, sums);
             });
         let mut dgamma = vec![0.0f64; g.channels];
         let mut dbeta = vec![0.0f64; g.channels];
