@@ -725,6 +725,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
 }
 
 fn main() {
+    training::allocator::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),

@@ -76,6 +76,7 @@ fn record(t: &Timing, images: usize, flops_per_image: f64) -> Value {
 }
 
 fn main() -> Result<()> {
+    training::allocator::retain_freed_memory();
     let cli = Cli::parse();
     let device = training::device::parse_device(&cli.device)?;
     let has = |s: &str| cli.sections.iter().any(|x| x == s);

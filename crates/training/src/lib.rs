@@ -10,6 +10,7 @@
 //! * [`images`], [`plot`]: PNG encoding, grids, loss and schedule plots;
 //! * [`device`]: choosing the Burn device (`cpu`, `wgpu`, `cuda[:N]`) at run time.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod device;
 pub mod ema;
