@@ -470,6 +470,33 @@ mod kernels {
             Some((first..last, lo, hi, dy * self.width as isize + dx))
         }
 
+        /// The convolution that computes this one's input gradient from its output gradient,
+        /// for stride 1 and padding smaller than the kernel: kernel flipped and transposed,
+        /// padding `k − 1 − p` before, output the input's size. `None` otherwise.
+        fn input_gradient_as_convolution(&self) -> Option<Self> {
+            let [kh, kw] = self.kernel;
+            if self.stride != [1, 1]
+                || self.dilation != [1, 1]
+                || self.pad[0] >= kh
+                || self.pad[1] >= kw
+            {
+                return None;
+            }
+            Some(Self {
+                batch: self.batch,
+                channels_in: self.channels_out,
+                height: self.height_out,
+                width: self.width_out,
+                channels_out: self.channels_in,
+                kernel: self.kernel,
+                stride: [1, 1],
+                dilation: [1, 1],
+                pad: [kh - 1 - self.pad[0], kw - 1 - self.pad[1]],
+                height_out: self.height,
+                width_out: self.width,
+            })
+        }
+
         /// The input row read by output row `oy` for kernel row `i`, if inside the image.
         fn row(&self, oy: usize, i: usize) -> Option<usize> {
             let iy = (oy * self.stride[0] + i * self.dilation[0]) as isize - self.pad[0] as isize;
@@ -770,6 +797,24 @@ mod kernels {
         &mut buffer[..len]
     }
 
+    /// `W'[c_in, c_out, i, j] = W[c_out, c_in, k_h − 1 − i, k_w − 1 − j]`.
+    fn flip_transpose(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let (ci, co) = (g.channels_in, g.channels_out);
+        let mut out = vec![0.0f32; weight.len()];
+        for o in 0..co {
+            for c in 0..ci {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        out[((c * co + o) * kh + i) * kw + j] =
+                            weight[((o * ci + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Per-worker state of the backward pass: partial weight and bias gradients and scratch.
     struct Partial {
         dw: Vec<f32>,
@@ -802,6 +847,13 @@ mod kernels {
         let (k, p, co) = (g.k(), g.p(), g.channels_out);
         let gs = g.group_size();
         let parallelism = g.inner_parallelism();
+        // For stride 1 the input gradient is itself a convolution (of ∂L/∂y with the flipped,
+        // transposed kernel): run it as one, writing ∂L/∂x directly, instead of a product with
+        // the short inner dimension C_out followed by a scatter-add.
+        let transposed = need_x.then(|| g.input_gradient_as_convolution()).flatten();
+        let dx_by_convolution =
+            transposed.map(|gt| forward(&gt, grad, &flip_transpose(g, weight), None));
+        let need_x = need_x && dx_by_convolution.is_none();
         let mut dx = need_x.then(|| vec![0.0f32; g.batch * g.plane()]);
         let groups = g.batch.div_ceil(gs);
         let slots: Vec<Option<&mut [f32]>> = match dx.as_mut() {
@@ -874,6 +926,7 @@ mod kernels {
                 |(dw, db), (dw2, db2)| (add(dw, dw2), add(db, db2)),
             );
         let (dw, db) = partial;
+        let dx = dx.or(dx_by_convolution);
         let dw = need_w.then(|| if dw.is_empty() { vec![0.0; co * k] } else { dw });
         let db = need_b.then(|| {
             (0..co)
