@@ -298,6 +298,7 @@ mod kernels {
 
     use burn::tensor::ops::ConvOptions;
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
 
     /// Calls of [`forward`] and [`backward`], so tests can check that the fast path ran.
     #[cfg(test)]
@@ -623,13 +624,17 @@ mod kernels {
     /// Zeroes columns `..lo` and `hi..` of every row of a row-major block.
     #[inline(always)]
     fn clear_border_columns(block: &mut [f32], width: usize, lo: usize, hi: usize) {
+        // LLVM turns zeroing loops into memset calls, which cost more than the one or two
+        // stores a row needs; spell the common widths out.
+        let clear = |cells: &mut [f32]| match cells.len() {
+            0 => {}
+            1 => cells[0] = 0.0,
+            2 => cells.copy_from_slice(&[0.0; 2]),
+            _ => cells.fill(0.0),
+        };
         for row in block.chunks_exact_mut(width) {
-            for v in &mut row[..lo] {
-                *v = 0.0;
-            }
-            for v in &mut row[hi..] {
-                *v = 0.0;
-            }
+            clear(&mut row[..lo]);
+            clear(&mut row[hi..]);
         }
     }
 
@@ -668,9 +673,10 @@ mod kernels {
     }
 
     /// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, `dst` row-major with row stride `n`.
+    /// Without `accumulate`, `dst` is only written (it may be uninitialised).
     fn matmul(
         (m, n, k): (usize, usize, usize),
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         accumulate: bool,
         lhs: Mat,
         rhs: Mat,
@@ -692,7 +698,7 @@ mod kernels {
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst.as_mut_ptr().cast::<f32>(),
                 1,
                 n as isize,
                 accumulate,
@@ -725,46 +731,52 @@ mod kernels {
         let (k, p, co) = (g.k(), g.p(), g.channels_out);
         let gs = g.group_size();
         let parallelism = g.inner_parallelism();
-        let mut y = vec![0.0f32; g.batch * co * p];
-        y.par_chunks_mut(gs * co * p)
-            .zip(x.par_chunks(gs * g.plane()))
-            .for_each_init(Scratch::take, |scratch, (y, x)| {
-                let n = x.len() / g.plane() * p;
-                let [cols, product, _] = &mut scratch.0;
-                let cols = sized(cols, k * n);
-                im2col(g, x, cols);
-                let w = Mat {
-                    data: weight,
-                    rs: k,
-                    cs: 1,
-                };
-                let cols = Mat {
-                    data: cols,
-                    rs: n,
-                    cs: 1,
-                };
-                if n == p {
-                    // One image: the product is the output; start from the bias.
-                    if let Some(bias) = bias {
-                        for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
-                            row.fill(b);
+        crate::flex_tensor::written(g.batch * co * p, |y| {
+            y.par_chunks_mut(gs * co * p)
+                .zip(x.par_chunks(gs * g.plane()))
+                .for_each_init(Scratch::take, |scratch, (y, x)| {
+                    let n = x.len() / g.plane() * p;
+                    let [cols, product, _] = &mut scratch.0;
+                    let cols = sized(cols, k * n);
+                    im2col(g, x, cols);
+                    let w = Mat {
+                        data: weight,
+                        rs: k,
+                        cs: 1,
+                    };
+                    let cols = Mat {
+                        data: cols,
+                        rs: n,
+                        cs: 1,
+                    };
+                    if n == p {
+                        // One image: the product is the output; start from the bias.
+                        if let Some(bias) = bias {
+                            for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
+                                row.fill(MaybeUninit::new(b));
+                            }
+                        }
+                        matmul((co, n, k), y, bias.is_some(), w, cols, parallelism);
+                        return;
+                    }
+                    // [C_out, nb·P] → [nb, C_out, P], adding the bias.
+                    let product = sized(product, co * n);
+                    matmul((co, n, k), uninit(product), false, w, cols, parallelism);
+                    for (index, dst) in y.chunks_exact_mut(p).enumerate() {
+                        let (bi, c) = (index / co, index % co);
+                        let b = bias.map_or(0.0, |bias| bias[c]);
+                        for (d, v) in dst.iter_mut().zip(&product[c * n + bi * p..][..p]) {
+                            d.write(v + b);
                         }
                     }
-                    matmul((co, n, k), y, bias.is_some(), w, cols, parallelism);
-                    return;
-                }
-                // [C_out, nb·P] → [nb, C_out, P], adding the bias.
-                let product = sized(product, co * n);
-                matmul((co, n, k), product, false, w, cols, parallelism);
-                for (index, dst) in y.chunks_exact_mut(p).enumerate() {
-                    let (bi, c) = (index / co, index % co);
-                    let b = bias.map_or(0.0, |bias| bias[c]);
-                    for (d, v) in dst.iter_mut().zip(&product[c * n + bi * p..][..p]) {
-                        *d = v + b;
-                    }
-                }
-            });
-        y
+                })
+        })
+    }
+
+    /// An initialised buffer viewed as one the product may overwrite.
+    fn uninit(buffer: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: same layout; the callee only stores initialised f32 values into it.
+        unsafe { &mut *(buffer as *mut [f32] as *mut [MaybeUninit<f32>]) }
     }
 
     thread_local! {
@@ -901,7 +913,7 @@ mod kernels {
                         rs: 1,
                         cs: n,
                     };
-                    matmul((co, k, n), &mut acc.dw, true, lhs, rhs, parallelism);
+                    matmul((co, k, n), uninit(&mut acc.dw), true, lhs, rhs, parallelism);
                 }
                 if let Some(dx) = dx {
                     let dcols = sized(dcols, k * n);
@@ -915,7 +927,7 @@ mod kernels {
                         rs: n,
                         cs: 1,
                     };
-                    matmul((k, n, co), dcols, false, wt, dy, parallelism);
+                    matmul((k, n, co), uninit(dcols), false, wt, dy, parallelism);
                     col2im(g, dcols, dx);
                 }
                 acc

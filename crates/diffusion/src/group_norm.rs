@@ -188,6 +188,7 @@ mod kernels {
     //! The per-group loops on f32 slices laid out as `[batch, channels, spatial…]`.
 
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
 
     /// Calls of [`forward`] and [`backward`], so tests can check that the fused path ran.
     #[cfg(test)]
@@ -258,7 +259,7 @@ mod kernels {
         g: &Geometry,
         c0: usize,
         x: &[f32],
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         gamma: &[f32],
         beta: &[f32],
     ) -> [f32; 2] {
@@ -274,7 +275,7 @@ mod kernels {
             let a = gamma[c] * rstd;
             let b = beta[c] - mean * a;
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * a + b;
+                y.write(x * a + b);
             }
         }
         [mean, rstd]
@@ -287,7 +288,7 @@ mod kernels {
         g: &Geometry,
         c0: usize,
         [mean, rstd]: [f32; 2],
-        (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+        (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
         gamma: &[f32],
         sums: &mut [[f64; 2]],
     ) {
@@ -319,7 +320,7 @@ mod kernels {
         {
             let alpha = rstd * gamma[c];
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = alpha * dy + beta * x + delta;
+                dx.write(alpha * dy + beta * x + delta);
             }
         }
     }
@@ -330,7 +331,7 @@ mod kernels {
         g: &Geometry,
         c0: usize,
         x: &[f32],
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         gamma: &[f32],
         beta: &[f32],
     ) -> [f32; 2] {
@@ -343,7 +344,7 @@ mod kernels {
         g: &Geometry,
         c0: usize,
         stats: [f32; 2],
-        blocks: (&[f32], &[f32], &mut [f32]),
+        blocks: (&[f32], &[f32], &mut [MaybeUninit<f32>]),
         gamma: &[f32],
         sums: &mut [[f64; 2]],
     ) {
@@ -369,23 +370,24 @@ mod kernels {
         let n = g.group_len();
         let cpg = g.channels / g.groups;
         let fast = avx512();
-        let mut y = vec![0.0f32; x.len()];
         let mut stats = vec![[0.0f32; 2]; g.batch * g.groups];
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .zip(stats.par_iter_mut())
-            .enumerate()
-            .for_each(|(index, ((y, x), stats))| {
-                let c0 = (index % g.groups) * cpg;
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    *stats = unsafe { forward_group_avx512(g, c0, x, y, gamma, beta) };
-                    return;
-                }
-                let _ = fast;
-                *stats = forward_group(g, c0, x, y, gamma, beta);
-            });
+        let y = crate::flex_tensor::written(x.len(), |y| {
+            y.par_chunks_mut(n)
+                .zip(x.par_chunks(n))
+                .zip(stats.par_iter_mut())
+                .enumerate()
+                .for_each(|(index, ((y, x), stats))| {
+                    let c0 = (index % g.groups) * cpg;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        *stats = unsafe { forward_group_avx512(g, c0, x, y, gamma, beta) };
+                        return;
+                    }
+                    let _ = fast;
+                    *stats = forward_group(g, c0, x, y, gamma, beta);
+                })
+        });
         (y, stats)
     }
 
@@ -402,24 +404,27 @@ mod kernels {
         let n = g.group_len();
         let cpg = g.channels / g.groups;
         let fast = avx512();
-        let mut dx = vec![0.0f32; x.len()];
         // Per (image, channel): Σ ∂L/∂y and Σ ∂L/∂y · x̂, summed over images afterwards.
         let mut sums = vec![[0.0f64; 2]; g.batch * g.channels];
-        dx.par_chunks_mut(n)
-            .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
-            .zip(sums.par_chunks_mut(cpg))
-            .enumerate()
-            .for_each(|(index, ((dx, (x, dy)), sums))| {
-                let c0 = (index % g.groups) * cpg;
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    unsafe { backward_group_avx512(g, c0, stats[index], (x, dy, dx), gamma, sums) };
-                    return;
-                }
-                let _ = fast;
-                backward_group(g, c0, stats[index], (x, dy, dx), gamma, sums);
-            });
+        let dx = crate::flex_tensor::written(x.len(), |dx| {
+            dx.par_chunks_mut(n)
+                .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+                .zip(sums.par_chunks_mut(cpg))
+                .enumerate()
+                .for_each(|(index, ((dx, (x, dy)), sums))| {
+                    let c0 = (index % g.groups) * cpg;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        unsafe {
+                            backward_group_avx512(g, c0, stats[index], (x, dy, dx), gamma, sums)
+                        };
+                        return;
+                    }
+                    let _ = fast;
+                    backward_group(g, c0, stats[index], (x, dy, dx), gamma, sums);
+                })
+        });
         let mut dgamma = vec![0.0f64; g.channels];
         let mut dbeta = vec![0.0f64; g.channels];
         for image in sums.chunks_exact(g.channels) {

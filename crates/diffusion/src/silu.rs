@@ -127,6 +127,7 @@ mod kernels {
     //! the baseline and for AVX-512 (picked at run time).
 
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
 
     /// Calls of [`forward`] and [`backward`], so tests can check that the fused path ran.
     #[cfg(test)]
@@ -165,29 +166,29 @@ mod kernels {
     }
 
     #[inline(always)]
-    fn forward_loop(x: &[f32], y: &mut [f32]) {
+    fn forward_loop(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * sigmoid(x);
+            y.write(x * sigmoid(x));
         }
     }
 
     #[inline(always)]
-    fn backward_loop(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_loop(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let s = sigmoid(x);
-            *dx = dy * s * (1.0 + x * (1.0 - s));
+            dx.write(dy * s * (1.0 + x * (1.0 - s)));
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn forward_avx512(x: &[f32], y: &mut [f32]) {
+    fn forward_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         forward_loop(x, y)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn backward_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         backward_loop(x, dy, dx)
     }
 
@@ -202,20 +203,20 @@ mod kernels {
     pub(super) fn forward(x: &[f32]) -> Vec<f32> {
         #[cfg(test)]
         CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut y = vec![0.0f32; x.len()];
         let fast = avx512();
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    return unsafe { forward_avx512(x, y) };
-                }
-                let _ = fast;
-                forward_loop(x, y)
-            });
-        y
+        crate::flex_tensor::written(x.len(), |y| {
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(y, x)| {
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        return unsafe { forward_avx512(x, y) };
+                    }
+                    let _ = fast;
+                    forward_loop(x, y)
+                })
+        })
     }
 
     /// `∂L/∂x = ∂L/∂y · σ(x) (1 + x (1 − σ(x)))` element-wise.
@@ -223,20 +224,20 @@ mod kernels {
         #[cfg(test)]
         CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(x.len(), dy.len(), "silu backward: gradient shape");
-        let mut dx = vec![0.0f32; x.len()];
         let fast = avx512();
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(dx, (x, dy))| {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    return unsafe { backward_avx512(x, dy, dx) };
-                }
-                let _ = fast;
-                backward_loop(x, dy, dx)
-            });
-        dx
+        crate::flex_tensor::written(x.len(), |dx| {
+            dx.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                .for_each(|(dx, (x, dy))| {
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        return unsafe { backward_avx512(x, dy, dx) };
+                    }
+                    let _ = fast;
+                    backward_loop(x, dy, dx)
+                })
+        })
     }
 
     #[cfg(test)]
