@@ -4,24 +4,28 @@
 //! pass goes through Burn's generic fallbacks: the input gradient is a transposed convolution and
 //! the weight gradient a convolution whose kernel is the whole output image, both run as direct
 //! loops. For f32 tensors on Flex — plain, or under autodiff — [`conv2d`] instead lowers the
-//! forward and both gradients to batch-wide matrix products over the im2col matrix
-//! (Chellapilla et al., 2006, "High Performance Convolutional Neural Networks for Document
-//! Processing"), with K = C_in·k_h·k_w, P = H_out·W_out and N images per chunk:
+//! forward and both gradients to matrix products over the im2col matrix (Chellapilla et al.,
+//! 2006, "High Performance Convolutional Neural Networks for Document Processing"), with
+//! K = C_in·k_h·k_w, P = H_out·W_out and a group of N images (one image, or enough small ones
+//! for ≥ 256 columns) per product:
 //!
 //! - forward       Y  = W · col(X)           `[C_out, K] × [K, N·P]`
-//! - input grad    dX = col⁻¹(Wᵀ · dY)       `[K, C_out] × [C_out, N·P]`, then scatter-added back
-//! - weight grad   dW = dY · col(X)ᵀ         `[C_out, N·P] × [N·P, K]`
+//! - input grad    for stride 1, a convolution of dY with the flipped, transposed kernel
+//!   (padding k − 1 − p); otherwise dX = col⁻¹(Wᵀ · dY), scatter-added back
+//! - weight grad   dW = Σ_groups dY · col(X)ᵀ   `[C_out, N·P] × [N·P, K]`
 //! - bias grad     db = Σ dY over images and pixels
 //!
-//! The products run on the `gemm` crate (the same one Flex uses, with its AVX-512 kernels where
-//! the CPU has them). Everything else — other backends and dtypes, grouped convolutions, and
-//! tensors whose parts live on different backends — goes to Burn's own `conv2d`, so the result
-//! never depends on which path ran beyond float rounding.
+//! Groups run in parallel, each building its im2col block in a per-thread scratch buffer that
+//! stays in cache; stride-1 taps are one shifted copy each. The products run on the `gemm` crate
+//! (the same one Flex uses, with its AVX-512 kernels where the CPU has them). Everything else —
+//! other backends and dtypes, grouped convolutions, and tensors whose parts live on different
+//! backends — goes to Burn's own `conv2d`, so the result never depends on which path ran beyond
+//! float rounding.
 
 use burn::nn::{conv::Conv2d, PaddingConfig2d};
 use burn::tensor::{module, ops::ConvOptions, Tensor};
 
-/// `burn::tensor::module::conv2d`, routed to the batch-wide im2col kernels for f32 on Flex.
+/// `burn::tensor::module::conv2d`, routed to the im2col kernels for f32 tensors on Flex.
 ///
 /// # Shapes
 /// - `x`: `[batch, channels_in, height, width]`
