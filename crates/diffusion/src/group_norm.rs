@@ -36,6 +36,9 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
 }
 
 #[cfg(feature = "flex")]
+// `Err` hands the inputs back for Burn's own op (the routine fallback, not an error); boxing
+// them to satisfy the lint would allocate on every call.
+#[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels::{self, Geometry};
     use crate::flex_tensor::{contiguous, values};
@@ -96,6 +99,9 @@ mod flex {
 }
 
 #[cfg(all(feature = "flex", feature = "autodiff"))]
+// `Err` hands the inputs back for Burn's own op (the routine fallback, not an error); boxing
+// them to satisfy the lint would allocate on every call.
+#[allow(clippy::result_large_err)]
 mod autodiff {
     use super::flex::Inputs;
     use super::kernels::{self, Geometry};
@@ -212,7 +218,7 @@ mod kernels {
         /// `None` when the shape does not fit (rank < 3, groups not dividing the channels,
         /// empty tensors): Burn's GroupNorm then reports it.
         pub fn new(shape: &[usize], groups: usize, epsilon: f64) -> Option<Self> {
-            if shape.len() < 3 || groups == 0 || shape[1] % groups != 0 {
+            if shape.len() < 3 || groups == 0 || !shape[1].is_multiple_of(groups) {
                 return None;
             }
             let g = Self {
