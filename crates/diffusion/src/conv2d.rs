@@ -73,7 +73,7 @@ pub fn forward(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::{contiguous, tensor, values};
+    use crate::flex_tensor::{tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{ops::ConvOptions, DType, Tensor};
@@ -97,15 +97,18 @@ mod flex {
             return Err((x, weight, bias));
         };
 
-        // Clones are reference-count bumps; the originals go back if a conversion fails.
-        let plain = (
-            x.clone().try_into_primitive::<Flex>(),
-            weight.clone().try_into_primitive::<Flex>(),
-            bias.clone()
-                .map(|b| b.try_into_primitive::<Flex>())
-                .transpose(),
-        );
-        if let (Ok(x), Ok(weight), Ok(bias)) = plain {
+        // Clones are reference-count bumps; the originals go back if a conversion fails. Plain
+        // Flex is only tried off autodiff devices (a failed conversion formats an error).
+        let plain = (!x.device().is_autodiff()).then(|| {
+            (
+                x.clone().try_into_primitive::<Flex>(),
+                weight.clone().try_into_primitive::<Flex>(),
+                bias.clone()
+                    .map(|b| b.try_into_primitive::<Flex>())
+                    .transpose(),
+            )
+        });
+        if let Some((Ok(x), Ok(weight), Ok(bias))) = plain {
             let y = forward(&geometry, &x, &weight, bias.as_ref());
             return Ok(Tensor::from_primitive::<Flex>(y));
         }
@@ -133,8 +136,8 @@ mod flex {
         weight: &FlexTensor,
         bias: Option<&FlexTensor>,
     ) -> FlexTensor {
-        let (x, weight) = (contiguous(x), contiguous(weight));
-        let bias = bias.map(contiguous);
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let bias = bias.map(FlexTensor::to_contiguous);
         let y = kernels::forward(g, values(&x), values(&weight), bias.as_ref().map(values));
         tensor(y, g.output_shape())
     }
@@ -147,7 +150,7 @@ mod flex {
 mod autodiff {
     use super::flex::Inputs;
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::{contiguous, tensor, values};
+    use crate::flex_tensor::{tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -175,9 +178,13 @@ mod autodiff {
         need: [bool; 3],
     ) -> [Option<FlexTensor>; 3] {
         let (x_id, weight_id, g) = state;
-        let x = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(x_id));
-        let weight = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
-        let grad = contiguous(&grad);
+        let x = checkpointer
+            .retrieve_node_output::<FlexTensor>(x_id)
+            .to_contiguous();
+        let weight = checkpointer
+            .retrieve_node_output::<FlexTensor>(weight_id)
+            .to_contiguous();
+        let grad = grad.to_contiguous();
         let (dx, dw, db) = kernels::backward(&g, values(&x), values(&weight), values(&grad), need);
         [
             dx.map(|v| tensor(v, g.input_shape())),
@@ -248,50 +255,31 @@ mod autodiff {
             return Err((x, weight, bias));
         };
 
+        let bias_primitive = b_ad.as_ref().map(|b| b.primitive());
+        let y = super::flex::forward(&g, x_ad.primitive(), w_ad.primitive(), bias_primitive);
         let output = match b_ad {
-            Some(b_ad) => {
-                match Conv2dWithBias
-                    .prepare::<C>([x_ad.node(), w_ad.node(), b_ad.node()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(mut prep) => {
-                        let state = (prep.checkpoint(&x_ad), prep.checkpoint(&w_ad), g);
-                        let y = super::flex::forward(
-                            &g,
-                            x_ad.primitive(),
-                            w_ad.primitive(),
-                            Some(b_ad.primitive()),
-                        );
-                        prep.finish(state, y)
-                    }
-                    OpsKind::UnTracked(prep) => prep.finish(super::flex::forward(
-                        &g,
-                        x_ad.primitive(),
-                        w_ad.primitive(),
-                        Some(b_ad.primitive()),
-                    )),
+            Some(b_ad) => match Conv2dWithBias
+                .prepare::<C>([x_ad.node(), w_ad.node(), b_ad.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x_ad), prep.checkpoint(&w_ad), g);
+                    prep.finish(state, y)
                 }
-            }
-            None => {
-                match Conv2dNoBias
-                    .prepare::<C>([x_ad.node(), w_ad.node()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(mut prep) => {
-                        let state = (prep.checkpoint(&x_ad), prep.checkpoint(&w_ad), g);
-                        let y = super::flex::forward(&g, x_ad.primitive(), w_ad.primitive(), None);
-                        prep.finish(state, y)
-                    }
-                    OpsKind::UnTracked(prep) => prep.finish(super::flex::forward(
-                        &g,
-                        x_ad.primitive(),
-                        w_ad.primitive(),
-                        None,
-                    )),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            None => match Conv2dNoBias
+                .prepare::<C>([x_ad.node(), w_ad.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x_ad), prep.checkpoint(&w_ad), g);
+                    prep.finish(state, y)
                 }
-            }
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
         };
         Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
@@ -312,10 +300,7 @@ mod kernels {
 
     /// Calls of [`forward`] and [`backward`], so tests can check that the fast path ran.
     #[cfg(test)]
-    pub(super) static CALLS: [std::sync::atomic::AtomicUsize; 2] = [
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-    ];
+    pub(super) static CALLS: crate::flex_tensor::Calls = crate::flex_tensor::Calls::new();
 
     /// Fewest output pixels per matrix product: images smaller than this are grouped.
     const MIN_COLUMNS: usize = 256;
@@ -737,7 +722,7 @@ mod kernels {
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
         #[cfg(test)]
-        CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CALLS.hit(0);
         let (k, p, co) = (g.k(), g.p(), g.channels_out);
         let gs = g.group_size();
         let parallelism = g.inner_parallelism();
@@ -867,7 +852,7 @@ mod kernels {
         need: [bool; 3],
     ) -> Gradients {
         #[cfg(test)]
-        CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CALLS.hit(1);
         let [need_x, need_w, need_b] = need;
         let (k, p, co) = (g.k(), g.p(), g.channels_out);
         let gs = g.group_size();
@@ -976,6 +961,7 @@ mod kernels {
 #[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {
     use super::*;
+    use crate::flex_tensor::relative_error;
     use burn::tensor::{Device, Distribution, Tensor};
 
     fn options(stride: usize, padding: [(usize, usize); 2], dilation: usize) -> ConvOptions<2> {
@@ -983,13 +969,7 @@ mod tests {
     }
 
     fn calls(which: usize) -> usize {
-        kernels::CALLS[which].load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Max |a − b| relative to max |b|.
-    fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
-        (a - b).abs().max().into_scalar::<f32>() / scale
+        kernels::CALLS.get(which)
     }
 
     /// Shapes the U-Net uses (3×3 same, 3×3 stride 2, 1×1) plus odd ones: asymmetric

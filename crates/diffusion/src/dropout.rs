@@ -101,7 +101,7 @@ mod kernels {
         let threshold = (keep * (1u32 << 24) as f64).round() as u32;
         let scale = (1.0 / keep) as f32;
         #[cfg(target_arch = "x86_64")]
-        let fast = std::is_x86_feature_detected!("avx512f");
+        let fast = crate::flex_tensor::avx512();
         let mut out = vec![0.0f32; len];
         out.par_chunks_mut(CHUNK)
             .enumerate()

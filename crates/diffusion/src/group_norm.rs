@@ -41,7 +41,7 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::{contiguous, values};
+    use crate::flex_tensor::values;
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor, TensorData};
@@ -59,12 +59,14 @@ mod flex {
         if !f32_only {
             return Err((x, gamma, beta));
         }
-        let plain = (
-            x.clone().try_into_primitive::<Flex>(),
-            gamma.clone().try_into_primitive::<Flex>(),
-            beta.clone().try_into_primitive::<Flex>(),
-        );
-        if let (Ok(xp), Ok(gp), Ok(bp)) = plain {
+        let plain = (!x.device().is_autodiff()).then(|| {
+            (
+                x.clone().try_into_primitive::<Flex>(),
+                gamma.clone().try_into_primitive::<Flex>(),
+                beta.clone().try_into_primitive::<Flex>(),
+            )
+        });
+        if let Some((Ok(xp), Ok(gp), Ok(bp))) = plain {
             let (y, _) = forward(&g, &xp, &gp, &bp);
             return Ok(Tensor::from_primitive::<Flex>(y));
         }
@@ -91,7 +93,11 @@ mod flex {
         gamma: &FlexTensor,
         beta: &FlexTensor,
     ) -> (FlexTensor, Vec<[f32; 2]>) {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
         let shape = x.layout().shape().clone();
         let (y, stats) = kernels::forward(g, values(&x), values(&gamma), values(&beta));
         (FlexTensor::from_data(TensorData::new(y, shape)), stats)
@@ -105,7 +111,7 @@ mod flex {
 mod autodiff {
     use super::flex::Inputs;
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::{contiguous, tensor, values};
+    use crate::flex_tensor::{tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -131,10 +137,14 @@ mod autodiff {
             grads: &mut Gradients,
             checkpointer: &mut Checkpointer,
         ) {
-            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
             let (x_id, gamma_id, stats, g) = ops.state;
-            let x = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(x_id));
-            let gamma = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(gamma_id));
+            let x = checkpointer
+                .retrieve_node_output::<FlexTensor>(x_id)
+                .to_contiguous();
+            let gamma = checkpointer
+                .retrieve_node_output::<FlexTensor>(gamma_id)
+                .to_contiguous();
             let shape = x.layout().shape().clone();
             let (dx, dgamma, dbeta) =
                 kernels::backward(&g, values(&x), values(&gamma), values(&grad), &stats);
@@ -168,6 +178,8 @@ mod autodiff {
         let (Ok(x_ad), Ok(g_ad), Ok(b_ad)) = converted else {
             return Err((x, gamma, beta));
         };
+        let (y, stats) =
+            super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
         let prep = GroupNormBackward
             .prepare::<C>([x_ad.node(), g_ad.node(), b_ad.node()])
             .compute_bound()
@@ -175,15 +187,9 @@ mod autodiff {
         let output = match prep {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, g_state) = (prep.checkpoint(&x_ad), prep.checkpoint(&g_ad));
-                let (y, stats) =
-                    super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
                 prep.finish((x_state, g_state, stats, g), y)
             }
-            OpsKind::UnTracked(prep) => {
-                let (y, _) =
-                    super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
-                prep.finish(y)
-            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
@@ -196,12 +202,9 @@ mod kernels {
     use rayon::prelude::*;
     use std::mem::MaybeUninit;
 
-    /// Calls of [`forward`] and [`backward`], so tests can check that the fused path ran.
+    /// Calls of [`forward`] and [`backward`], so tests can check that the fast path ran.
     #[cfg(test)]
-    pub(super) static CALLS: [std::sync::atomic::AtomicUsize; 2] = [
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-    ];
+    pub(super) static CALLS: crate::flex_tensor::Calls = crate::flex_tensor::Calls::new();
 
     /// Sizes of one GroupNorm.
     #[derive(Clone, Copy, Debug)]
@@ -357,13 +360,6 @@ mod kernels {
         backward_group(g, c0, stats, blocks, gamma, sums)
     }
 
-    fn avx512() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-
     /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), and the (μ, 1/σ) of each.
     pub(super) fn forward(
         g: &Geometry,
@@ -372,10 +368,10 @@ mod kernels {
         beta: &[f32],
     ) -> (Vec<f32>, Vec<[f32; 2]>) {
         #[cfg(test)]
-        CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CALLS.hit(0);
         let n = g.group_len();
         let cpg = g.channels / g.groups;
-        let fast = avx512();
+        let fast = crate::flex_tensor::avx512();
         let mut stats = vec![[0.0f32; 2]; g.batch * g.groups];
         let y = crate::flex_tensor::written(x.len(), |y| {
             y.par_chunks_mut(n)
@@ -406,10 +402,10 @@ mod kernels {
         stats: &[[f32; 2]],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         #[cfg(test)]
-        CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CALLS.hit(1);
         let n = g.group_len();
         let cpg = g.channels / g.groups;
-        let fast = avx512();
+        let fast = crate::flex_tensor::avx512();
         // Per (image, channel): Σ ∂L/∂y and Σ ∂L/∂y · x̂, summed over images afterwards.
         let mut sums = vec![[0.0f64; 2]; g.batch * g.channels];
         let dx = crate::flex_tensor::written(x.len(), |dx| {
@@ -447,17 +443,13 @@ mod kernels {
 #[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {
     use super::*;
+    use crate::flex_tensor::relative_error;
     use burn::module::Param;
     use burn::nn::GroupNormConfig;
     use burn::tensor::{Device, Distribution};
 
     fn calls(which: usize) -> usize {
-        kernels::CALLS[which].load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
-        (a - b).abs().max().into_scalar::<f32>() / scale
+        kernels::CALLS.get(which)
     }
 
     /// A GroupNorm with random γ and β on `device`.

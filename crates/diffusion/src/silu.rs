@@ -27,7 +27,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels;
-    use crate::flex_tensor::{contiguous, values};
+    use crate::flex_tensor::values;
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor, TensorData};
@@ -38,7 +38,8 @@ mod flex {
         if x.dtype() != DType::F32 {
             return Err(x);
         }
-        if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
+        let plain = (!x.device().is_autodiff()).then(|| x.clone().try_into_primitive::<Flex>());
+        if let Some(Ok(p)) = plain {
             return Ok(Tensor::from_primitive::<Flex>(forward(&p)));
         }
         #[cfg(feature = "autodiff")]
@@ -58,7 +59,7 @@ mod flex {
 
     /// SiLU of a Flex tensor.
     pub(super) fn forward(x: &FlexTensor) -> FlexTensor {
-        let x = contiguous(x);
+        let x = x.to_contiguous();
         let shape = x.layout().shape().clone();
         FlexTensor::from_data(TensorData::new(kernels::forward(values(&x)), shape))
     }
@@ -70,7 +71,7 @@ mod flex {
 #[allow(clippy::result_large_err)]
 mod autodiff {
     use super::kernels;
-    use crate::flex_tensor::{contiguous, values};
+    use crate::flex_tensor::values;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -93,9 +94,11 @@ mod autodiff {
             grads: &mut Gradients,
             checkpointer: &mut Checkpointer,
         ) {
-            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
             let [Some(parent)] = ops.parents else { return };
-            let x = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(ops.state));
+            let x = checkpointer
+                .retrieve_node_output::<FlexTensor>(ops.state)
+                .to_contiguous();
             let shape = x.layout().shape().clone();
             let dx = kernels::backward(values(&x), values(&grad));
             grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dx, shape)));
@@ -112,6 +115,7 @@ mod autodiff {
         let Ok(x_ad) = x.clone().try_into_primitive::<Autodiff<Flex, C>>() else {
             return Err(x);
         };
+        let y = super::flex::forward(x_ad.primitive());
         let output = match SiluBackward
             .prepare::<C>([x_ad.node()])
             .compute_bound()
@@ -119,9 +123,9 @@ mod autodiff {
         {
             OpsKind::Tracked(mut prep) => {
                 let state = prep.checkpoint(&x_ad);
-                prep.finish(state, super::flex::forward(x_ad.primitive()))
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(super::flex::forward(x_ad.primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
@@ -135,12 +139,9 @@ mod kernels {
     use rayon::prelude::*;
     use std::mem::MaybeUninit;
 
-    /// Calls of [`forward`] and [`backward`], so tests can check that the fused path ran.
+    /// Calls of [`forward`] and [`backward`], so tests can check that the fast path ran.
     #[cfg(test)]
-    pub(super) static CALLS: [std::sync::atomic::AtomicUsize; 2] = [
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-    ];
+    pub(super) static CALLS: crate::flex_tensor::Calls = crate::flex_tensor::Calls::new();
 
     /// Elements per parallel task.
     const CHUNK: usize = 1 << 14;
@@ -198,18 +199,11 @@ mod kernels {
         backward_loop(x, dy, dx)
     }
 
-    fn avx512() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-
     /// `x · σ(x)` element-wise.
     pub(super) fn forward(x: &[f32]) -> Vec<f32> {
         #[cfg(test)]
-        CALLS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fast = avx512();
+        CALLS.hit(0);
+        let fast = crate::flex_tensor::avx512();
         crate::flex_tensor::written(x.len(), |y| {
             y.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK))
@@ -228,9 +222,9 @@ mod kernels {
     /// `∂L/∂x = ∂L/∂y · σ(x) (1 + x (1 − σ(x)))` element-wise.
     pub(super) fn backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
         #[cfg(test)]
-        CALLS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CALLS.hit(1);
         assert_eq!(x.len(), dy.len(), "silu backward: gradient shape");
-        let fast = avx512();
+        let fast = crate::flex_tensor::avx512();
         crate::flex_tensor::written(x.len(), |dx| {
             dx.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
@@ -264,15 +258,11 @@ mod kernels {
 #[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {
     use super::*;
+    use crate::flex_tensor::relative_error;
     use burn::tensor::{Device, Distribution};
 
     fn calls(which: usize) -> usize {
-        kernels::CALLS[which].load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
-        (a - b).abs().max().into_scalar::<f32>() / scale
+        kernels::CALLS.get(which)
     }
 
     #[test]
