@@ -67,6 +67,9 @@ pub fn forward(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
     )
 }
 
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod direct;
+
 #[cfg(feature = "flex")]
 // `Err` hands the inputs back for Burn's own op (the routine fallback, not an error); boxing
 // them to satisfy the lint would allocate on every call.
@@ -723,6 +726,20 @@ mod kernels {
     ) -> Vec<f32> {
         #[cfg(test)]
         CALLS.hit(0);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = super::direct::Plan::new(g) {
+            return super::direct::forward(&plan, x, weight, bias);
+        }
+        forward_im2col(g, x, weight, bias)
+    }
+
+    /// [`forward`] through im2col and `gemm`, for every geometry.
+    pub(super) fn forward_im2col(
+        g: &Geometry,
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
         let (k, p, co) = (g.k(), g.p(), g.channels_out);
         let gs = g.group_size();
         let parallelism = g.inner_parallelism();
@@ -1020,6 +1037,56 @@ mod tests {
                 true,
             ),
         ]
+    }
+
+    /// The direct stride-1 kernel against the im2col one on raw slices: tiny images several
+    /// to a 16-lane vector, channel counts that leave 4/2/1-row weight blocks, asymmetric and
+    /// oversized padding, rectangular kernels, one large image (its tiles split between
+    /// threads) and batches of groups with a short last group.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn direct_convolution_matches_im2col() {
+        use burn::tensor::TensorData;
+        if !crate::flex_tensor::avx512() {
+            eprintln!("skipped: the direct kernel needs AVX-512F, which this CPU lacks");
+            return;
+        }
+        let random = |shape: [usize; 4]| {
+            let t = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
+            t.into_data().try_to_vec::<f32>().unwrap()
+        };
+        let cases = [
+            ([5, 3, 3, 3], [11, 3, 3, 3], [(1, 1), (1, 1)]),
+            ([3, 4, 7, 7], [15, 4, 3, 3], [(1, 1), (1, 1)]),
+            ([2, 2, 6, 9], [8, 2, 3, 2], [(2, 0), (0, 1)]),
+            ([2, 3, 5, 4], [3, 3, 1, 1], [(1, 1), (2, 0)]),
+            ([1, 6, 40, 37], [9, 6, 3, 3], [(1, 1), (1, 1)]),
+            ([37, 5, 14, 14], [16, 5, 3, 3], [(1, 1), (1, 1)]),
+            ([3, 2, 28, 28], [1, 2, 3, 3], [(1, 1), (1, 1)]),
+            ([4, 3, 8, 8], [6, 3, 5, 5], [(0, 0), (0, 0)]),
+        ];
+        for (x_shape, w_shape, padding) in cases {
+            let g = kernels::Geometry::new(&x_shape, &w_shape, &options(1, padding, 1)).unwrap();
+            let plan = direct::Plan::new(&g).expect("a direct plan for stride 1");
+            let (x, w) = (random(x_shape), random(w_shape));
+            let b = random([w_shape[0], 1, 1, 1]);
+            let before = direct::CALLS.get(0);
+            let ours = direct::forward(&plan, &x, &w, Some(&b));
+            assert!(
+                direct::CALLS.get(0) > before,
+                "the direct kernel did not run"
+            );
+            let reference = kernels::forward_im2col(&g, &x, &w, Some(&b));
+            let out = g.output_shape();
+            let ours = Tensor::<4>::from_data(TensorData::new(ours, out), &Device::flex());
+            let reference =
+                Tensor::<4>::from_data(TensorData::new(reference, out), &Device::flex());
+            let err = relative_error(ours, reference);
+            assert!(
+                err < 1e-5,
+                "{x_shape:?} ⋆ {w_shape:?} {padding:?}: relative error {err}"
+            );
+        }
     }
 
     #[test]
