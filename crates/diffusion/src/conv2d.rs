@@ -727,7 +727,7 @@ mod kernels {
         #[cfg(test)]
         CALLS.hit(0);
         #[cfg(target_arch = "x86_64")]
-        if let Some(plan) = super::direct::Plan::new(g) {
+        if let Some(plan) = super::direct::Plan::new(g, super::direct::FORWARD_POSITIONS) {
             return super::direct::forward(&plan, x, weight, bias);
         }
         forward_im2col(g, x, weight, bias)
@@ -881,6 +881,18 @@ mod kernels {
         let dx_by_convolution =
             transposed.map(|gt| forward(&gt, grad, &flip_transpose(g, weight), None));
         let need_x = need_x && dx_by_convolution.is_none();
+        #[cfg(target_arch = "x86_64")]
+        let dw_direct = need_w
+            .then(|| super::direct::Plan::new(g, super::direct::WEIGHT_GRADIENT_POSITIONS))
+            .flatten()
+            .and_then(|plan| super::direct::weight_gradient(&plan, x, grad));
+        #[cfg(not(target_arch = "x86_64"))]
+        let dw_direct: Option<Vec<f32>> = None;
+        let need_w = need_w && dw_direct.is_none();
+        if !need_x && !need_w {
+            let db = need_b.then(|| bias_gradient(g, grad));
+            return (dx_by_convolution, dw_direct, db);
+        }
         let mut dx = need_x.then(|| vec![0.0f32; g.batch * g.plane()]);
         let groups = g.batch.div_ceil(gs);
         let slots: Vec<Option<&mut [f32]>> = match dx.as_mut() {
@@ -955,6 +967,7 @@ mod kernels {
         let (dw, db) = partial;
         let dx = dx.or(dx_by_convolution);
         let dw = need_w.then(|| if dw.is_empty() { vec![0.0; co * k] } else { dw });
+        let dw = dw.or(dw_direct);
         let db = need_b.then(|| {
             (0..co)
                 .map(|c| db.get(c).copied().unwrap_or(0.0) as f32)
@@ -963,8 +976,35 @@ mod kernels {
         (dx, dw, db)
     }
 
+    /// ∂L/∂b: the sums of `grad` (`[B, C_out, H_out, W_out]`) over images and pixels.
+    fn bias_gradient(g: &Geometry, grad: &[f32]) -> Vec<f32> {
+        let p = g.p();
+        let sums = grad
+            .par_chunks(g.channels_out * p)
+            .fold(Vec::new, |mut sums: Vec<f64>, image| {
+                sums.resize(g.channels_out, 0.0);
+                for (sum, row) in sums.iter_mut().zip(image.chunks_exact(p)) {
+                    // 16 running sums, so the loop vectorises.
+                    let mut lanes = [0.0f32; 16];
+                    let mut chunks = row.chunks_exact(16);
+                    for chunk in &mut chunks {
+                        for (l, v) in lanes.iter_mut().zip(chunk) {
+                            *l += v;
+                        }
+                    }
+                    let rest = chunks.remainder().iter().sum::<f32>();
+                    *sum += (lanes.iter().sum::<f32>() + rest) as f64;
+                }
+                sums
+            })
+            .reduce(Vec::new, add);
+        (0..g.channels_out)
+            .map(|c| sums.get(c).copied().unwrap_or(0.0) as f32)
+            .collect()
+    }
+
     /// Element-wise sum of two partial results (an empty one is zero).
-    fn add<T: Copy + core::ops::AddAssign>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    pub(super) fn add<T: Copy + core::ops::AddAssign>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
         if a.is_empty() {
             return b;
         }
@@ -1036,6 +1076,27 @@ mod tests {
                 options(1, [(1, 1), (1, 1)], 1),
                 true,
             ),
+            // For the direct kernels: a 1×1 kernel over 8 + 3 channels and 3 + 3 + 1 output
+            // rows on one image, tiny images several to a vector, and groups of three 14×14
+            // images with a shorter last group.
+            (
+                [1, 11, 20, 19],
+                [7, 11, 1, 1],
+                options(1, [(0, 0), (0, 0)], 1),
+                true,
+            ),
+            (
+                [5, 3, 3, 3],
+                [5, 3, 3, 3],
+                options(1, [(1, 1), (1, 1)], 1),
+                false,
+            ),
+            (
+                [8, 4, 14, 14],
+                [6, 4, 3, 3],
+                options(1, [(1, 1), (1, 1)], 1),
+                true,
+            ),
         ]
     }
 
@@ -1067,7 +1128,7 @@ mod tests {
         ];
         for (x_shape, w_shape, padding) in cases {
             let g = kernels::Geometry::new(&x_shape, &w_shape, &options(1, padding, 1)).unwrap();
-            let plan = direct::Plan::new(&g).expect("a direct plan for stride 1");
+            let plan = direct::Plan::new(&g, direct::FORWARD_POSITIONS).expect("a direct plan");
             let (x, w) = (random(x_shape), random(w_shape));
             let b = random([w_shape[0], 1, 1, 1]);
             let before = direct::CALLS.get(0);
@@ -1140,7 +1201,22 @@ mod tests {
                 (dx, dw, db)
             };
             let before = calls(1);
+            #[cfg(target_arch = "x86_64")]
+            let direct_before = direct::CALLS.get(1);
             let (dx, dw, db) = run(true);
+            #[cfg(target_arch = "x86_64")]
+            if crate::flex_tensor::avx512()
+                && options.stride == [1, 1]
+                && options.dilation == [1, 1]
+            {
+                let [_, _, kh, kw] = w_shape;
+                if [kh, kw] == [3, 3] || [kh, kw] == [1, 1] {
+                    assert!(
+                        direct::CALLS.get(1) > direct_before,
+                        "direct ∂L/∂W did not run"
+                    );
+                }
+            }
             assert!(calls(1) > before, "the im2col backward did not run");
             let (rx, rw, rb) = run(false);
             let case = format!("{x_shape:?} ⋆ {w_shape:?}");

@@ -29,8 +29,11 @@ const NV: usize = 3;
 const MR: usize = 8;
 /// Grid positions per micro-kernel block.
 const TILE: usize = 16 * NV;
-/// Fewest grid positions per group of images: smaller images are stacked.
-const MIN_POSITIONS: usize = 512;
+/// Fewest grid positions per group of images in the forward pass: smaller images are stacked.
+pub(super) const FORWARD_POSITIONS: usize = 512;
+/// The same for the weight gradient, whose register sums are reduced once per group and
+/// channel block (a group of 2,048 positions of 128 channels still fits in L2).
+pub(super) const WEIGHT_GRADIENT_POSITIONS: usize = 2048;
 
 /// The lanes of one 16-position vector that belong to one image: `mask` selects them and the
 /// first lands at output offset `base` (channel 0 of the group's output; channel `m` adds
@@ -64,9 +67,13 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// The plan for a stride-1, dilation-1 convolution on a CPU with AVX-512F; `None` otherwise.
-    pub(super) fn new(g: &Geometry) -> Option<Self> {
-        if g.stride != [1, 1] || g.dilation != [1, 1] || !crate::flex_tensor::avx512() {
+    /// The plan for a stride-1, dilation-1 convolution on a CPU with AVX-512F and VL; `None`
+    /// otherwise.
+    /// Images are grouped for at least `min_positions` grid positions per group, in a number
+    /// of groups that the threads share evenly.
+    pub(super) fn new(g: &Geometry, min_positions: usize) -> Option<Self> {
+        let avx512 = crate::flex_tensor::avx512() && std::is_x86_feature_detected!("avx512vl");
+        if g.stride != [1, 1] || g.dilation != [1, 1] || !avx512 {
             return None;
         }
         let [kh, kw] = g.kernel;
@@ -77,9 +84,15 @@ impl Plan {
         // k_h (so every grid row still belongs to one image).
         let image_rows = g.height_out + kh - 1 - g.pad[0].min(below).min(kh - 1);
         let positions = |n: usize| ((n - 1) * image_rows + g.height_out) * width;
-        let group = (1..=g.batch)
-            .find(|&n| positions(n) >= MIN_POSITIONS)
+        let smallest = (1..=g.batch)
+            .find(|&n| positions(n) >= min_positions)
             .unwrap_or(g.batch);
+        let threads = rayon::current_num_threads();
+        let mut groups = g.batch.div_ceil(smallest);
+        if g.batch >= threads {
+            groups = groups.next_multiple_of(threads);
+        }
+        let group = g.batch.div_ceil(groups);
         let tiles = positions(group).div_ceil(TILE);
         let lane = (tiles * TILE + (kh - 1) * width + kw - 1).next_multiple_of(16);
         let offsets = (0..kh)
@@ -153,6 +166,35 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Lays a group's ∂L/∂y (`dy`: `[n, C_out, H_out, W_out]`) out on the grid, one lane per
+    /// output channel, zero at the dropped positions and past the group's last tile.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn expand(&self, n: usize, dy: &[f32], dyg: &mut [f32]) {
+        let p = self.g.p();
+        let vectors = self.tiles(n) * NV;
+        assert!(dy.len() >= n * self.g.channels_out * p && vectors * 16 <= self.lane);
+        for (m, lane) in dyg.chunks_exact_mut(self.lane).enumerate() {
+            let src = dy.as_ptr().add(m * p);
+            for (v, dst) in lane[..vectors * 16].chunks_exact_mut(16).enumerate() {
+                let mut value = _mm512_setzero_ps();
+                for s in &self.segments[self.starts[v]..self.starts[v + 1]] {
+                    if s.image < n {
+                        // SAFETY: the segment's lanes are consecutive pixels of image < n.
+                        let part = _mm512_maskz_expandloadu_ps(s.mask, src.add(s.base).cast());
+                        value = _mm512_add_ps(value, part);
+                    }
+                }
+                _mm512_storeu_ps(dst.as_mut_ptr(), value);
+            }
+            lane[vectors * 16..].fill(0.0);
+        }
+    }
+}
+
 /// The weight `[C_out, C_in, k_h, k_w]` cut into blocks of up to [`MR`] output channels, each
 /// laid out `[c][tap][rows]`: `(first channel, rows, offset of the block)`.
 fn pack(g: &Geometry, weight: &[f32]) -> (Vec<f32>, Vec<(usize, usize, usize)>) {
@@ -218,14 +260,14 @@ pub(super) fn forward(plan: &Plan, x: &[f32], weight: &[f32], bias: Option<&[f32
             let chunks = x.par_chunks(plan.group * plane).enumerate();
             chunks.for_each_init(Buffer::take, |buffer, (index, x)| {
                 let n = x.len() / plane;
-                let xp = sized(&mut buffer.0, g.channels_in * plan.lane);
+                let xp = sized(&mut buffer.0[0], g.channels_in * plan.lane);
                 plan.pad(x, xp);
                 run(index * plan.group, xp, 0..plan.tiles(n));
             });
         } else {
             // Fewer groups than threads: split each group's tiles between the threads.
             let mut buffer = Buffer::take();
-            let xp = sized(&mut buffer.0, g.channels_in * plan.lane);
+            let xp = sized(&mut buffer.0[0], g.channels_in * plan.lane);
             let parts = 4 * rayon::current_num_threads();
             for (index, x) in x.chunks(plan.group * plane).enumerate() {
                 plan.pad(x, xp);
@@ -286,6 +328,186 @@ unsafe fn tiles(
             }
         }
     }
+}
+
+/// ∂L/∂W `[C_out, C_in, k_h, k_w]` from `x` and `dy` = ∂L/∂y, for 3×3 and 1×1 kernels (`None`
+/// for other sizes, which go through im2col):
+/// `dW[m, c, i, j] = Σ_q dY_grid[m, q] · X_pad[c, q + i·W_p + j]`, with ∂L/∂y laid out on the
+/// grid (zero at the positions the forward drops) by expand-loads along the same segments.
+pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    let g = &plan.g;
+    let taps = plan.offsets.len();
+    if taps != 9 && taps != 1 {
+        return None;
+    }
+    #[cfg(test)]
+    CALLS.hit(1);
+    let k = g.channels_in * taps;
+    let plane = g.channels_in * g.height * g.width;
+    let out_plane = g.channels_out * g.p();
+    let groups = g.batch.div_ceil(plan.group);
+    // Row blocks of 3 output channels (27 or 24 accumulators), then 2 and 1.
+    let rows: Vec<(usize, usize)> = (0..g.channels_out)
+        .step_by(3)
+        .map(|m0| (m0, (g.channels_out - m0).min(3)))
+        .collect();
+    let grid = |buffer: &mut Buffer, x: &[f32], dy: &[f32]| {
+        let n = x.len() / plane;
+        let [xp, dyg] = &mut buffer.0;
+        let xp = sized(xp, g.channels_in * plan.lane);
+        plan.pad(x, xp);
+        let dyg = sized(dyg, g.channels_out * plan.lane);
+        // SAFETY: Plan::new checked AVX-512F; the segments of images < n address dy.
+        unsafe { plan.expand(n, dy, dyg) };
+        plan.tiles(n) * NV
+    };
+    // The block of rows `(m0, r)` over one group, added into `dw` (rows m0.. of ∂L/∂W).
+    let block =
+        |xp: &[f32], dyg: &[f32], vectors: usize, (m0, r): (usize, usize), dw: &mut [f32]| {
+            let dyg = &dyg[m0 * plan.lane..];
+            // SAFETY: AVX-512F checked; every read stays below `vectors · 16 + max offset`,
+            // inside each lane.
+            unsafe { correlate_rows(plan, r, xp, dyg, vectors, &mut dw[..r * k]) }
+        };
+    let mut dw = vec![0.0f32; g.channels_out * k];
+    if groups >= rayon::current_num_threads() {
+        let partial = x
+            .par_chunks(plan.group * plane)
+            .zip(dy.par_chunks(plan.group * out_plane))
+            .fold(
+                || (Buffer::take(), Vec::new()),
+                |(mut buffer, mut dw), (x, dy)| {
+                    dw.resize(g.channels_out * k, 0.0f32);
+                    let vectors = grid(&mut buffer, x, dy);
+                    let [xp, dyg] = &buffer.0;
+                    for &(m0, r) in &rows {
+                        block(xp, dyg, vectors, (m0, r), &mut dw[m0 * k..]);
+                    }
+                    (buffer, dw)
+                },
+            )
+            .map(|(_, dw)| dw)
+            .reduce(Vec::new, super::kernels::add);
+        if !partial.is_empty() {
+            dw = partial;
+        }
+    } else {
+        let mut buffer = Buffer::take();
+        for (x, dy) in x
+            .chunks(plan.group * plane)
+            .zip(dy.chunks(plan.group * out_plane))
+        {
+            let vectors = grid(&mut buffer, x, dy);
+            let [xp, dyg] = &buffer.0;
+            dw.par_chunks_mut(3 * k).zip(&rows).for_each(|(dw, &rows)| {
+                block(xp, dyg, vectors, rows, dw);
+            });
+        }
+    }
+    Some(dw)
+}
+
+/// Adds the `r` rows of ∂L/∂W that start at `dyg`'s first lane to `dw` (`[r, K]`).
+///
+/// # Safety
+/// AVX-512F and VL; `xp` and `dyg` hold whole lanes of the plan, `vectors` of them computed.
+unsafe fn correlate_rows(
+    plan: &Plan,
+    r: usize,
+    xp: &[f32],
+    dyg: &[f32],
+    vectors: usize,
+    dw: &mut [f32],
+) {
+    let taps = plan.offsets.len();
+    let c_in = plan.g.channels_in;
+    let k = c_in * taps;
+    assert!(xp.len() >= c_in * plan.lane && dyg.len() >= r * plan.lane);
+    assert!(vectors * 16 + plan.offsets[taps - 1] <= plan.lane && dw.len() >= r * k);
+    let lane = plan.lane;
+    let dy = dyg.as_ptr();
+    // Columns of dW in blocks of T: one channel's 9 taps, or 8 channels of a 1×1 kernel.
+    let mut c = 0;
+    while c < c_in {
+        let x = xp.as_ptr().add(c * lane);
+        let (width, sums): (usize, [[f32; 9]; 3]) = if taps == 9 {
+            let offsets: [usize; 9] = std::array::from_fn(|t| plan.offsets[t]);
+            (9, correlate_any::<9>(r, dy, lane, x, offsets, vectors))
+        } else if c + 8 <= c_in {
+            let offsets: [usize; 8] = std::array::from_fn(|t| t * lane);
+            (8, correlate_any::<8>(r, dy, lane, x, offsets, vectors))
+        } else {
+            (1, correlate_any::<1>(r, dy, lane, x, [0], vectors))
+        };
+        let column = if taps == 9 { c * 9 } else { c };
+        for (row, sums) in sums.iter().take(r).enumerate() {
+            for (d, s) in dw[row * k + column..][..width].iter_mut().zip(sums) {
+                *d += s;
+            }
+        }
+        c += if taps == 9 { 1 } else { width };
+    }
+}
+
+/// [`correlate`] for `r` ≤ 3 rows, sums padded to 9 columns.
+#[inline(always)]
+unsafe fn correlate_any<const T: usize>(
+    r: usize,
+    dy: *const f32,
+    lane: usize,
+    x: *const f32,
+    offsets: [usize; T],
+    vectors: usize,
+) -> [[f32; 9]; 3] {
+    let mut out = [[0.0; 9]; 3];
+    let mut put = |sums: &[[f32; T]]| {
+        for (o, s) in out.iter_mut().zip(sums) {
+            o[..T].copy_from_slice(s);
+        }
+    };
+    match r {
+        3 => put(&correlate::<3, T>(dy, lane, x, offsets, vectors)),
+        2 => put(&correlate::<2, T>(dy, lane, x, offsets, vectors)),
+        _ => put(&correlate::<1, T>(dy, lane, x, offsets, vectors)),
+    }
+    out
+}
+
+/// `Σ_q dy[r · lane + q] · x[offsets[t] + q]` over the first `vectors` 16-lane vectors, for
+/// `R` rows and `T` columns held in `R · T` registers.
+// AVX-512VL as well: the final sums use 256- and 128-bit instructions, which without VL can only
+// name registers 0–15, and the allocator would then spill accumulators inside the loop.
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline(never)]
+unsafe fn correlate<const R: usize, const T: usize>(
+    dy: *const f32,
+    lane: usize,
+    x: *const f32,
+    offsets: [usize; T],
+    vectors: usize,
+) -> [[f32; T]; R] {
+    // No closures in here: they would not inherit the target feature, and the intrinsics
+    // in them would become calls.
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for v in 0..vectors {
+        let mut d = [_mm512_setzero_ps(); R];
+        for (r, d) in d.iter_mut().enumerate() {
+            *d = _mm512_loadu_ps(dy.add(r * lane + 16 * v));
+        }
+        for (t, &offset) in offsets.iter().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(offset + 16 * v));
+            for (row, d) in acc.iter_mut().zip(&d) {
+                row[t] = _mm512_fmadd_ps(*d, xv, row[t]);
+            }
+        }
+    }
+    let mut sums = [[0.0; T]; R];
+    for (sums, acc) in sums.iter_mut().zip(&acc) {
+        for (s, a) in sums.iter_mut().zip(acc) {
+            *s = _mm512_reduce_add_ps(*a);
+        }
+    }
+    sums
 }
 
 /// One tile's inputs for the micro-kernel.
@@ -352,11 +574,11 @@ impl Block<'_> {
 }
 
 thread_local! {
-    static BUFFER: std::cell::Cell<Vec<f32>> = std::cell::Cell::default();
+    static BUFFER: std::cell::Cell<[Vec<f32>; 2]> = std::cell::Cell::default();
 }
 
-/// The padded-input buffer, kept per thread across calls.
-struct Buffer(Vec<f32>);
+/// The padded-input buffer and the gridded output gradient, kept per thread across calls.
+struct Buffer([Vec<f32>; 2]);
 
 impl Buffer {
     fn take() -> Self {
