@@ -149,6 +149,7 @@ impl Plan {
         let g = &self.g;
         let hw = g.height * g.width;
         let n = x.len() / (g.channels_in * hw);
+        assert!(buffer.len() >= g.channels_in * self.lane && x.len() == n * g.channels_in * hw);
         for (c, lane) in buffer.chunks_exact_mut(self.lane).enumerate() {
             let mut filled = 0;
             for b in 0..n {
@@ -156,13 +157,43 @@ impl Plan {
                 let first = (b * self.image_rows + self.pad[0]) * self.width + self.pad[1];
                 for (y, row) in src.chunks_exact(g.width).enumerate() {
                     let at = first + y * self.width;
-                    lane[filled..at].fill(0.0);
-                    lane[at..at + g.width].copy_from_slice(row);
+                    // SAFETY: Plan::new checked AVX-512F; both ranges lie inside `lane`
+                    // (rows end before the lane does) and `row`.
+                    unsafe {
+                        copy(&mut lane[filled..at], None);
+                        copy(&mut lane[at..at + g.width], Some(row));
+                    }
                     filled = at + g.width;
                 }
             }
-            lane[filled..].fill(0.0);
+            // SAFETY: as above.
+            unsafe { copy(&mut lane[filled..], None) };
         }
+    }
+}
+
+/// `dst = src` (or zeros), with 16-lane and masked stores: the rows are a few dozen floats, too
+/// short for `memcpy`/`memset` calls to pay off.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn copy(dst: &mut [f32], src: Option<&[f32]>) {
+    let len = dst.len();
+    assert!(src.is_none_or(|s| s.len() == len));
+    let mut i = 0;
+    while i < len {
+        let mask: __mmask16 = if len - i >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << (len - i)) - 1
+        };
+        let value = match src {
+            Some(src) => _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i)),
+            None => _mm512_setzero_ps(),
+        };
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, value);
+        i += 16;
     }
 }
 
