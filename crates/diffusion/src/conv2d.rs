@@ -727,7 +727,8 @@ mod kernels {
         #[cfg(test)]
         CALLS.hit(0);
         #[cfg(target_arch = "x86_64")]
-        if let Some(plan) = super::direct::Plan::new(g, super::direct::FORWARD_POSITIONS) {
+        let plan = super::direct::Plan::new(g, super::direct::FORWARD_POSITIONS);
+        if let Some(plan) = plan.filter(super::direct::Plan::pays_off) {
             return super::direct::forward(&plan, x, weight, bias);
         }
         forward_im2col(g, x, weight, bias)
@@ -885,6 +886,7 @@ mod kernels {
         let dw_direct = need_w
             .then(|| super::direct::Plan::new(g, super::direct::WEIGHT_GRADIENT_POSITIONS))
             .flatten()
+            .filter(super::direct::Plan::pays_off)
             .and_then(|plan| super::direct::weight_gradient(&plan, x, grad));
         #[cfg(not(target_arch = "x86_64"))]
         let dw_direct: Option<Vec<f32>> = None;
@@ -1125,6 +1127,9 @@ mod tests {
             ([37, 5, 14, 14], [16, 5, 3, 3], [(1, 1), (1, 1)]),
             ([3, 2, 28, 28], [1, 2, 3, 3], [(1, 1), (1, 1)]),
             ([4, 3, 8, 8], [6, 3, 5, 5], [(0, 0), (0, 0)]),
+            // Many channels (long sums per output).
+            ([2, 80, 10, 10], [12, 80, 3, 3], [(1, 1), (1, 1)]),
+            ([1, 200, 9, 9], [5, 200, 3, 3], [(1, 1), (1, 1)]),
         ];
         for (x_shape, w_shape, padding) in cases {
             let g = kernels::Geometry::new(&x_shape, &w_shape, &options(1, padding, 1)).unwrap();
@@ -1205,16 +1210,13 @@ mod tests {
             let direct_before = direct::CALLS.get(1);
             let (dx, dw, db) = run(true);
             #[cfg(target_arch = "x86_64")]
-            if crate::flex_tensor::avx512()
-                && options.stride == [1, 1]
-                && options.dilation == [1, 1]
             {
-                let [_, _, kh, kw] = w_shape;
-                if [kh, kw] == [3, 3] || [kh, kw] == [1, 1] {
-                    assert!(
-                        direct::CALLS.get(1) > direct_before,
-                        "direct ∂L/∂W did not run"
-                    );
+                // The direct weight gradient runs where the direct kernels pay off (3×3 here).
+                let g = kernels::Geometry::new(&x_shape, &w_shape, &options).unwrap();
+                let plan = direct::Plan::new(&g, direct::WEIGHT_GRADIENT_POSITIONS);
+                if plan.is_some_and(|p| p.pays_off()) {
+                    let ran = direct::CALLS.get(1) > direct_before;
+                    assert!(ran, "direct ∂L/∂W did not run");
                 }
             }
             assert!(calls(1) > before, "the im2col backward did not run");

@@ -113,6 +113,20 @@ impl Plan {
         Some(plan)
     }
 
+    /// Whether this kernel beats im2col + gemm on the geometry (measured on a 2-core Sapphire
+    /// Rapids at the U-Nets' sizes, e.g. 184 vs 149 GFLOP/s for the `mnist` U-Net's 128 → 64
+    /// channels at 14×14, 251 vs 209 for `cifar10_ddpm`'s 128 → 128 at 32×32, but 187 vs 227
+    /// for its 256 → 256 at 16×16): it does for k×k kernels with little grid waste (≥ 88 % real
+    /// pixels: 28×28 and 32×32 images) or few output channels (≤ 64, where gemm's products are
+    /// too thin to run at full speed); gemm wins for 1×1 kernels (im2col is then a plain copy)
+    /// and for many output channels on small images.
+    pub(super) fn pays_off(&self) -> bool {
+        let g = &self.g;
+        let real = (self.group * g.p()) as f64;
+        let grid = (((self.group - 1) * self.image_rows + g.height_out) * self.width) as f64;
+        self.offsets.len() > 1 && (g.channels_out <= 64 || real / grid >= 0.88)
+    }
+
     /// Fills the segments of the first `vectors` vectors of a full group's grid.
     fn segment(&mut self, vectors: usize) {
         let (g, p) = (&self.g, self.g.p());
@@ -361,14 +375,14 @@ unsafe fn tiles(
     }
 }
 
-/// ∂L/∂W `[C_out, C_in, k_h, k_w]` from `x` and `dy` = ∂L/∂y, for 3×3 and 1×1 kernels (`None`
-/// for other sizes, which go through im2col):
+/// ∂L/∂W `[C_out, C_in, 3, 3]` from `x` and `dy` = ∂L/∂y (`None` for other kernel sizes, which
+/// go through im2col):
 /// `dW[m, c, i, j] = Σ_q dY_grid[m, q] · X_pad[c, q + i·W_p + j]`, with ∂L/∂y laid out on the
 /// grid (zero at the positions the forward drops) by expand-loads along the same segments.
 pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
     let g = &plan.g;
     let taps = plan.offsets.len();
-    if taps != 9 && taps != 1 {
+    if taps != 9 {
         return None;
     }
     #[cfg(test)]
@@ -377,7 +391,7 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
     let plane = g.channels_in * g.height * g.width;
     let out_plane = g.channels_out * g.p();
     let groups = g.batch.div_ceil(plan.group);
-    // Row blocks of 3 output channels (27 or 24 accumulators), then 2 and 1.
+    // Row blocks of 3 output channels (27 accumulators), then 2 and 1.
     let rows: Vec<(usize, usize)> = (0..g.channels_out)
         .step_by(3)
         .map(|m0| (m0, (g.channels_out - m0).min(3)))
@@ -450,76 +464,47 @@ unsafe fn correlate_rows(
     vectors: usize,
     dw: &mut [f32],
 ) {
-    let taps = plan.offsets.len();
     let c_in = plan.g.channels_in;
-    let k = c_in * taps;
-    assert!(xp.len() >= c_in * plan.lane && dyg.len() >= r * plan.lane);
-    assert!(vectors * 16 + plan.offsets[taps - 1] <= plan.lane && dw.len() >= r * k);
+    let k = c_in * 9;
     let lane = plan.lane;
+    let offsets: [usize; 9] = std::array::from_fn(|t| plan.offsets[t]);
+    assert!(xp.len() >= c_in * lane && dyg.len() >= r * lane);
+    assert!(vectors * 16 + offsets[8] <= lane && dw.len() >= r * k);
     let dy = dyg.as_ptr();
-    // Columns of dW in blocks of T: one channel's 9 taps, or 8 channels of a 1×1 kernel.
-    let mut c = 0;
-    while c < c_in {
+    // Columns of dW in blocks of one channel's 9 taps.
+    for c in 0..c_in {
         let x = xp.as_ptr().add(c * lane);
-        let (width, sums): (usize, [[f32; 9]; 3]) = if taps == 9 {
-            let offsets: [usize; 9] = std::array::from_fn(|t| plan.offsets[t]);
-            (9, correlate_any::<9>(r, dy, lane, x, offsets, vectors))
-        } else if c + 8 <= c_in {
-            let offsets: [usize; 8] = std::array::from_fn(|t| t * lane);
-            (8, correlate_any::<8>(r, dy, lane, x, offsets, vectors))
-        } else {
-            (1, correlate_any::<1>(r, dy, lane, x, [0], vectors))
-        };
-        let column = if taps == 9 { c * 9 } else { c };
-        for (row, sums) in sums.iter().take(r).enumerate() {
-            for (d, s) in dw[row * k + column..][..width].iter_mut().zip(sums) {
-                *d += s;
+        let mut add = |sums: &[[f32; 9]]| {
+            for (row, sums) in sums.iter().enumerate() {
+                for (d, s) in dw[row * k + c * 9..][..9].iter_mut().zip(sums) {
+                    *d += s;
+                }
             }
+        };
+        match r {
+            3 => add(&correlate::<3>(dy, lane, x, offsets, vectors)),
+            2 => add(&correlate::<2>(dy, lane, x, offsets, vectors)),
+            _ => add(&correlate::<1>(dy, lane, x, offsets, vectors)),
         }
-        c += if taps == 9 { 1 } else { width };
     }
-}
-
-/// [`correlate`] for `r` ≤ 3 rows, sums padded to 9 columns.
-#[inline(always)]
-unsafe fn correlate_any<const T: usize>(
-    r: usize,
-    dy: *const f32,
-    lane: usize,
-    x: *const f32,
-    offsets: [usize; T],
-    vectors: usize,
-) -> [[f32; 9]; 3] {
-    let mut out = [[0.0; 9]; 3];
-    let mut put = |sums: &[[f32; T]]| {
-        for (o, s) in out.iter_mut().zip(sums) {
-            o[..T].copy_from_slice(s);
-        }
-    };
-    match r {
-        3 => put(&correlate::<3, T>(dy, lane, x, offsets, vectors)),
-        2 => put(&correlate::<2, T>(dy, lane, x, offsets, vectors)),
-        _ => put(&correlate::<1, T>(dy, lane, x, offsets, vectors)),
-    }
-    out
 }
 
 /// `Σ_q dy[r · lane + q] · x[offsets[t] + q]` over the first `vectors` 16-lane vectors, for
-/// `R` rows and `T` columns held in `R · T` registers.
+/// `R` rows and the 9 taps, held in `9 · R` registers.
 // AVX-512VL as well: the final sums use 256- and 128-bit instructions, which without VL can only
 // name registers 0–15, and the allocator would then spill accumulators inside the loop.
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline(never)]
-unsafe fn correlate<const R: usize, const T: usize>(
+unsafe fn correlate<const R: usize>(
     dy: *const f32,
     lane: usize,
     x: *const f32,
-    offsets: [usize; T],
+    offsets: [usize; 9],
     vectors: usize,
-) -> [[f32; T]; R] {
+) -> [[f32; 9]; R] {
     // No closures in here: they would not inherit the target feature, and the intrinsics
     // in them would become calls.
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut acc = [[_mm512_setzero_ps(); 9]; R];
     for v in 0..vectors {
         let mut d = [_mm512_setzero_ps(); R];
         for (r, d) in d.iter_mut().enumerate() {
@@ -532,7 +517,7 @@ unsafe fn correlate<const R: usize, const T: usize>(
             }
         }
     }
-    let mut sums = [[0.0; T]; R];
+    let mut sums = [[0.0; 9]; R];
     for (sums, acc) in sums.iter_mut().zip(&acc) {
         for (s, a) in sums.iter_mut().zip(acc) {
             *s = _mm512_reduce_add_ps(*a);
