@@ -727,9 +727,11 @@ mod kernels {
         #[cfg(test)]
         CALLS.hit(0);
         #[cfg(target_arch = "x86_64")]
-        let plan = super::direct::Plan::new(g, super::direct::FORWARD_POSITIONS);
-        if let Some(plan) = plan.filter(super::direct::Plan::pays_off) {
-            return super::direct::forward(&plan, x, weight, bias);
+        {
+            let plan = super::direct::Plan::new(g, super::direct::FORWARD_POSITIONS);
+            if let Some(plan) = plan.filter(super::direct::Plan::pays_off) {
+                return super::direct::forward(&plan, x, weight, bias);
+            }
         }
         forward_im2col(g, x, weight, bias)
     }
