@@ -14,6 +14,7 @@
 
 pub mod conv2d;
 pub mod dropout;
+pub mod elementwise;
 pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;

@@ -451,7 +451,7 @@ impl UNet {
         for level in &self.up {
             for (block, attn) in level.blocks.iter().zip(&level.attentions) {
                 let skip = skips.pop().expect("one skip per up block");
-                h = block.forward(Tensor::cat(vec![h, skip], 1), emb.clone());
+                h = block.forward(crate::elementwise::cat_channels(h, skip), emb.clone());
                 if let Some(attn) = attn {
                     h = attn.forward(h);
                 }

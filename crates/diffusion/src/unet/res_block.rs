@@ -1,7 +1,7 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
 use crate::silu::silu;
-use crate::{conv2d, dropout, group_norm};
+use crate::{conv2d, dropout, elementwise, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -123,13 +123,13 @@ impl ResBlock {
                 let e = e.reshape([b, 2 * c, 1, 1]);
                 let scale = e.clone().narrow(1, 0, c);
                 let shift = e.narrow(1, c, c);
-                group_norm::forward(&self.norm2, h) * scale.add_scalar(1.0) + shift
+                elementwise::film(group_norm::forward(&self.norm2, h), scale, shift)
             }
         };
         let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, silu(h)));
         match &self.skip {
-            Some(skip) => conv2d::forward(skip, x) + h,
-            None => x + h,
+            Some(skip) => elementwise::add(conv2d::forward(skip, x), h),
+            None => elementwise::add(x, h),
         }
     }
 }
