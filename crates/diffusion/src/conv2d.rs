@@ -17,7 +17,13 @@
 //!
 //! Groups run in parallel, each building its im2col block in a per-thread scratch buffer that
 //! stays in cache; stride-1 taps are one shifted copy each. The products run on the `gemm` crate
-//! (the same one Flex uses, with its AVX-512 kernels where the CPU has them). Everything else —
+//! (the same one Flex uses, with its AVX-512 kernels where the CPU has them).
+//!
+//! On CPUs with AVX-512, stride-1 k×k convolutions where it measures faster (see
+//! `direct::Plan::pays_off`: all of the `mnist` U-Net's 3×3 convolutions, `cifar10_ddpm`'s
+//! at 32×32) skip the im2col matrix: the forward, the input gradient (a forward of the flipped
+//! kernel) and the 3×3 weight gradient run on a direct kernel that reads a zero-padded copy of
+//! the input in place (`conv2d/direct.rs`). Everything else —
 //! other backends and dtypes, grouped convolutions, and tensors whose parts live on different
 //! backends — goes to Burn's own `conv2d`, so the result never depends on which path ran beyond
 //! float rounding.
