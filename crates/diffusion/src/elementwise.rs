@@ -54,6 +54,20 @@ pub fn film(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> {
     x * scale.add_scalar(1.0) + shift
 }
 
+/// `silu(x·(1 + scale) + shift)`: [`film`] followed by SiLU, in one pass over memory.
+///
+/// # Shapes
+/// - `x`: `[batch, channels, height, width]`; the output has the same shape.
+/// - `scale`, `shift`: `[batch, channels, 1, 1]`
+pub fn film_silu(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    let (x, scale, shift) = match flex::try_film_silu(x, scale, shift) {
+        Ok(y) => return y,
+        Err(inputs) => inputs,
+    };
+    crate::silu::silu(x * scale.add_scalar(1.0) + shift)
+}
+
 #[cfg(feature = "flex")]
 // `Err` hands the inputs back for Burn's own op (the routine fallback, not an error); boxing
 // them to satisfy the lint would allocate on every call.
@@ -141,6 +155,24 @@ mod flex {
         scale: Tensor<4>,
         shift: Tensor<4>,
     ) -> Result<Tensor<4>, FilmInputs> {
+        try_film_with(x, scale, shift, false)
+    }
+
+    pub(super) fn try_film_silu(
+        x: Tensor<4>,
+        scale: Tensor<4>,
+        shift: Tensor<4>,
+    ) -> Result<Tensor<4>, FilmInputs> {
+        try_film_with(x, scale, shift, true)
+    }
+
+    /// FiLM, followed by SiLU if `silu`.
+    fn try_film_with(
+        x: Tensor<4>,
+        scale: Tensor<4>,
+        shift: Tensor<4>,
+        silu: bool,
+    ) -> Result<Tensor<4>, FilmInputs> {
         let [b, c, _, _] = x.dims();
         let fits = [x.dtype(), scale.dtype(), shift.dtype()]
             .iter()
@@ -159,19 +191,19 @@ mod flex {
             )
         });
         if let Some((Ok(xp), Ok(sp), Ok(tp))) = plain {
-            return Ok(Tensor::from_primitive::<Flex>(film(&xp, &sp, &tp)));
+            return Ok(Tensor::from_primitive::<Flex>(film(&xp, &sp, &tp, silu)));
         }
         #[cfg(feature = "autodiff")]
         {
             use burn::backend::autodiff::checkpoint::strategy::{
                 BalancedCheckpointing, NoCheckpointing,
             };
-            let inputs = match super::autodiff::try_film::<NoCheckpointing>(x, scale, shift) {
+            let inputs = (x, scale, shift);
+            let inputs = match super::autodiff::try_film::<NoCheckpointing>(inputs, silu) {
                 Ok(y) => return Ok(y),
                 Err(inputs) => inputs,
             };
-            let (x, scale, shift) = inputs;
-            super::autodiff::try_film::<BalancedCheckpointing>(x, scale, shift)
+            super::autodiff::try_film::<BalancedCheckpointing>(inputs, silu)
         }
         #[cfg(not(feature = "autodiff"))]
         Err((x, scale, shift))
@@ -184,15 +216,20 @@ mod flex {
         tensor(kernels::add(values(&a), values(&b)), shape)
     }
 
-    /// FiLM of Flex tensors.
-    pub(super) fn film(x: &FlexTensor, scale: &FlexTensor, shift: &FlexTensor) -> FlexTensor {
+    /// FiLM of Flex tensors, followed by SiLU if `silu`.
+    pub(super) fn film(
+        x: &FlexTensor,
+        scale: &FlexTensor,
+        shift: &FlexTensor,
+        silu: bool,
+    ) -> FlexTensor {
         let (x, scale, shift) = (
             x.to_contiguous(),
             scale.to_contiguous(),
             shift.to_contiguous(),
         );
         let shape: [usize; 4] = x.layout().shape().to_vec().try_into().expect("rank 4");
-        let y = kernels::film(values(&x), values(&scale), values(&shift));
+        let y = kernels::film(values(&x), values(&scale), values(&shift), silu);
         tensor(y, shape)
     }
 }
@@ -307,12 +344,12 @@ mod autodiff {
         Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
 
-    /// Backward step of FiLM; parents are (x, scale, shift).
+    /// Backward step of FiLM (and SiLU if the flag is set); parents are (x, scale, shift).
     #[derive(Debug)]
-    struct FilmBackward;
+    struct FilmBackward(bool);
 
-    /// The checkpointed x and scale.
-    type State = (NodeId, NodeId);
+    /// The checkpointed x, scale and shift.
+    type State = (NodeId, NodeId, NodeId);
 
     impl Backward<Flex, 3> for FilmBackward {
         type State = State;
@@ -324,17 +361,23 @@ mod autodiff {
             checkpointer: &mut Checkpointer,
         ) {
             let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-            let (x_id, scale_id) = ops.state;
-            let x = checkpointer
-                .retrieve_node_output::<FlexTensor>(x_id)
-                .to_contiguous();
-            let scale = checkpointer
-                .retrieve_node_output::<FlexTensor>(scale_id)
-                .to_contiguous();
+            let (x_id, scale_id, shift_id) = ops.state;
+            let mut retrieve = |id| {
+                checkpointer
+                    .retrieve_node_output::<FlexTensor>(id)
+                    .to_contiguous()
+            };
+            let (x, scale, shift) = (retrieve(x_id), retrieve(scale_id), retrieve(shift_id));
+            let silu = self.0.then_some(values(&shift));
             let shape: [usize; 4] = x.layout().shape().to_vec().try_into().expect("rank 4");
             let [node_x, node_scale, node_shift] = ops.parents;
-            let (dx, dscale, dshift) =
-                kernels::film_backward(values(&x), values(&scale), values(&grad), node_x.is_some());
+            let (dx, dscale, dshift) = kernels::film_backward(
+                values(&x),
+                values(&scale),
+                silu,
+                values(&grad),
+                node_x.is_some(),
+            );
             let planes = [shape[0], shape[1], 1, 1];
             if let (Some(node), Some(dx)) = (node_x, dx) {
                 grads.register::<Flex>(node.id, tensor(dx, shape));
@@ -349,9 +392,8 @@ mod autodiff {
     }
 
     pub(super) fn try_film<C: CheckpointStrategy>(
-        x: Tensor<4>,
-        scale: Tensor<4>,
-        shift: Tensor<4>,
+        (x, scale, shift): FilmInputs,
+        silu: bool,
     ) -> Result<Tensor<4>, FilmInputs>
     where
         DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
@@ -364,14 +406,15 @@ mod autodiff {
         let (Ok(x_ad), Ok(s_ad), Ok(t_ad)) = converted else {
             return Err((x, scale, shift));
         };
-        let y = super::flex::film(x_ad.primitive(), s_ad.primitive(), t_ad.primitive());
-        let prep = FilmBackward
+        let y = super::flex::film(x_ad.primitive(), s_ad.primitive(), t_ad.primitive(), silu);
+        let prep = FilmBackward(silu)
             .prepare::<C>([x_ad.node(), s_ad.node(), t_ad.node()])
             .compute_bound()
             .stateful();
         let output = match prep {
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x_ad), prep.checkpoint(&s_ad));
+                let (x, s) = (prep.checkpoint(&x_ad), prep.checkpoint(&s_ad));
+                let state = (x, s, prep.checkpoint(&t_ad));
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -384,7 +427,9 @@ mod autodiff {
 mod kernels {
     //! The loops on f32 slices, in parallel over blocks (the sum) or image channels (FiLM).
 
+    use crate::silu::kernels::sigmoid;
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
 
     /// Calls of the kernels (0: forward, 1: backward), so tests can check that they ran.
     #[cfg(test)]
@@ -451,30 +496,108 @@ mod kernels {
         (a, b)
     }
 
-    /// `x·(1 + s) + t` per plane; `scale` and `shift` hold one value per plane of `x`.
-    pub(super) fn film(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    /// `x·(1 + s) + t` per plane, then SiLU if `silu`; `scale` and `shift` hold one value per
+    /// plane of `x`.
+    pub(super) fn film(x: &[f32], scale: &[f32], shift: &[f32], silu: bool) -> Vec<f32> {
         #[cfg(test)]
         CALLS.hit(0);
         assert!(!scale.is_empty() && scale.len() == shift.len());
         let plane = x.len() / scale.len();
         assert_eq!(plane * scale.len(), x.len());
+        let fast = crate::flex_tensor::avx512();
         crate::flex_tensor::written(x.len(), |y| {
             y.par_chunks_mut(plane)
                 .zip(x.par_chunks(plane))
                 .zip(scale.par_iter().zip(shift))
                 .for_each(|((y, x), (&s, &t))| {
                     let m = 1.0 + s;
-                    for (y, x) in y.iter_mut().zip(x) {
-                        y.write(x * m + t);
+                    #[cfg(target_arch = "x86_64")]
+                    if fast && silu {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        return unsafe { film_silu_avx512(x, m, t, y) };
+                    }
+                    let _ = fast;
+                    if silu {
+                        film_silu_loop(x, m, t, y);
+                    } else {
+                        for (y, x) in y.iter_mut().zip(x) {
+                            y.write(x * m + t);
+                        }
                     }
                 });
         })
     }
 
-    /// (∂L/∂x if `need_x`, ∂L/∂scale, ∂L/∂shift) of [`film`] given ∂L/∂y.
+    #[inline(always)]
+    fn film_silu_loop(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            let a = x * m + t;
+            y.write(a * sigmoid(a));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn film_silu_avx512(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
+        film_silu_loop(x, m, t, y)
+    }
+
+    /// One plane's backward: writes ∂L/∂x (if asked) and returns (Σ g·x, Σ g) for the scale and
+    /// shift, where g is ∂L/∂y, or with SiLU (`shift` given) ∂L/∂y · SiLU′(x·m + t).
+    #[inline(always)]
+    fn film_backward_loop(
+        x: &[f32],
+        g: &[f32],
+        m: f32,
+        shift: Option<f32>,
+        dx: Option<&mut [MaybeUninit<f32>]>,
+    ) -> (f32, f32) {
+        // 16 running sums each, so the loops vectorise.
+        let (mut gx, mut gs) = ([0.0f32; 16], [0.0f32; 16]);
+        let (xc, gc) = (x.chunks(16), g.chunks(16));
+        let mut dx = dx.map(|dx| dx.chunks_mut(16));
+        for (x, g) in xc.zip(gc) {
+            let mut d = [0.0f32; 16];
+            for i in 0..x.len() {
+                d[i] = match shift {
+                    Some(t) => {
+                        let a = x[i] * m + t;
+                        let s = sigmoid(a);
+                        g[i] * s * (1.0 + a * (1.0 - s))
+                    }
+                    None => g[i],
+                };
+                gx[i] += d[i] * x[i];
+                gs[i] += d[i];
+            }
+            if let Some(dx) = dx.as_mut().and_then(|dx| dx.next()) {
+                for (o, d) in dx.iter_mut().zip(d) {
+                    o.write(d * m);
+                }
+            }
+        }
+        let total = |l: [f32; 16]| l.iter().map(|&v| v as f64).sum::<f64>() as f32;
+        (total(gx), total(gs))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn film_backward_avx512(
+        x: &[f32],
+        g: &[f32],
+        m: f32,
+        shift: Option<f32>,
+        dx: Option<&mut [MaybeUninit<f32>]>,
+    ) -> (f32, f32) {
+        film_backward_loop(x, g, m, shift, dx)
+    }
+
+    /// (∂L/∂x if `need_x`, ∂L/∂scale, ∂L/∂shift) of [`film`] given ∂L/∂y; `shift` is given when
+    /// the forward applied SiLU.
     pub(super) fn film_backward(
         x: &[f32],
         scale: &[f32],
+        shift: Option<&[f32]>,
         grad: &[f32],
         need_x: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
@@ -482,42 +605,36 @@ mod kernels {
         CALLS.hit(1);
         let plane = x.len() / scale.len();
         assert_eq!(grad.len(), x.len());
-        // Per plane: Σ g·x and Σ g in 16 lanes each (so the loops vectorise), in f64 at the end.
-        let sums = |x: &[f32], g: &[f32]| {
-            let (mut gx, mut gs) = ([0.0f32; 16], [0.0f32; 16]);
-            let (xc, gc) = (x.chunks_exact(16), g.chunks_exact(16));
-            let (xr, gr) = (xc.remainder(), gc.remainder());
-            for (x, g) in xc.zip(gc) {
-                for i in 0..16 {
-                    gx[i] += g[i] * x[i];
-                    gs[i] += g[i];
-                }
+        assert!(shift.is_none_or(|t| t.len() == scale.len()));
+        let fast = crate::flex_tensor::avx512();
+        let one = |x: &[f32], g: &[f32], index: usize, dx: Option<&mut [MaybeUninit<f32>]>| {
+            let m = 1.0 + scale[index];
+            let t = shift.map(|t| t[index]);
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { film_backward_avx512(x, g, m, t, dx) };
             }
-            let tail: f32 = xr.iter().zip(gr).map(|(x, g)| x * g).sum();
-            let total = |l: [f32; 16]| l.iter().map(|&v| v as f64).sum::<f64>();
-            (
-                (total(gx) + tail as f64) as f32,
-                (total(gs) + gr.iter().map(|&v| v as f64).sum::<f64>()) as f32,
-            )
+            let _ = fast;
+            film_backward_loop(x, g, m, t, dx)
         };
-        let (dscale, dshift): (Vec<f32>, Vec<f32>) = x
-            .par_chunks(plane)
-            .zip(grad.par_chunks(plane))
-            .map(|(x, g)| sums(x, g))
-            .unzip();
-        let dx = need_x.then(|| {
-            crate::flex_tensor::written(x.len(), |dx| {
-                dx.par_chunks_mut(plane)
-                    .zip(grad.par_chunks(plane))
-                    .zip(scale.par_iter())
-                    .for_each(|((dx, g), &s)| {
-                        let m = 1.0 + s;
-                        for (d, g) in dx.iter_mut().zip(g) {
-                            d.write(g * m);
-                        }
-                    });
-            })
-        });
+        let planes = x.par_chunks(plane).zip(grad.par_chunks(plane)).enumerate();
+        let mut sums = Vec::with_capacity(scale.len());
+        let dx = if need_x {
+            let dx = crate::flex_tensor::written(x.len(), |dx| {
+                planes
+                    .zip(dx.par_chunks_mut(plane))
+                    .map(|((index, (x, g)), dx)| one(x, g, index, Some(dx)))
+                    .collect_into_vec(&mut sums);
+            });
+            Some(dx)
+        } else {
+            planes
+                .map(|(index, (x, g))| one(x, g, index, None))
+                .collect_into_vec(&mut sums);
+            None
+        };
+        let (dscale, dshift) = sums.into_iter().unzip();
         (dx, dscale, dshift)
     }
 }
@@ -550,6 +667,10 @@ mod tests {
         let reference = Tensor::cat(vec![x.clone(), other], 1);
         assert_eq!(joined.into_data(), reference.into_data());
         assert!(relative_error(sum, x.clone() + h) < 1e-6);
+        let fused = film_silu(x.clone(), s.clone(), t.clone());
+        let reference = x.clone() * s.clone().add_scalar(1.0) + t.clone();
+        let fused_err = relative_error(fused, burn::tensor::activation::silu(reference));
+        assert!(fused_err < 1e-6, "film_silu: relative error {fused_err}");
         assert!(relative_error(filmed, x * s.add_scalar(1.0) + t) < 1e-6);
     }
 
@@ -585,6 +706,34 @@ mod tests {
         );
         let reference = run(false);
         for (name, (a, b)) in ["x", "h", "e"].iter().zip(ours.into_iter().zip(reference)) {
+            let err = relative_error(a, b);
+            assert!(err < 1e-5, "d{name}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn film_silu_gradients_match_burn_on_autodiff_flex() {
+        let device = Device::flex().autodiff();
+        // Values well into both tails of SiLU.
+        let x = Tensor::<4>::random([2, 3, 6, 7], Distribution::Normal(0.0, 4.0), &device);
+        let e = Tensor::<4>::random([2, 6, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<4>::random([2, 3, 6, 7], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fast: bool| {
+            let (x, e) = (x.clone().require_grad(), e.clone().require_grad());
+            let (s, t) = (e.clone().narrow(1, 0, 3), e.clone().narrow(1, 3, 3));
+            let y = if fast {
+                film_silu(x.clone(), s, t)
+            } else {
+                burn::tensor::activation::silu(x.clone() * s.add_scalar(1.0) + t)
+            };
+            let grads = (y * r.clone()).sum().backward();
+            [x.grad(&grads), e.grad(&grads)].map(|g| g.expect("gradient"))
+        };
+        let before = calls(1);
+        let ours = run(true);
+        assert!(calls(1) > before, "the fused backward did not run");
+        let reference = run(false);
+        for (name, (a, b)) in ["x", "e"].iter().zip(ours.into_iter().zip(reference)) {
             let err = relative_error(a, b);
             assert!(err < 1e-5, "d{name}: relative error {err}");
         }

@@ -132,7 +132,7 @@ mod autodiff {
 }
 
 #[cfg(feature = "flex")]
-mod kernels {
+pub(crate) mod kernels {
     //! Branch-free element loops that the compiler vectorises, compiled twice on x86-64: for
     //! the baseline and for AVX-512 (picked at run time).
 
@@ -149,7 +149,7 @@ mod kernels {
     /// `eˣ` to within about 2 ulp for x in [−87, 88] (clamped outside): `x = n ln2 + r`,
     /// |r| ≤ ln2/2, with `eʳ` from its degree-6 Taylor polynomial (error < r⁷/7! ≈ 1.2e-7).
     #[inline(always)]
-    fn exp(x: f32) -> f32 {
+    pub(crate) fn exp(x: f32) -> f32 {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         const LN2_HI: f32 = 0.693_145_75;
         const LN2_LO: f32 = 1.428_606_8e-6;
@@ -167,8 +167,9 @@ mod kernels {
         p * f32::from_bits(bits as u32)
     }
 
+    /// σ(x) = 1 / (1 + e⁻ˣ), with [`exp`].
     #[inline(always)]
-    fn sigmoid(x: f32) -> f32 {
+    pub(crate) fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + exp(-x))
     }
 

@@ -117,16 +117,20 @@ impl ResBlock {
         );
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(emb_silu);
+        // SiLU(GN(h + e)), or SiLU(FiLM(GN(h))) with FiLM and SiLU as one step.
         let h = match self.time_mode {
-            TimeMode::Add => group_norm::forward(&self.norm2, h + e.reshape([b, c, 1, 1])),
+            TimeMode::Add => silu(group_norm::forward(
+                &self.norm2,
+                h + e.reshape([b, c, 1, 1]),
+            )),
             TimeMode::Film => {
                 let e = e.reshape([b, 2 * c, 1, 1]);
                 let scale = e.clone().narrow(1, 0, c);
                 let shift = e.narrow(1, c, c);
-                elementwise::film(group_norm::forward(&self.norm2, h), scale, shift)
+                elementwise::film_silu(group_norm::forward(&self.norm2, h), scale, shift)
             }
         };
-        let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, silu(h)));
+        let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, h));
         match &self.skip {
             Some(skip) => elementwise::add(conv2d::forward(skip, x), h),
             None => elementwise::add(x, h),
