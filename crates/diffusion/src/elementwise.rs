@@ -543,53 +543,67 @@ mod kernels {
     }
 
     /// One plane's backward: writes ∂L/∂x (if asked) and returns (Σ g·x, Σ g) for the scale and
-    /// shift, where g is ∂L/∂y, or with SiLU (`shift` given) ∂L/∂y · SiLU′(x·m + t).
+    /// shift, where g is ∂L/∂y, or with `SILU` ∂L/∂y · SiLU′(x·m + t).
     #[inline(always)]
-    fn film_backward_loop(
+    fn film_backward_loop<const SILU: bool>(
         x: &[f32],
         g: &[f32],
         m: f32,
-        shift: Option<f32>,
-        dx: Option<&mut [MaybeUninit<f32>]>,
+        t: f32,
+        mut dx: Option<&mut [MaybeUninit<f32>]>,
     ) -> (f32, f32) {
-        // 16 running sums each, so the loops vectorise.
+        let grad = |x: f32, g: f32| {
+            if SILU {
+                let a = x * m + t;
+                let s = sigmoid(a);
+                g * s * (1.0 + a * (1.0 - s))
+            } else {
+                g
+            }
+        };
+        // 16 running sums each over whole 16-element chunks (fixed-size, so the loops
+        // vectorise), then the tail.
         let (mut gx, mut gs) = ([0.0f32; 16], [0.0f32; 16]);
-        let (xc, gc) = (x.chunks(16), g.chunks(16));
-        let mut dx = dx.map(|dx| dx.chunks_mut(16));
-        for (x, g) in xc.zip(gc) {
+        let whole = x.len() / 16 * 16;
+        for start in (0..whole).step_by(16) {
+            let xs: &[f32; 16] = x[start..start + 16].try_into().expect("16");
+            let gr: &[f32; 16] = g[start..start + 16].try_into().expect("16");
             let mut d = [0.0f32; 16];
-            for i in 0..x.len() {
-                d[i] = match shift {
-                    Some(t) => {
-                        let a = x[i] * m + t;
-                        let s = sigmoid(a);
-                        g[i] * s * (1.0 + a * (1.0 - s))
-                    }
-                    None => g[i],
-                };
-                gx[i] += d[i] * x[i];
+            for i in 0..16 {
+                d[i] = grad(xs[i], gr[i]);
+                gx[i] += d[i] * xs[i];
                 gs[i] += d[i];
             }
-            if let Some(dx) = dx.as_mut().and_then(|dx| dx.next()) {
-                for (o, d) in dx.iter_mut().zip(d) {
+            if let Some(dx) = dx.as_deref_mut() {
+                for (o, d) in dx[start..start + 16].iter_mut().zip(d) {
                     o.write(d * m);
                 }
             }
         }
-        let total = |l: [f32; 16]| l.iter().map(|&v| v as f64).sum::<f64>() as f32;
-        (total(gx), total(gs))
+        let (mut tail_x, mut tail_s) = (0.0f64, 0.0f64);
+        for i in whole..x.len() {
+            let d = grad(x[i], g[i]);
+            tail_x += (d * x[i]) as f64;
+            tail_s += d as f64;
+            if let Some(dx) = dx.as_deref_mut() {
+                dx[i].write(d * m);
+            }
+        }
+        let total =
+            |l: [f32; 16], tail: f64| (l.iter().map(|&v| v as f64).sum::<f64>() + tail) as f32;
+        (total(gx, tail_x), total(gs, tail_s))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn film_backward_avx512(
+    fn film_backward_avx512<const SILU: bool>(
         x: &[f32],
         g: &[f32],
         m: f32,
-        shift: Option<f32>,
+        t: f32,
         dx: Option<&mut [MaybeUninit<f32>]>,
     ) -> (f32, f32) {
-        film_backward_loop(x, g, m, shift, dx)
+        film_backward_loop::<SILU>(x, g, m, t, dx)
     }
 
     /// (∂L/∂x if `need_x`, ∂L/∂scale, ∂L/∂shift) of [`film`] given ∂L/∂y; `shift` is given when
@@ -613,10 +627,18 @@ mod kernels {
             #[cfg(target_arch = "x86_64")]
             if fast {
                 // SAFETY: the CPU has AVX-512F (checked above).
-                return unsafe { film_backward_avx512(x, g, m, t, dx) };
+                return unsafe {
+                    match t {
+                        Some(t) => film_backward_avx512::<true>(x, g, m, t, dx),
+                        None => film_backward_avx512::<false>(x, g, m, 0.0, dx),
+                    }
+                };
             }
             let _ = fast;
-            film_backward_loop(x, g, m, t, dx)
+            match t {
+                Some(t) => film_backward_loop::<true>(x, g, m, t, dx),
+                None => film_backward_loop::<false>(x, g, m, 0.0, dx),
+            }
         };
         let planes = x.par_chunks(plane).zip(grad.par_chunks(plane)).enumerate();
         let mut sums = Vec::with_capacity(scale.len());
