@@ -69,6 +69,7 @@ pub(super) struct Plan {
 impl Plan {
     /// The plan for a stride-1, dilation-1 convolution on a CPU with AVX-512F and VL; `None`
     /// otherwise.
+    ///
     /// Images are grouped for at least `min_positions` grid positions per group, in a number
     /// of groups that the threads share evenly.
     pub(super) fn new(g: &Geometry, min_positions: usize) -> Option<Self> {
