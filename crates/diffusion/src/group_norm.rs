@@ -35,6 +35,27 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
     norm.forward(input)
 }
 
+/// `silu(norm.forward(input))`. Off autodiff on Flex (sampling), the SiLU is applied as the
+/// normalised values are written: one pass over memory fewer. Under autodiff it is the two
+/// fused nodes [`forward`] and [`crate::silu::silu`].
+///
+/// # Shapes
+/// - `input`: `[batch, num_channels, ...]`; the output has the same shape.
+pub fn forward_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) {
+        let shape = input.dims();
+        let g = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon);
+        if let Some(g) = g.filter(|_| !input.device().is_autodiff()) {
+            match flex::try_plain(g, (input, gamma.val(), beta.val()), true) {
+                Ok(y) => return y,
+                Err((input, _, _)) => return crate::silu::silu(forward(norm, input)),
+            }
+        }
+    }
+    crate::silu::silu(forward(norm, input))
+}
+
 #[cfg(feature = "flex")]
 // `Err` hands the inputs back for Burn's own op (the routine fallback, not an error); boxing
 // them to satisfy the lint would allocate on every call.
@@ -59,17 +80,14 @@ mod flex {
         if !f32_only {
             return Err((x, gamma, beta));
         }
-        let plain = (!x.device().is_autodiff()).then(|| {
-            (
-                x.clone().try_into_primitive::<Flex>(),
-                gamma.clone().try_into_primitive::<Flex>(),
-                beta.clone().try_into_primitive::<Flex>(),
-            )
-        });
-        if let Some((Ok(xp), Ok(gp), Ok(bp))) = plain {
-            let (y, _) = forward(&g, &xp, &gp, &bp);
-            return Ok(Tensor::from_primitive::<Flex>(y));
-        }
+        let (x, gamma, beta) = if x.device().is_autodiff() {
+            (x, gamma, beta)
+        } else {
+            match try_plain(g, (x, gamma, beta), false) {
+                Ok(y) => return Ok(y),
+                Err(inputs) => inputs,
+            }
+        };
         #[cfg(feature = "autodiff")]
         {
             use burn::backend::autodiff::checkpoint::strategy::{
@@ -86,12 +104,40 @@ mod flex {
         Err((x, gamma, beta))
     }
 
-    /// The normalised tensor and the (mean, 1/σ) of every (image, group).
+    /// GroupNorm (followed by SiLU if `silu`) of f32 tensors on plain Flex; hands the inputs
+    /// back if they are not.
+    pub(super) fn try_plain<const D: usize>(
+        g: Geometry,
+        (x, gamma, beta): Inputs<D>,
+        silu: bool,
+    ) -> Result<Tensor<D>, Inputs<D>> {
+        let f32_only = [x.dtype(), gamma.dtype(), beta.dtype()]
+            .iter()
+            .all(|&d| d == DType::F32);
+        let converted = f32_only.then(|| {
+            (
+                x.clone().try_into_primitive::<Flex>(),
+                gamma.clone().try_into_primitive::<Flex>(),
+                beta.clone().try_into_primitive::<Flex>(),
+            )
+        });
+        match converted {
+            Some((Ok(xp), Ok(gp), Ok(bp))) => {
+                let (y, _) = forward(&g, &xp, &gp, &bp, silu);
+                Ok(Tensor::from_primitive::<Flex>(y))
+            }
+            _ => Err((x, gamma, beta)),
+        }
+    }
+
+    /// The normalised tensor (through SiLU if `silu`) and the (mean, 1/σ) of every (image,
+    /// group).
     pub(super) fn forward(
         g: &Geometry,
         x: &FlexTensor,
         gamma: &FlexTensor,
         beta: &FlexTensor,
+        silu: bool,
     ) -> (FlexTensor, Vec<[f32; 2]>) {
         let (x, gamma, beta) = (
             x.to_contiguous(),
@@ -99,7 +145,7 @@ mod flex {
             beta.to_contiguous(),
         );
         let shape = x.layout().shape().clone();
-        let (y, stats) = kernels::forward(g, values(&x), values(&gamma), values(&beta));
+        let (y, stats) = kernels::forward(g, values(&x), values(&gamma), values(&beta), silu);
         (FlexTensor::from_data(TensorData::new(y, shape)), stats)
     }
 }
@@ -178,8 +224,13 @@ mod autodiff {
         let (Ok(x_ad), Ok(g_ad), Ok(b_ad)) = converted else {
             return Err((x, gamma, beta));
         };
-        let (y, stats) =
-            super::flex::forward(&g, x_ad.primitive(), g_ad.primitive(), b_ad.primitive());
+        let (y, stats) = super::flex::forward(
+            &g,
+            x_ad.primitive(),
+            g_ad.primitive(),
+            b_ad.primitive(),
+            false,
+        );
         let prep = GroupNormBackward
             .prepare::<C>([x_ad.node(), g_ad.node(), b_ad.node()])
             .compute_bound()
@@ -199,6 +250,7 @@ mod autodiff {
 mod kernels {
     //! The per-group loops on f32 slices laid out as `[batch, channels, spatial…]`.
 
+    use crate::silu::kernels::sigmoid;
     use rayon::prelude::*;
     use std::mem::MaybeUninit;
 
@@ -262,9 +314,9 @@ mod kernels {
         acc.iter().sum::<f32>() + tail
     }
 
-    /// Normalises one (image, group) block and returns its (μ, 1/σ).
+    /// Normalises one (image, group) block (then SiLU if `SILU`) and returns its (μ, 1/σ).
     #[inline(always)]
-    fn forward_group(
+    fn forward_group<const SILU: bool>(
         g: &Geometry,
         c0: usize,
         x: &[f32],
@@ -284,7 +336,8 @@ mod kernels {
             let a = gamma[c] * rstd;
             let b = beta[c] - mean * a;
             for (y, &x) in y.iter_mut().zip(x) {
-                y.write(x * a + b);
+                let v = x * a + b;
+                y.write(if SILU { v * sigmoid(v) } else { v });
             }
         }
         [mean, rstd]
@@ -336,7 +389,7 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn forward_group_avx512(
+    fn forward_group_avx512<const SILU: bool>(
         g: &Geometry,
         c0: usize,
         x: &[f32],
@@ -344,7 +397,7 @@ mod kernels {
         gamma: &[f32],
         beta: &[f32],
     ) -> [f32; 2] {
-        forward_group(g, c0, x, y, gamma, beta)
+        forward_group::<SILU>(g, c0, x, y, gamma, beta)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -360,12 +413,14 @@ mod kernels {
         backward_group(g, c0, stats, blocks, gamma, sums)
     }
 
-    /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), and the (μ, 1/σ) of each.
+    /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), through SiLU if `silu`, and the
+    /// (μ, 1/σ) of each.
     pub(super) fn forward(
         g: &Geometry,
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
+        silu: bool,
     ) -> (Vec<f32>, Vec<[f32; 2]>) {
         #[cfg(test)]
         CALLS.hit(0);
@@ -383,11 +438,21 @@ mod kernels {
                     #[cfg(target_arch = "x86_64")]
                     if fast {
                         // SAFETY: the CPU has AVX-512F (checked above).
-                        *stats = unsafe { forward_group_avx512(g, c0, x, y, gamma, beta) };
+                        *stats = unsafe {
+                            if silu {
+                                forward_group_avx512::<true>(g, c0, x, y, gamma, beta)
+                            } else {
+                                forward_group_avx512::<false>(g, c0, x, y, gamma, beta)
+                            }
+                        };
                         return;
                     }
                     let _ = fast;
-                    *stats = forward_group(g, c0, x, y, gamma, beta);
+                    *stats = if silu {
+                        forward_group::<true>(g, c0, x, y, gamma, beta)
+                    } else {
+                        forward_group::<false>(g, c0, x, y, gamma, beta)
+                    };
                 })
         });
         (y, stats)
@@ -475,6 +540,20 @@ mod tests {
             assert!(calls(0) > before, "the fused path did not run");
             let err = relative_error(ours, norm.forward(x));
             assert!(err < 1e-5, "{shape:?}/{groups}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn forward_silu_matches_burn_group_norm_then_silu() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let norm = norm(4, 8, &device);
+            let x = Tensor::<4>::random([3, 8, 5, 7], Distribution::Normal(3.0, 2.0), &device);
+            let before = calls(0);
+            let ours = forward_silu(&norm, x.clone());
+            assert!(calls(0) > before, "the fused path did not run");
+            let reference = burn::tensor::activation::silu(norm.forward(x));
+            let err = relative_error(ours, reference);
+            assert!(err < 1e-5, "{device:?}: relative error {err}");
         }
     }
 

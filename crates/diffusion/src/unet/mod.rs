@@ -460,7 +460,7 @@ impl UNet {
                 h = up.forward(h);
             }
         }
-        conv2d::forward(&self.conv_out, silu(group_norm::forward(&self.norm_out, h)))
+        conv2d::forward(&self.conv_out, group_norm::forward_silu(&self.norm_out, h))
     }
 }
 

@@ -1,6 +1,5 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
-use crate::silu::silu;
 use crate::{conv2d, dropout, elementwise, group_norm};
 use burn::config::Config;
 use burn::module::Module;
@@ -113,16 +112,13 @@ impl ResBlock {
     pub fn forward(&self, x: Tensor<4>, emb_silu: Tensor<2>) -> Tensor<4> {
         let h = conv2d::forward(
             &self.conv1,
-            silu(group_norm::forward(&self.norm1, x.clone())),
+            group_norm::forward_silu(&self.norm1, x.clone()),
         );
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(emb_silu);
         // SiLU(GN(h + e)), or SiLU(FiLM(GN(h))) with FiLM and SiLU as one step.
         let h = match self.time_mode {
-            TimeMode::Add => silu(group_norm::forward(
-                &self.norm2,
-                h + e.reshape([b, c, 1, 1]),
-            )),
+            TimeMode::Add => group_norm::forward_silu(&self.norm2, h + e.reshape([b, c, 1, 1])),
             TimeMode::Film => {
                 let e = e.reshape([b, 2 * c, 1, 1]);
                 let scale = e.clone().narrow(1, 0, c);
