@@ -47,7 +47,7 @@ pub fn cat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
 /// - `scale`, `shift`: `[batch, channels, 1, 1]`
 pub fn film(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    let (x, scale, shift) = match flex::try_film(x, scale, shift) {
+    let (x, scale, shift) = match flex::try_film(x, scale, shift, false) {
         Ok(y) => return y,
         Err(inputs) => inputs,
     };
@@ -61,7 +61,7 @@ pub fn film(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> {
 /// - `scale`, `shift`: `[batch, channels, 1, 1]`
 pub fn film_silu(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    let (x, scale, shift) = match flex::try_film_silu(x, scale, shift) {
+    let (x, scale, shift) = match flex::try_film(x, scale, shift, true) {
         Ok(y) => return y,
         Err(inputs) => inputs,
     };
@@ -150,24 +150,8 @@ mod flex {
         tensor(y, [n, ca + cb, h, w])
     }
 
-    pub(super) fn try_film(
-        x: Tensor<4>,
-        scale: Tensor<4>,
-        shift: Tensor<4>,
-    ) -> Result<Tensor<4>, FilmInputs> {
-        try_film_with(x, scale, shift, false)
-    }
-
-    pub(super) fn try_film_silu(
-        x: Tensor<4>,
-        scale: Tensor<4>,
-        shift: Tensor<4>,
-    ) -> Result<Tensor<4>, FilmInputs> {
-        try_film_with(x, scale, shift, true)
-    }
-
     /// FiLM, followed by SiLU if `silu`.
-    fn try_film_with(
+    pub(super) fn try_film(
         x: Tensor<4>,
         scale: Tensor<4>,
         shift: Tensor<4>,
