@@ -1,13 +1,13 @@
 //! Direct stride-1 convolution on AVX-512: no im2col matrix and no packed copy of the input.
 //!
 //! A group of images is copied once into a zero-padded buffer, one lane per input channel,
-//! whose rows are `W_p = W_out + k_w − 1` wide, the images stacked vertically and sharing the
-//! zero rows between them. In that buffer the output pixel at grid position `q = row · W_p +
+//! whose rows are `W_p = W + max(left, right padding)` wide (a row's right padding is the next
+//! row's left padding), the images stacked vertically and sharing the zero rows between them. In that buffer the output pixel at grid position `q = row · W_p +
 //! col` reads tap `(i, j)` at `q + i · W_p + j` for *every* `q`, so the im2col row of
 //! `(c, i, j)` is lane `c` read at a constant offset, and the product
 //! `Y[m, q] = b[m] + Σ_{c,i,j} W[m, c, i, j] · X_pad[c, q + i·W_p + j]` streams it in place. The
-//! grid's extra positions (the `k_w − 1` columns right of each row, the shared rows between
-//! images) are computed and dropped: 7 % of the work at 28×28 and 3×3, 18 % at 14×14 — less than
+//! grid's extra positions (the padding column right of each row, the shared rows between
+//! images) are computed and dropped: 7 % of the work at 28×28 and 3×3, 13 % at 14×14 — less than
 //! the 9× copy of im2col plus the gemm crate's packing of that copy.
 //!
 //! The micro-kernel holds an `MR × 16·NV` block of Y in 24 registers: per tap it loads `NV`
@@ -76,7 +76,12 @@ impl Plan {
             return None;
         }
         let [kh, kw] = g.kernel;
-        let width = g.width_out + kw - 1;
+        // A row holds the image row and its left padding; the right padding is the next row's
+        // left padding (a read past a row's end lands there): at least the k_w − 1 − left
+        // columns the last outputs read beyond the image, and a whole output row.
+        let width = (g.width + g.pad[1])
+            .max(g.width_out + kw - 1 - g.pad[1].min(kw - 1))
+            .max(g.width_out);
         // Rows of padding below the image (stride 1: H_out = H + top + bottom − k_h + 1).
         let below = (g.height_out + kh - 1).checked_sub(g.height + g.pad[0])?;
         // Consecutive images share zero rows: as many as both paddings have, and fewer than
@@ -114,7 +119,7 @@ impl Plan {
     /// Whether this kernel beats im2col + gemm on the geometry (measured on a 2-core Sapphire
     /// Rapids at the U-Nets' sizes, e.g. 184 vs 149 GFLOP/s for the `mnist` U-Net's 128 → 64
     /// channels at 14×14, 251 vs 209 for `cifar10_ddpm`'s 128 → 128 at 32×32, but 187 vs 227
-    /// for its 256 → 256 at 16×16): it does for k×k kernels with little grid waste (≥ 88 % real
+    /// for its 256 → 256 at 16×16): it does for k×k kernels with little grid waste (≥ 90 % real
     /// pixels: 28×28 and 32×32 images) or few output channels (≤ 64, where gemm's products are
     /// too thin to run at full speed); gemm wins for 1×1 kernels (im2col is then a plain copy)
     /// and for many output channels on small images.
@@ -122,7 +127,7 @@ impl Plan {
         let g = &self.g;
         let real = (self.group * g.p()) as f64;
         let grid = (((self.group - 1) * self.image_rows + g.height_out) * self.width) as f64;
-        self.offsets.len() > 1 && (g.channels_out <= 64 || real / grid >= 0.88)
+        self.offsets.len() > 1 && (g.channels_out <= 64 || real / grid >= 0.9)
     }
 
     /// Fills the segments of the first `vectors` vectors of a full group's grid.
