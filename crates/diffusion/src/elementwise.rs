@@ -446,10 +446,10 @@ mod kernels {
             y.par_chunks_mut(la + lb)
                 .zip(a.par_chunks(la).zip(b.par_chunks(lb)))
                 .for_each(|(y, (a, b))| {
+                    // Two copies (a chained element loop did not vectorise: 4 % of sampling).
                     let (ya, yb) = y.split_at_mut(la);
-                    for (d, s) in ya.iter_mut().zip(a).chain(yb.iter_mut().zip(b)) {
-                        d.write(*s);
-                    }
+                    ya.write_copy_of_slice(a);
+                    yb.write_copy_of_slice(b);
                 });
         })
     }
@@ -463,18 +463,14 @@ mod kernels {
             a.par_chunks_mut(la.max(1))
                 .zip(y.par_chunks(la + lb))
                 .for_each(|(a, y)| {
-                    for (d, s) in a.iter_mut().zip(y) {
-                        d.write(*s);
-                    }
+                    a.write_copy_of_slice(&y[..la]);
                 });
         });
         let b = crate::flex_tensor::written(n * lb, |b| {
             b.par_chunks_mut(lb.max(1))
                 .zip(y.par_chunks(la + lb))
                 .for_each(|(b, y)| {
-                    for (d, s) in b.iter_mut().zip(&y[la..]) {
-                        d.write(*s);
-                    }
+                    b.write_copy_of_slice(&y[la..]);
                 });
         });
         (a, b)
