@@ -1,62 +1,131 @@
-//! Dropout (Srivastava et al., 2014) with a fast mask for f32 tensors on the Flex CPU backend.
+//! Dropout (Srivastava et al., 2014) for f32 tensors on the Flex CPU backend, as one parallel
+//! pass and one autodiff node.
 //!
 //! Burn's `Dropout` draws a Bernoulli tensor element by element from a host RNG and then
-//! multiplies twice (by the mask, then by `1/keep`). On Flex that RNG was about 7 % of a
-//! training step of the `mnist` preset. Here the mask — already holding `0` or `1/keep` — is a
-//! counter-based hash of (seed, element index), computed in parallel and vectorised, and is
-//! applied with one multiplication (a constant for autodiff, so the backward pass is
-//! `∂L/∂x = ∂L/∂y · mask`). The seed is drawn from the device's RNG, so a seeded device still
-//! gives reproducible masks. Other backends use Burn's `Dropout::forward`.
+//! multiplies twice (by the mask, then by `1/keep`); on Flex that RNG was about 7 % of a
+//! training step of the `mnist` preset, and the multiplications (forward, and ∂L/∂y · mask in
+//! the backward pass) ran single-threaded. Here the mask is a counter-based hash of
+//! (seed, element index): `y = x · mask` is computed in one parallel, vectorised pass, and the
+//! backward pass `∂L/∂x = ∂L/∂y · mask` recomputes the same mask from the seed instead of
+//! keeping it. The seed is drawn from the device's RNG, so a seeded device still gives
+//! reproducible masks. Other backends use Burn's `Dropout::forward`.
 
 use burn::nn::Dropout;
 use burn::tensor::Tensor;
 
-/// [`Dropout::forward`], with the fast mask on Flex: the identity unless the layer is in
-/// training mode on an autodiff device with a non-zero probability.
+/// [`Dropout::forward`], fused on Flex: the identity unless the layer is in training mode on
+/// an autodiff device with a non-zero probability.
 ///
 /// # Shapes
 /// - `input`: any shape; the output has the same shape.
 pub fn forward<const D: usize>(dropout: &Dropout, input: Tensor<D>) -> Tensor<D> {
     #[cfg(all(feature = "flex", feature = "autodiff"))]
-    if dropout.training.is_enabled() && input.device().is_autodiff() && dropout.prob > 0.0 {
-        if let Some(mask) = flex::mask(&input, dropout.prob) {
-            return input * mask;
-        }
-    }
+    let input =
+        if dropout.training.is_enabled() && input.device().is_autodiff() && dropout.prob > 0.0 {
+            match autodiff::try_dropout(input, dropout.prob) {
+                Ok(y) => return y,
+                Err(input) => input,
+            }
+        } else {
+            input
+        };
     dropout.forward(input)
 }
 
 #[cfg(all(feature = "flex", feature = "autodiff"))]
-mod flex {
-    use crate::flex_tensor::tensor;
-    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
-    use burn::backend::{Autodiff, Flex};
+mod autodiff {
+    use crate::flex_tensor::{tensor, values};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
     use burn::tensor::{DType, Device, Distribution, Tensor};
 
-    /// The scaled keep-mask for an f32 tensor on autodiff Flex, as a plain Flex tensor; `None`
-    /// for anything else.
-    pub(super) fn mask<const D: usize>(input: &Tensor<D>, prob: f64) -> Option<Tensor<D>> {
-        let on_flex = input.dtype() == DType::F32
-            && (input
-                .clone()
-                .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
-                .is_ok()
-                || input
-                    .clone()
-                    .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
-                    .is_ok());
-        if !on_flex {
-            return None;
+    /// The mask's parameters: keep probability and seed.
+    #[derive(Clone, Copy, Debug)]
+    struct Mask {
+        keep: f64,
+        seed: [u32; 2],
+    }
+
+    /// Backward step of dropout: `∂L/∂x = ∂L/∂y · mask`, the mask recomputed from its seed.
+    #[derive(Debug)]
+    struct DropoutBackward;
+
+    impl Backward<Flex, 1> for DropoutBackward {
+        type State = Mask;
+
+        fn backward(self, ops: Ops<Mask, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let [parent] = ops.parents;
+            if let Some(node) = parent {
+                let Mask { keep, seed } = ops.state;
+                let shape = grad.layout().shape().clone();
+                let dx = super::kernels::apply(values(&grad), keep, seed);
+                grads.register::<Flex>(
+                    node.id,
+                    burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(
+                        dx, shape,
+                    )),
+                );
+            }
         }
+    }
+
+    /// `x · mask` as one autodiff node on Flex (either checkpointing strategy); the input back
+    /// for other backends and dtypes.
+    pub(super) fn try_dropout<const D: usize>(
+        x: Tensor<D>,
+        prob: f64,
+    ) -> Result<Tensor<D>, Tensor<D>> {
+        if x.dtype() != DType::F32 {
+            return Err(x);
+        }
+        match try_with::<NoCheckpointing, D>(x, prob) {
+            Ok(y) => Ok(y),
+            Err(x) => try_with::<BalancedCheckpointing, D>(x, prob),
+        }
+    }
+
+    fn try_with<C: CheckpointStrategy, const D: usize>(
+        x: Tensor<D>,
+        prob: f64,
+    ) -> Result<Tensor<D>, Tensor<D>>
+    where
+        DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+    {
+        let Ok(x_ad) = x.clone().try_into_primitive::<Autodiff<Flex, C>>() else {
+            return Err(x);
+        };
         // Two uniform draws from the device's RNG seed the hash.
-        let draws = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &Device::flex())
+        let Ok(draws) = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &Device::flex())
             .into_data()
             .try_to_vec::<f32>()
-            .ok()?;
-        let seed = [draws[0].to_bits(), draws[1].to_bits()];
-        let dims = input.dims();
-        let values = super::kernels::mask(dims.iter().product(), 1.0 - prob, seed);
-        Some(Tensor::from_primitive::<Flex>(tensor(values, dims)))
+        else {
+            return Err(x);
+        };
+        let mask = Mask {
+            keep: 1.0 - prob,
+            seed: [draws[0].to_bits(), draws[1].to_bits()],
+        };
+        let input = x_ad.primitive().to_contiguous();
+        let dims: [usize; D] = x.dims();
+        let y = tensor(
+            super::kernels::apply(values(&input), mask.keep, mask.seed),
+            dims,
+        );
+        let prep = DropoutBackward
+            .prepare::<C>([x_ad.node()])
+            .compute_bound()
+            .stateful();
+        let output = match prep {
+            OpsKind::Tracked(prep) => prep.finish(mask, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
 }
 
@@ -65,6 +134,10 @@ mod kernels {
     //! The mask: element i is kept when a 24-bit hash of (seed, i) falls below `keep · 2²⁴`.
 
     use rayon::prelude::*;
+
+    /// Calls of [`apply`], so tests can check that the fused path ran.
+    #[cfg(test)]
+    pub(super) static CALLS: crate::flex_tensor::Calls = crate::flex_tensor::Calls::new();
 
     /// Elements per parallel task.
     const CHUNK: usize = 1 << 14;
@@ -80,41 +153,60 @@ mod kernels {
         x
     }
 
+    /// `out[i] = x[i] · mask[first + i]`.
     #[inline(always)]
-    fn fill(out: &mut [f32], first: u64, threshold: u32, scale: f32, seed: [u32; 2]) {
+    fn fill(
+        out: &mut [std::mem::MaybeUninit<f32>],
+        x: &[f32],
+        first: u64,
+        threshold: u32,
+        scale: f32,
+        seed: [u32; 2],
+    ) {
         let high = hash(seed[1] ^ hash((first >> 32) as u32));
-        for (offset, v) in out.iter_mut().enumerate() {
+        for (offset, (v, x)) in out.iter_mut().zip(x).enumerate() {
             let index = (first as u32).wrapping_add(offset as u32);
             let h = hash(hash(index ^ seed[0]) ^ high) >> 8;
-            *v = if h < threshold { scale } else { 0.0 };
+            v.write(if h < threshold { x * scale } else { 0.0 });
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn fill_avx512(out: &mut [f32], first: u64, threshold: u32, scale: f32, seed: [u32; 2]) {
-        fill(out, first, threshold, scale, seed)
+    fn fill_avx512(
+        out: &mut [std::mem::MaybeUninit<f32>],
+        x: &[f32],
+        first: u64,
+        threshold: u32,
+        scale: f32,
+        seed: [u32; 2],
+    ) {
+        fill(out, x, first, threshold, scale, seed)
     }
 
-    /// `len` values, each `1/keep` with probability `keep` and `0` otherwise.
-    pub(super) fn mask(len: usize, keep: f64, seed: [u32; 2]) -> Vec<f32> {
+    /// `x · mask`, the mask `1/keep` with probability `keep` and `0` otherwise, element `i` of
+    /// it a function of (`seed`, `i`) only.
+    pub(super) fn apply(x: &[f32], keep: f64, seed: [u32; 2]) -> Vec<f32> {
+        #[cfg(test)]
+        CALLS.hit(0);
         let threshold = (keep * (1u32 << 24) as f64).round() as u32;
         let scale = (1.0 / keep) as f32;
         #[cfg(target_arch = "x86_64")]
         let fast = crate::flex_tensor::avx512();
-        let mut out = vec![0.0f32; len];
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let first = (chunk * CHUNK) as u64;
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    return unsafe { fill_avx512(out, first, threshold, scale, seed) };
-                }
-                fill(out, first, threshold, scale, seed)
-            });
-        out
+        crate::flex_tensor::written(x.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(chunk, (out, x))| {
+                    let first = (chunk * CHUNK) as u64;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX-512F (checked above).
+                        return unsafe { fill_avx512(out, x, first, threshold, scale, seed) };
+                    }
+                    fill(out, x, first, threshold, scale, seed)
+                });
+        })
     }
 
     #[cfg(test)]
@@ -122,7 +214,8 @@ mod kernels {
         #[test]
         fn mask_keeps_the_right_fraction_with_the_right_scale() {
             let (len, keep) = (1 << 20, 0.9);
-            let mask = super::mask(len, keep, [12345, 678]);
+            let ones = vec![1.0f32; len];
+            let mask = super::apply(&ones, keep, [12345, 678]);
             let kept = mask.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
             // Binomial standard deviation √(0.9·0.1/2²⁰) ≈ 2.9e-4: 5σ.
             assert!((kept - keep).abs() < 1.5e-3, "kept {kept}");
@@ -136,12 +229,16 @@ mod kernels {
                 .count() as f64;
             assert!((pairs / (len - 1) as f64 - keep * keep).abs() < 3e-3);
             // Another seed gives another mask.
-            let other = super::mask(len, keep, [12346, 678]);
+            let other = super::apply(&ones, keep, [12346, 678]);
             let same = mask.iter().zip(&other).filter(|(a, b)| a == b).count() as f64;
             assert!(
                 same / (len as f64) < 0.9,
                 "masks of different seeds agree at {same}"
             );
+            // The same seed gives the same mask, applied to any input.
+            let x: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let y = super::apply(&x, keep, [12345, 678]);
+            assert!(y.iter().zip(&x).zip(&mask).all(|((y, x), m)| *y == x * m));
         }
     }
 }
@@ -158,7 +255,12 @@ mod tests {
         let dropout = DropoutConfig::new(0.25).init();
         let x =
             Tensor::<2>::random([64, 512], Distribution::Uniform(1.0, 2.0), &device).require_grad();
+        let before = kernels::CALLS.get(0);
         let y = forward(&dropout, x.clone());
+        assert!(
+            kernels::CALLS.get(0) > before,
+            "the fused dropout did not run"
+        );
         let kept = y
             .clone()
             .not_equal_elem(0.0)
@@ -170,6 +272,8 @@ mod tests {
         let ratio = (y.clone() / x.clone()).mask_fill(y.clone().equal_elem(0.0), 1.0 / 0.75);
         assert!((ratio - 1.0 / 0.75).abs().max().into_scalar::<f32>() < 1e-5);
         let grads = y.clone().sum().backward();
+        // Forward and backward: two passes of the kernel.
+        assert!(kernels::CALLS.get(0) >= before + 2);
         let dx = x
             .grad(&grads)
             .expect("x grad")

@@ -256,14 +256,16 @@ fn pack(g: &Geometry, weight: &[f32]) -> (Vec<f32>, Vec<(usize, usize, usize)>) 
         blocks.push((m0, rows, m0 * k));
         m0 += rows;
     }
-    let mut packed = vec![0.0; g.channels_out * k];
-    for &(m0, rows, at) in &blocks {
-        for (t, dst) in packed[at..at + rows * k].chunks_exact_mut(rows).enumerate() {
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = weight[(m0 + r) * k + t];
+    // The blocks tile all C_out · K values.
+    let packed = crate::flex_tensor::written(g.channels_out * k, |packed| {
+        for &(m0, rows, at) in &blocks {
+            for (t, dst) in packed[at..at + rows * k].chunks_exact_mut(rows).enumerate() {
+                for (r, d) in dst.iter_mut().enumerate() {
+                    d.write(weight[(m0 + r) * k + t]);
+                }
             }
         }
-    }
+    });
     (packed, blocks)
 }
 
