@@ -10,6 +10,10 @@
 //! `∂L/∂x = (1/σ)·(g − mean(g) − x̂·mean(g·x̂))` with `g = γ_c·∂L/∂y`,
 //! `∂L/∂γ_c = Σ ∂L/∂y·x̂`, `∂L/∂β_c = Σ ∂L/∂y`.
 //!
+//! With a SiLU after the norm ([`forward_silu`]) the SiLU is applied in the write pass, and the
+//! backward pass first turns ∂L/∂(silu(z)) into ∂L/∂z = ∂L/∂y·σ(z)·(1 + z·(1 − σ(z))), z
+//! recomputed from x and the statistics (one node, no stored z).
+//!
 //! The variance is the biased one with ε inside the square root, as in Burn and PyTorch.
 //! Non-affine norms, other dtypes and other backends use Burn's `GroupNorm::forward`.
 
@@ -26,7 +30,7 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
         let shape = input.dims();
         if let Some(g) = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon) {
             let inputs = (input, gamma.val(), beta.val());
-            match flex::try_group_norm(g, inputs) {
+            match flex::try_group_norm(g, inputs, false) {
                 Ok(y) => return y,
                 Err((input, _, _)) => return norm.forward(input),
             }
@@ -35,9 +39,8 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
     norm.forward(input)
 }
 
-/// `silu(norm.forward(input))`. Off autodiff on Flex (sampling), the SiLU is applied as the
-/// normalised values are written: one pass over memory fewer. Under autodiff it is the two
-/// fused nodes [`forward`] and [`crate::silu::silu`].
+/// `silu(norm.forward(input))`, fused on Flex: the SiLU is applied as the normalised values
+/// are written (one pass over memory fewer), and under autodiff it is one node.
 ///
 /// # Shapes
 /// - `input`: `[batch, num_channels, ...]`; the output has the same shape.
@@ -45,11 +48,10 @@ pub fn forward_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tenso
     #[cfg(feature = "flex")]
     if let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) {
         let shape = input.dims();
-        let g = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon);
-        if let Some(g) = g.filter(|_| !input.device().is_autodiff()) {
-            match flex::try_plain(g, (input, gamma.val(), beta.val()), true) {
+        if let Some(g) = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon) {
+            match flex::try_group_norm(g, (input, gamma.val(), beta.val()), true) {
                 Ok(y) => return y,
-                Err((input, _, _)) => return crate::silu::silu(forward(norm, input)),
+                Err((input, _, _)) => return crate::silu::silu(norm.forward(input)),
             }
         }
     }
@@ -70,9 +72,12 @@ mod flex {
     /// The inputs (x, γ, β), handed back when the fused path does not apply.
     pub(super) type Inputs<const D: usize> = (Tensor<D>, Tensor<1>, Tensor<1>);
 
+    /// GroupNorm (then SiLU if `silu`) of f32 tensors on Flex, plain or autodiff; hands the
+    /// inputs back otherwise.
     pub(super) fn try_group_norm<const D: usize>(
         g: Geometry,
         (x, gamma, beta): Inputs<D>,
+        silu: bool,
     ) -> Result<Tensor<D>, Inputs<D>> {
         let f32_only = [x.dtype(), gamma.dtype(), beta.dtype()]
             .iter()
@@ -83,7 +88,7 @@ mod flex {
         let (x, gamma, beta) = if x.device().is_autodiff() {
             (x, gamma, beta)
         } else {
-            match try_plain(g, (x, gamma, beta), false) {
+            match try_plain(g, (x, gamma, beta), silu) {
                 Ok(y) => return Ok(y),
                 Err(inputs) => inputs,
             }
@@ -93,12 +98,13 @@ mod flex {
             use burn::backend::autodiff::checkpoint::strategy::{
                 BalancedCheckpointing, NoCheckpointing,
             };
+            let inputs = (x, gamma, beta);
             let inputs =
-                match super::autodiff::try_group_norm::<NoCheckpointing, D>(g, (x, gamma, beta)) {
+                match super::autodiff::try_group_norm::<NoCheckpointing, D>(g, inputs, silu) {
                     Ok(y) => return Ok(y),
                     Err(inputs) => inputs,
                 };
-            super::autodiff::try_group_norm::<BalancedCheckpointing, D>(g, inputs)
+            super::autodiff::try_group_norm::<BalancedCheckpointing, D>(g, inputs, silu)
         }
         #[cfg(not(feature = "autodiff"))]
         Err((x, gamma, beta))
@@ -167,12 +173,13 @@ mod autodiff {
     use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
     use burn::tensor::{Tensor, TensorData};
 
-    /// Backward step of GroupNorm; parents are (x, γ, β).
+    /// Backward step of GroupNorm (and the SiLU after it if the flag is set); parents are
+    /// (x, γ, β).
     #[derive(Debug)]
-    struct GroupNormBackward;
+    struct GroupNormBackward(bool);
 
-    /// The checkpointed x and γ, the statistics of the forward pass and the geometry.
-    type State = (NodeId, NodeId, Vec<[f32; 2]>, Geometry);
+    /// The checkpointed x, γ and β, the statistics of the forward pass and the geometry.
+    type State = (NodeId, NodeId, NodeId, Vec<[f32; 2]>, Geometry);
 
     impl Backward<Flex, 3> for GroupNormBackward {
         type State = State;
@@ -184,16 +191,22 @@ mod autodiff {
             checkpointer: &mut Checkpointer,
         ) {
             let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-            let (x_id, gamma_id, stats, g) = ops.state;
-            let x = checkpointer
-                .retrieve_node_output::<FlexTensor>(x_id)
-                .to_contiguous();
-            let gamma = checkpointer
-                .retrieve_node_output::<FlexTensor>(gamma_id)
-                .to_contiguous();
+            let (x_id, gamma_id, beta_id, stats, g) = ops.state;
+            let mut retrieve = |id| {
+                checkpointer
+                    .retrieve_node_output::<FlexTensor>(id)
+                    .to_contiguous()
+            };
+            let (x, gamma) = (retrieve(x_id), retrieve(gamma_id));
+            let beta = self.0.then(|| retrieve(beta_id));
             let shape = x.layout().shape().clone();
-            let (dx, dgamma, dbeta) =
-                kernels::backward(&g, values(&x), values(&gamma), values(&grad), &stats);
+            let (dx, dgamma, dbeta) = kernels::backward(
+                &g,
+                values(&x),
+                (values(&gamma), beta.as_ref().map(values)),
+                values(&grad),
+                &stats,
+            );
             let [node_x, node_gamma, node_beta] = ops.parents;
             if let Some(node) = node_x {
                 grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
@@ -207,11 +220,12 @@ mod autodiff {
         }
     }
 
-    /// GroupNorm as one autodiff node on `Autodiff<Flex, C>`; hands the inputs back if they are
-    /// not all on that backend.
+    /// GroupNorm (then SiLU if `silu`) as one autodiff node on `Autodiff<Flex, C>`; hands the
+    /// inputs back if they are not all on that backend.
     pub(super) fn try_group_norm<C: CheckpointStrategy, const D: usize>(
         g: Geometry,
         (x, gamma, beta): Inputs<D>,
+        silu: bool,
     ) -> Result<Tensor<D>, Inputs<D>>
     where
         DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
@@ -229,16 +243,17 @@ mod autodiff {
             x_ad.primitive(),
             g_ad.primitive(),
             b_ad.primitive(),
-            false,
+            silu,
         );
-        let prep = GroupNormBackward
+        let prep = GroupNormBackward(silu)
             .prepare::<C>([x_ad.node(), g_ad.node(), b_ad.node()])
             .compute_bound()
             .stateful();
         let output = match prep {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, g_state) = (prep.checkpoint(&x_ad), prep.checkpoint(&g_ad));
-                prep.finish((x_state, g_state, stats, g), y)
+                let b_state = prep.checkpoint(&b_ad);
+                prep.finish((x_state, g_state, b_state, stats, g), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
@@ -344,18 +359,79 @@ mod kernels {
     }
 
     /// Gradients of one (image, group) block: writes ∂L/∂x and the per-channel
-    /// (Σ ∂L/∂y, Σ ∂L/∂y·x̂) into `sums`.
+    /// (Σ ∂L/∂z, Σ ∂L/∂z·x̂) into `sums`, where z is the norm's output. With `SILU`, `dy` is
+    /// ∂L/∂silu(z), turned into ∂L/∂z (z recomputed with `beta`) in `dx` first, and ∂L/∂x is
+    /// then written over it.
     #[inline(always)]
-    fn backward_group(
+    fn backward_group<const SILU: bool>(
         g: &Geometry,
         c0: usize,
         [mean, rstd]: [f32; 2],
         (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
-        gamma: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
         sums: &mut [[f64; 2]],
     ) {
+        if !SILU {
+            let (m1, m2) = group_sums(g, c0, mean, rstd, (x, dy), gamma, sums);
+            let coefficients = dx_coefficients(mean, rstd, m1, m2);
+            for (((dx, x), dy), c) in dx
+                .chunks_exact_mut(g.spatial)
+                .zip(x.chunks_exact(g.spatial))
+                .zip(dy.chunks_exact(g.spatial))
+                .zip(c0..)
+            {
+                let [alpha, beta, delta] = coefficients(gamma[c]);
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    dx.write(alpha * dy + beta * x + delta);
+                }
+            }
+            return;
+        }
+        for (((dz, x), dy), c) in dx
+            .chunks_exact_mut(g.spatial)
+            .zip(x.chunks_exact(g.spatial))
+            .zip(dy.chunks_exact(g.spatial))
+            .zip(c0..)
+        {
+            let a = gamma[c] * rstd;
+            let b = beta[c] - mean * a;
+            for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
+                let z = x * a + b;
+                let s = sigmoid(z);
+                dz.write(dy * s * (1.0 + z * (1.0 - s)));
+            }
+        }
+        // SAFETY: the loop above wrote every element (the chunks tile `dx`: its length is
+        // that of `x`, a whole number of channels).
+        let dz = unsafe { &mut *(dx as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let (m1, m2) = group_sums(g, c0, mean, rstd, (x, dz), gamma, sums);
+        let coefficients = dx_coefficients(mean, rstd, m1, m2);
+        for ((dz, x), c) in dz
+            .chunks_exact_mut(g.spatial)
+            .zip(x.chunks_exact(g.spatial))
+            .zip(c0..)
+        {
+            let [alpha, beta, delta] = coefficients(gamma[c]);
+            for (d, &x) in dz.iter_mut().zip(x) {
+                *d = alpha * *d + beta * x + delta;
+            }
+        }
+    }
+
+    /// Per channel of the block, (Σ dz, Σ dz·x̂) into `sums`; returns the group means
+    /// (mean(γ·dz), mean(γ·dz·x̂)).
+    #[inline(always)]
+    fn group_sums(
+        g: &Geometry,
+        c0: usize,
+        mean: f32,
+        rstd: f32,
+        (x, dy): (&[f32], &[f32]),
+        gamma: &[f32],
+        sums: &mut [[f64; 2]],
+    ) -> (f64, f64) {
         let n = x.len() as f64;
-        let (mean64, rstd64) = (mean as f64, rstd as f64);
+        let rstd64 = rstd as f64;
         let (mut m1, mut m2) = (0.0f64, 0.0f64);
         for (((x, dy), sum), c) in x
             .chunks_exact(g.spatial)
@@ -370,21 +446,16 @@ mod kernels {
             m1 += gamma[c] as f64 * sum_dy;
             m2 += gamma[c] as f64 * sum_dy_xhat;
         }
-        let (m1, m2) = (m1 / n, m2 / n);
-        // dx = σ⁻¹·(γ_c·dy − m1 − x̂·m2) = α_c·dy + β·x + δ
+        (m1 / n, m2 / n)
+    }
+
+    /// dx = σ⁻¹·(γ_c·dz − m1 − x̂·m2) = α_c·dz + β·x + δ: (α_c, β, δ) for a given γ_c.
+    #[inline(always)]
+    fn dx_coefficients(mean: f32, rstd: f32, m1: f64, m2: f64) -> impl Fn(f32) -> [f32; 3] {
+        let (mean64, rstd64) = (mean as f64, rstd as f64);
         let beta = (-rstd64 * rstd64 * m2) as f32;
         let delta = (rstd64 * rstd64 * m2 * mean64 - rstd64 * m1) as f32;
-        for (((dx, x), dy), c) in dx
-            .chunks_exact_mut(g.spatial)
-            .zip(x.chunks_exact(g.spatial))
-            .zip(dy.chunks_exact(g.spatial))
-            .zip(c0..)
-        {
-            let alpha = rstd * gamma[c];
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                dx.write(alpha * dy + beta * x + delta);
-            }
-        }
+        move |gamma| [rstd * gamma, beta, delta]
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -402,15 +473,15 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn backward_group_avx512(
+    fn backward_group_avx512<const SILU: bool>(
         g: &Geometry,
         c0: usize,
         stats: [f32; 2],
         blocks: (&[f32], &[f32], &mut [MaybeUninit<f32>]),
-        gamma: &[f32],
+        affine: (&[f32], &[f32]),
         sums: &mut [[f64; 2]],
     ) {
-        backward_group(g, c0, stats, blocks, gamma, sums)
+        backward_group::<SILU>(g, c0, stats, blocks, affine, sums)
     }
 
     /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), through SiLU if `silu`, and the
@@ -458,11 +529,12 @@ mod kernels {
         (y, stats)
     }
 
-    /// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from x, γ, ∂L/∂y and the forward statistics.
+    /// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from x, γ, ∂L/∂y and the forward statistics; with `Some(β)`,
+    /// of `silu(GroupNorm(x))` (∂L/∂y is then the SiLU's output gradient).
     pub(super) fn backward(
         g: &Geometry,
         x: &[f32],
-        gamma: &[f32],
+        (gamma, beta): (&[f32], Option<&[f32]>),
         dy: &[f32],
         stats: &[[f32; 2]],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -480,16 +552,40 @@ mod kernels {
                 .enumerate()
                 .for_each(|(index, ((dx, (x, dy)), sums))| {
                     let c0 = (index % g.groups) * cpg;
+                    let blocks = (x, dy, dx);
+                    let stats = stats[index];
                     #[cfg(target_arch = "x86_64")]
                     if fast {
                         // SAFETY: the CPU has AVX-512F (checked above).
                         unsafe {
-                            backward_group_avx512(g, c0, stats[index], (x, dy, dx), gamma, sums)
+                            match beta {
+                                Some(beta) => backward_group_avx512::<true>(
+                                    g,
+                                    c0,
+                                    stats,
+                                    blocks,
+                                    (gamma, beta),
+                                    sums,
+                                ),
+                                None => backward_group_avx512::<false>(
+                                    g,
+                                    c0,
+                                    stats,
+                                    blocks,
+                                    (gamma, gamma),
+                                    sums,
+                                ),
+                            }
                         };
                         return;
                     }
                     let _ = fast;
-                    backward_group(g, c0, stats[index], (x, dy, dx), gamma, sums);
+                    match beta {
+                        Some(beta) => {
+                            backward_group::<true>(g, c0, stats, blocks, (gamma, beta), sums)
+                        }
+                        None => backward_group::<false>(g, c0, stats, blocks, (gamma, gamma), sums),
+                    }
                 })
         });
         let mut dgamma = vec![0.0f64; g.channels];
@@ -560,16 +656,20 @@ mod tests {
     #[test]
     fn gradients_match_burn_group_norm_on_autodiff_flex() {
         let device = Device::flex().autodiff();
-        for (shape, groups) in [([3, 8, 5, 7], 4), ([4, 16, 6, 6], 8)] {
+        let cases = [([3, 8, 5, 7], 4, false), ([4, 16, 6, 6], 8, false)];
+        // GroupNorm + SiLU as one node.
+        let silu_cases = [([3, 8, 5, 7], 4, true), ([2, 32, 14, 14], 32, true)];
+        for (shape, groups, silu) in cases.into_iter().chain(silu_cases) {
             let norm = norm(groups, shape[1], &device);
             let x = Tensor::<4>::random(shape, Distribution::Normal(3.0, 2.0), &device);
             let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
             let run = |fast: bool| {
                 let x = x.clone().require_grad();
-                let y = if fast {
-                    forward(&norm, x.clone())
-                } else {
-                    norm.forward(x.clone())
+                let y = match (fast, silu) {
+                    (true, false) => forward(&norm, x.clone()),
+                    (true, true) => forward_silu(&norm, x.clone()),
+                    (false, false) => norm.forward(x.clone()),
+                    (false, true) => burn::tensor::activation::silu(norm.forward(x.clone())),
                 };
                 let grads = (y * r.clone()).sum().backward();
                 let gamma = norm.gamma.as_ref().unwrap().val();
@@ -584,9 +684,10 @@ mod tests {
             let (dx, dg, db) = run(true);
             assert!(calls(1) > before, "the fused backward did not run");
             let (rx, rg, rb) = run(false);
-            assert!(relative_error(dx, rx) < 1e-4, "{shape:?}: dx");
-            assert!(relative_error(dg, rg) < 1e-5, "{shape:?}: dγ");
-            assert!(relative_error(db, rb) < 1e-5, "{shape:?}: dβ");
+            let case = format!("{shape:?}/{groups}, SiLU {silu}");
+            assert!(relative_error(dx, rx) < 1e-4, "{case}: dx");
+            assert!(relative_error(dg, rg) < 1e-5, "{case}: dγ");
+            assert!(relative_error(db, rb) < 1e-5, "{case}: dβ");
         }
     }
 }
