@@ -498,7 +498,7 @@ mod kernels {
                     }
                     let _ = fast;
                     if silu {
-                        film_silu_loop(x, m, t, y);
+                        film_silu_loop::<false>(x, m, t, y);
                     } else {
                         for (y, x) in y.iter_mut().zip(x) {
                             y.write(x * m + t);
@@ -509,23 +509,23 @@ mod kernels {
     }
 
     #[inline(always)]
-    fn film_silu_loop(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
+    fn film_silu_loop<const FMA: bool>(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
         for (y, x) in y.iter_mut().zip(x) {
             let a = x * m + t;
-            y.write(a * sigmoid(a));
+            y.write(a * sigmoid::<FMA>(a));
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn film_silu_avx512(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
-        film_silu_loop(x, m, t, y)
+        film_silu_loop::<true>(x, m, t, y)
     }
 
     /// One plane's backward: writes ∂L/∂x (if asked) and returns (Σ g·x, Σ g) for the scale and
     /// shift, where g is ∂L/∂y, or with `SILU` ∂L/∂y · SiLU′(x·m + t).
     #[inline(always)]
-    fn film_backward_loop<const SILU: bool>(
+    fn film_backward_loop<const SILU: bool, const FMA: bool>(
         x: &[f32],
         g: &[f32],
         m: f32,
@@ -535,7 +535,7 @@ mod kernels {
         let grad = |x: f32, g: f32| {
             if SILU {
                 let a = x * m + t;
-                let s = sigmoid(a);
+                let s = sigmoid::<FMA>(a);
                 g * s * (1.0 + a * (1.0 - s))
             } else {
                 g
@@ -583,7 +583,7 @@ mod kernels {
         t: f32,
         dx: Option<&mut [MaybeUninit<f32>]>,
     ) -> (f32, f32) {
-        film_backward_loop::<SILU>(x, g, m, t, dx)
+        film_backward_loop::<SILU, true>(x, g, m, t, dx)
     }
 
     /// (∂L/∂x if `need_x`, ∂L/∂scale, ∂L/∂shift) of [`film`] given ∂L/∂y; `shift` is given when
@@ -616,8 +616,8 @@ mod kernels {
             }
             let _ = fast;
             match t {
-                Some(t) => film_backward_loop::<true>(x, g, m, t, dx),
-                None => film_backward_loop::<false>(x, g, m, 0.0, dx),
+                Some(t) => film_backward_loop::<true, false>(x, g, m, t, dx),
+                None => film_backward_loop::<false, false>(x, g, m, 0.0, dx),
             }
         };
         let planes = x.par_chunks(plane).zip(grad.par_chunks(plane)).enumerate();

@@ -331,7 +331,7 @@ mod kernels {
 
     /// Normalises one (image, group) block (then SiLU if `SILU`) and returns its (μ, 1/σ).
     #[inline(always)]
-    fn forward_group<const SILU: bool>(
+    fn forward_group<const SILU: bool, const FMA: bool>(
         g: &Geometry,
         c0: usize,
         x: &[f32],
@@ -352,7 +352,7 @@ mod kernels {
             let b = beta[c] - mean * a;
             for (y, &x) in y.iter_mut().zip(x) {
                 let v = x * a + b;
-                y.write(if SILU { v * sigmoid(v) } else { v });
+                y.write(if SILU { v * sigmoid::<FMA>(v) } else { v });
             }
         }
         [mean, rstd]
@@ -363,7 +363,7 @@ mod kernels {
     /// ∂L/∂silu(z), turned into ∂L/∂z (z recomputed with `beta`) in `dx` first, and ∂L/∂x is
     /// then written over it.
     #[inline(always)]
-    fn backward_group<const SILU: bool>(
+    fn backward_group<const SILU: bool, const FMA: bool>(
         g: &Geometry,
         c0: usize,
         [mean, rstd]: [f32; 2],
@@ -397,7 +397,7 @@ mod kernels {
             let b = beta[c] - mean * a;
             for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
                 let z = x * a + b;
-                let s = sigmoid(z);
+                let s = sigmoid::<FMA>(z);
                 dz.write(dy * s * (1.0 + z * (1.0 - s)));
             }
         }
@@ -468,7 +468,7 @@ mod kernels {
         gamma: &[f32],
         beta: &[f32],
     ) -> [f32; 2] {
-        forward_group::<SILU>(g, c0, x, y, gamma, beta)
+        forward_group::<SILU, true>(g, c0, x, y, gamma, beta)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -481,7 +481,7 @@ mod kernels {
         affine: (&[f32], &[f32]),
         sums: &mut [[f64; 2]],
     ) {
-        backward_group::<SILU>(g, c0, stats, blocks, affine, sums)
+        backward_group::<SILU, true>(g, c0, stats, blocks, affine, sums)
     }
 
     /// `y = (x − μ)/σ · γ_c + β_c` per (image, group), through SiLU if `silu`, and the
@@ -520,9 +520,9 @@ mod kernels {
                     }
                     let _ = fast;
                     *stats = if silu {
-                        forward_group::<true>(g, c0, x, y, gamma, beta)
+                        forward_group::<true, false>(g, c0, x, y, gamma, beta)
                     } else {
-                        forward_group::<false>(g, c0, x, y, gamma, beta)
+                        forward_group::<false, false>(g, c0, x, y, gamma, beta)
                     };
                 })
         });
@@ -582,9 +582,16 @@ mod kernels {
                     let _ = fast;
                     match beta {
                         Some(beta) => {
-                            backward_group::<true>(g, c0, stats, blocks, (gamma, beta), sums)
+                            backward_group::<true, false>(g, c0, stats, blocks, (gamma, beta), sums)
                         }
-                        None => backward_group::<false>(g, c0, stats, blocks, (gamma, gamma), sums),
+                        None => backward_group::<false, false>(
+                            g,
+                            c0,
+                            stats,
+                            blocks,
+                            (gamma, gamma),
+                            sums,
+                        ),
                     }
                 })
         });
