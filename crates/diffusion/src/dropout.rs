@@ -33,6 +33,9 @@ pub fn forward<const D: usize>(dropout: &Dropout, input: Tensor<D>) -> Tensor<D>
 }
 
 #[cfg(all(feature = "flex", feature = "autodiff"))]
+// `Err` hands the input back for Burn's own op (the routine fallback, not an error); boxing it
+// to satisfy the lint would allocate on every call.
+#[allow(clippy::result_large_err)]
 mod autodiff {
     use crate::flex_tensor::{tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;

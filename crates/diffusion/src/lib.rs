@@ -25,6 +25,7 @@ pub mod objective;
 pub mod pixels;
 pub mod sampler;
 pub mod schedule;
+pub mod self_attention;
 pub mod silu;
 pub mod unet;
 pub mod weights;

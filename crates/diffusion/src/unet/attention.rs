@@ -1,12 +1,11 @@
 //! Multi-head self-attention over the pixels of a feature map (DDPM's `AttnBlock`).
 
-use crate::{conv2d, group_norm};
+use crate::self_attention::self_attention;
+use crate::{conv2d, elementwise, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 /// Configuration of an [`AttentionBlock`].
@@ -62,18 +61,8 @@ impl AttentionBlock {
     /// # Shapes
     /// - `x`: `[batch, channels, height, width]`; output: the same.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let (heads, n) = (self.num_heads, h * w);
-        let d = c / heads;
         let qkv = conv2d::forward(&self.qkv, group_norm::forward(&self.norm, x.clone()));
-        // [B, 3C, H, W] → [B, 3, heads, d, HW] → three [B, heads, HW, d].
-        let qkv = qkv.reshape([b * 3, heads, d, n]).swap_dims(2, 3);
-        let mut parts = qkv.reshape([b, 3, heads, n, d]).chunk(3, 1).into_iter();
-        let mut next = || parts.next().expect("q, k, v").reshape([b, heads, n, d]);
-        let (q, k, v) = (next(), next(), next());
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        // [B, heads, HW, d] → [B, heads, d, HW] → [B, C, H, W].
-        let out = out.swap_dims(2, 3).reshape([b, c, h, w]);
-        x + conv2d::forward(&self.proj, out)
+        let out = self_attention(qkv, self.num_heads);
+        elementwise::add(x, conv2d::forward(&self.proj, out))
     }
 }
