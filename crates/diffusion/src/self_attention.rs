@@ -1,6 +1,6 @@
 //! Scaled dot-product self-attention over the pixels of a feature map (Vaswani et al., 2017,
 //! eq. 1: `softmax(QKᵀ/√d)·V`, per head), read straight from the NCHW output of the block's
-//! 1×1 `qkv` convolution, with a parallel kernel for f32 tensors on plain Flex (sampling).
+//! 1×1 `qkv` convolution, with a parallel kernel for f32 tensors on Flex.
 //!
 //! Burn's route is a reshape and two `swap_dims` (each a single-threaded strided copy on
 //! Flex), its attention, and a copy back to NCHW; in a sampling step of the `mnist` U-Net the
@@ -8,8 +8,10 @@
 //! loops all run along the query pixels i, contiguous in NCHW: the transposed scores
 //! `sᵀ[j, i] = Σ_e k[e, j]·q[e, i] / √d` as sums of rows of Q, the softmax over j (less its
 //! maximum), and `out[e, i] = Σ_j v[e, j]·p[j, i]` as sums of rows of P, written in NCHW.
-//! Under autodiff (training), for maps larger than 8×8 and on other backends it is Burn's
-//! own attention.
+//! Under autodiff it is one node whose backward recomputes P and applies
+//! `∂L/∂V = ∂L/∂O·Pᵀ`, `∂L/∂P = Vᵀ·∂L/∂O`, `∂L/∂S = P ⊙ (∂L/∂P − Σ_j P ⊙ ∂L/∂P)`,
+//! `∂L/∂Q = K·∂L/∂S / √d`, `∂L/∂K = Q·∂L/∂Sᵀ / √d`.
+//! For maps larger than 8×8 and on other backends it is Burn's own attention.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -27,6 +29,11 @@ pub fn self_attention(qkv: Tensor<4>, num_heads: usize) -> Tensor<4> {
         Ok(y) => return y,
         Err(qkv) => qkv,
     };
+    burn_attention(qkv, num_heads)
+}
+
+/// [`self_attention`] through Burn's own attention (and the reshapes to its layout).
+fn burn_attention(qkv: Tensor<4>, num_heads: usize) -> Tensor<4> {
     let [b, c3, h, w] = qkv.dims();
     let (c, n) = (c3 / 3, h * w);
     let d = c / num_heads;
@@ -44,14 +51,15 @@ pub fn self_attention(qkv: Tensor<4>, num_heads: usize) -> Tensor<4> {
 #[allow(clippy::result_large_err)]
 mod flex {
     use crate::flex_tensor::{tensor, values};
+    use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor};
 
     /// Largest feature map (in pixels) the fused kernel takes.
     pub(super) const MAX_PIXELS: usize = 64;
 
-    /// The fused kernel for f32 tensors on plain Flex and maps of up to [`MAX_PIXELS`]
-    /// pixels; hands `qkv` back otherwise.
+    /// The fused kernel (one autodiff node under autodiff) for f32 tensors on Flex and maps of
+    /// up to [`MAX_PIXELS`] pixels; hands `qkv` back otherwise.
     pub(super) fn try_attention(qkv: Tensor<4>, heads: usize) -> Result<Tensor<4>, Tensor<4>> {
         let [b, c3, h, w] = qkv.dims();
         let fits = c3 % 3 == 0 && heads > 0 && (c3 / 3) % heads == 0 && b * c3 * h * w > 0;
@@ -59,15 +67,112 @@ mod flex {
         // Burn's route, whose products go through gemm, is faster (at `cifar10_ddpm`'s 16×16
         // the kernel took 11 % of a forward pass against 2 %).
         let fits = fits && h * w <= MAX_PIXELS;
-        if qkv.dtype() != DType::F32 || qkv.device().is_autodiff() || !fits {
+        if qkv.dtype() != DType::F32 || !fits {
             return Err(qkv);
         }
-        let Ok(p) = qkv.clone().try_into_primitive::<Flex>() else {
+        let plain = (!qkv.device().is_autodiff()).then(|| qkv.clone().try_into_primitive::<Flex>());
+        if let Some(Ok(p)) = plain {
+            return Ok(Tensor::from_primitive::<Flex>(forward(&p, heads)));
+        }
+        #[cfg(feature = "autodiff")]
+        {
+            use burn::backend::autodiff::checkpoint::strategy::{
+                BalancedCheckpointing, NoCheckpointing,
+            };
+            let qkv = match super::autodiff::try_attention::<NoCheckpointing>(qkv, heads) {
+                Ok(y) => return Ok(y),
+                Err(qkv) => qkv,
+            };
+            super::autodiff::try_attention::<BalancedCheckpointing>(qkv, heads)
+        }
+        #[cfg(not(feature = "autodiff"))]
+        Err(qkv)
+    }
+
+    /// The attention of a `[b, 3c, h, w]` Flex tensor: `[b, c, h, w]`.
+    pub(super) fn forward(qkv: &FlexTensor, heads: usize) -> FlexTensor {
+        let qkv = qkv.to_contiguous();
+        let [b, c3, h, w] = dims(&qkv);
+        let y = super::kernels::attention(values(&qkv), [b, c3 / 3, h * w], heads);
+        tensor(y, [b, c3 / 3, h, w])
+    }
+
+    /// The shape of a rank-4 Flex tensor.
+    pub(super) fn dims(t: &FlexTensor) -> [usize; 4] {
+        t.layout().shape().to_vec().try_into().expect("rank 4")
+    }
+}
+
+#[cfg(all(feature = "flex", feature = "autodiff"))]
+// `Err` hands the input back for Burn's own op (the routine fallback, not an error); boxing it
+// to satisfy the lint would allocate on every call.
+#[allow(clippy::result_large_err)]
+mod autodiff {
+    use crate::flex_tensor::{tensor, values};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
+    use burn::tensor::Tensor;
+
+    /// Backward step of the attention; the state is the checkpointed qkv and the heads.
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl Backward<Flex, 1> for AttentionBackward {
+        type State = (NodeId, usize);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let (qkv_id, heads) = ops.state;
+            let [parent] = ops.parents;
+            if let Some(node) = parent {
+                let qkv = checkpointer
+                    .retrieve_node_output::<FlexTensor>(qkv_id)
+                    .to_contiguous();
+                let [b, c3, h, w] = super::flex::dims(&qkv);
+                let dqkv = super::kernels::attention_backward(
+                    values(&qkv),
+                    values(&grad),
+                    [b, c3 / 3, h * w],
+                    heads,
+                );
+                grads.register::<Flex>(node.id, tensor(dqkv, [b, c3, h, w]));
+            }
+        }
+    }
+
+    pub(super) fn try_attention<C: CheckpointStrategy>(
+        qkv: Tensor<4>,
+        heads: usize,
+    ) -> Result<Tensor<4>, Tensor<4>>
+    where
+        DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+    {
+        let Ok(qkv_ad) = qkv.clone().try_into_primitive::<Autodiff<Flex, C>>() else {
             return Err(qkv);
         };
-        let p = p.to_contiguous();
-        let y = super::kernels::attention(values(&p), [b, c3 / 3, h * w], heads);
-        Ok(Tensor::from_primitive::<Flex>(tensor(y, [b, c3 / 3, h, w])))
+        let y = super::flex::forward(qkv_ad.primitive(), heads);
+        let prep = AttentionBackward
+            .prepare::<C>([qkv_ad.node()])
+            .compute_bound()
+            .stateful();
+        let output = match prep {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&qkv_ad);
+                prep.finish((state, heads), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
 }
 
@@ -83,11 +188,48 @@ mod kernels {
     #[cfg(test)]
     pub(super) static CALLS: crate::flex_tensor::Calls = crate::flex_tensor::Calls::new();
 
-    /// `y += a·x`.
+    /// `out[l] = Σ_r coef(r)·rows[r·stride + l]`: sums of rows, 64 lanes at a time in four
+    /// vector accumulators (independent chains; a row-by-row `out += a·row` would load and
+    /// store `out` for every row), then 16, then single lanes.
     #[inline(always)]
-    fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = madd::<FMA>(a, x, *y);
+    fn lincomb<const FMA: bool>(
+        out: &mut [f32],
+        rows: &[f32],
+        stride: usize,
+        coef: impl Fn(usize) -> f32,
+    ) {
+        let count = rows.len() / stride;
+        let mut start = 0;
+        while start + 64 <= out.len() {
+            let mut acc = [[0.0f32; 16]; 4];
+            for r in 0..count {
+                let a = coef(r);
+                let x = &rows[r * stride + start..][..64];
+                for (acc, x) in acc.iter_mut().zip(x.chunks_exact(16)) {
+                    for l in 0..16 {
+                        acc[l] = madd::<FMA>(a, x[l], acc[l]);
+                    }
+                }
+            }
+            for (o, acc) in out[start..start + 64].chunks_exact_mut(16).zip(&acc) {
+                o.copy_from_slice(acc);
+            }
+            start += 64;
+        }
+        while start + 16 <= out.len() {
+            let mut acc = [0.0f32; 16];
+            for r in 0..count {
+                let a = coef(r);
+                let x = &rows[r * stride + start..][..16];
+                for l in 0..16 {
+                    acc[l] = madd::<FMA>(a, x[l], acc[l]);
+                }
+            }
+            out[start..start + 16].copy_from_slice(&acc);
+            start += 16;
+        }
+        for (l, o) in out.iter_mut().enumerate().skip(start) {
+            *o = (0..count).fold(0.0, |s, r| madd::<FMA>(coef(r), rows[r * stride + l], s));
         }
     }
 
@@ -121,11 +263,8 @@ mod kernels {
             dst[n..].fill(0.0);
         }
         // sᵀ[j, i] = Σ_e k[e, j]·q[e, i] / √d
-        scores.fill(0.0);
         for (j, row) in scores.chunks_exact_mut(np).enumerate() {
-            for (q, k) in qp.chunks_exact(np).zip(k.chunks_exact(n)) {
-                axpy::<FMA>(row, k[j] * scale, q);
-            }
+            lincomb::<FMA>(row, qp, np, |e| k[e * n + j] * scale);
         }
         // Softmax over j for every i, less the maximum for range.
         max.fill(f32::NEG_INFINITY);
@@ -143,14 +282,177 @@ mod kernels {
         }
         // out[e, i] = Σ_j v[e, j]·p[j, i] / Σ_j p[j, i]
         for (v, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            acc.fill(0.0);
-            for (&v, row) in v.iter().zip(scores.chunks_exact(np)) {
-                axpy::<FMA>(acc, v, row);
-            }
+            lincomb::<FMA>(acc, scores, np, |j| v[j]);
             for ((o, &a), &total) in out.iter_mut().zip(&*acc).zip(&*sum) {
                 o.write(a / total);
             }
         }
+    }
+
+    /// The three gradients of one head, as one argument.
+    type HeadGradients<'a> = (
+        &'a mut [MaybeUninit<f32>],
+        &'a mut [MaybeUninit<f32>],
+        &'a mut [MaybeUninit<f32>],
+    );
+
+    /// Floats of scratch [`head_backward`] needs.
+    fn backward_scratch_len(n: usize, d: usize) -> usize {
+        let np = n.next_multiple_of(16);
+        (2 * d + 2 * n + 3) * np + 2 * n * d + 2 * d
+    }
+
+    /// Gradients of one head: from `q`, `k`, `v` and `dout` = ∂L/∂out (all `[d, n]`), writes
+    /// ∂L/∂q, ∂L/∂k and ∂L/∂v (`[d, n]` each). P is recomputed (transposed, `pᵀ[j, i]`, rows
+    /// padded to whole vectors as in [`head`]).
+    #[inline(always)]
+    fn head_backward<const FMA: bool>(
+        (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]),
+        n: usize,
+        scale: f32,
+        scratch: &mut [f32],
+        (dq, dk, dv): HeadGradients,
+    ) {
+        let np = n.next_multiple_of(16);
+        let d = q.len() / n;
+        let (qp, rest) = scratch.split_at_mut(d * np);
+        let (dop, rest) = rest.split_at_mut(d * np);
+        let (p, rest) = rest.split_at_mut(n * np);
+        let (ds, rest) = rest.split_at_mut(n * np);
+        let (max, rest) = rest.split_at_mut(np);
+        let (sum, rest) = rest.split_at_mut(np);
+        let (acc, rest) = rest.split_at_mut(np);
+        // Q and ∂L/∂out also transposed (`[n, d]`), for the sums over i.
+        let (qt, rest) = rest.split_at_mut(n * d);
+        let (dout_t, rest) = rest.split_at_mut(n * d);
+        let (dk_col, dv_col) = rest.split_at_mut(d);
+        for (dst, src) in qp.chunks_exact_mut(np).zip(q.chunks_exact(n)) {
+            dst[..n].copy_from_slice(src);
+            dst[n..].fill(0.0);
+        }
+        for (dst, src) in dop.chunks_exact_mut(np).zip(dout.chunks_exact(n)) {
+            dst[..n].copy_from_slice(src);
+            dst[n..].fill(0.0);
+        }
+        for (e, (q, dout)) in q.chunks_exact(n).zip(dout.chunks_exact(n)).enumerate() {
+            for (i, (&q, &g)) in q.iter().zip(dout).enumerate() {
+                qt[i * d + e] = q;
+                dout_t[i * d + e] = g;
+            }
+        }
+        // P, as in the forward pass, normalised.
+        for (j, row) in p.chunks_exact_mut(np).enumerate() {
+            lincomb::<FMA>(row, qp, np, |e| k[e * n + j] * scale);
+        }
+        max.fill(f32::NEG_INFINITY);
+        for row in p.chunks_exact(np) {
+            for (m, &s) in max.iter_mut().zip(row) {
+                *m = m.max(s);
+            }
+        }
+        sum.fill(0.0);
+        for row in p.chunks_exact_mut(np) {
+            for ((s, &m), total) in row.iter_mut().zip(&*max).zip(sum.iter_mut()) {
+                *s = exp::<FMA>(*s - m);
+                *total += *s;
+            }
+        }
+        for total in sum.iter_mut() {
+            *total = 1.0 / *total;
+        }
+        for row in p.chunks_exact_mut(np) {
+            for (s, &inv) in row.iter_mut().zip(&*sum) {
+                *s *= inv;
+            }
+        }
+        // ∂L/∂pᵀ[j, i] = Σ_e v[e, j]·dout[e, i]
+        for (j, row) in ds.chunks_exact_mut(np).enumerate() {
+            lincomb::<FMA>(row, dop, np, |e| v[e * n + j]);
+        }
+        // ∂L/∂sᵀ[j, i] = p[j, i]·(∂L/∂p[j, i] − Σ_j' p[j', i]·∂L/∂p[j', i])
+        let weighted = max;
+        weighted.fill(0.0);
+        for (prow, dprow) in p.chunks_exact(np).zip(ds.chunks_exact(np)) {
+            for ((w, &p), &dp) in weighted.iter_mut().zip(prow).zip(dprow) {
+                *w = madd::<FMA>(p, dp, *w);
+            }
+        }
+        for (prow, dsrow) in p.chunks_exact(np).zip(ds.chunks_exact_mut(np)) {
+            for ((ds, &p), &w) in dsrow.iter_mut().zip(prow).zip(&*weighted) {
+                *ds = p * (*ds - w);
+            }
+        }
+        // ∂L/∂q[e, i] = Σ_j k[e, j]·∂L/∂sᵀ[j, i] / √d
+        for (k, dq) in k.chunks_exact(n).zip(dq.chunks_exact_mut(n)) {
+            lincomb::<FMA>(acc, ds, np, |j| k[j] * scale);
+            for (dq, &a) in dq.iter_mut().zip(&*acc) {
+                dq.write(a);
+            }
+        }
+        // Column j of ∂L/∂k and ∂L/∂v as sums over i of columns of Q and ∂L/∂out:
+        // ∂L/∂k[·, j] = Σ_i q[·, i]·∂L/∂sᵀ[j, i] / √d, ∂L/∂v[·, j] = Σ_i dout[·, i]·p[j, i].
+        for (j, (dsrow, prow)) in ds.chunks_exact(np).zip(p.chunks_exact(np)).enumerate() {
+            lincomb::<FMA>(dk_col, qt, d, |i| dsrow[i] * scale);
+            lincomb::<FMA>(dv_col, dout_t, d, |i| prow[i]);
+            for e in 0..d {
+                dk[e * n + j].write(dk_col[e]);
+                dv[e * n + j].write(dv_col[e]);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn head_backward_avx512(
+        inputs: (&[f32], &[f32], &[f32], &[f32]),
+        n: usize,
+        scale: f32,
+        scratch: &mut [f32],
+        grads: HeadGradients,
+    ) {
+        head_backward::<true>(inputs, n, scale, scratch, grads)
+    }
+
+    /// ∂L/∂qkv (`[b, 3c, n]`) from `qkv` and `dout` = ∂L/∂out (`[b, c, n]`).
+    pub(super) fn attention_backward(
+        qkv: &[f32],
+        dout: &[f32],
+        [b, c, n]: [usize; 3],
+        heads: usize,
+    ) -> Vec<f32> {
+        #[cfg(test)]
+        CALLS.hit(1);
+        assert!(qkv.len() == b * 3 * c * n && dout.len() == b * c * n);
+        let d = c / heads;
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let fast = crate::flex_tensor::avx512();
+        crate::flex_tensor::written(b * 3 * c * n, |dqkv| {
+            dqkv.par_chunks_mut(3 * c * n)
+                .zip(qkv.par_chunks(3 * c * n).zip(dout.par_chunks(c * n)))
+                .for_each_init(Vec::new, |scratch, (dqkv, (qkv, dout))| {
+                    scratch.resize(backward_scratch_len(n, d), 0.0);
+                    let (dq, rest) = dqkv.split_at_mut(c * n);
+                    let (dk, dv) = rest.split_at_mut(c * n);
+                    let size = d * n;
+                    let grads = dq
+                        .chunks_exact_mut(size)
+                        .zip(dk.chunks_exact_mut(size))
+                        .zip(dv.chunks_exact_mut(size));
+                    for (h, ((dq, dk), dv)) in grads.enumerate() {
+                        let at = |part: usize| &qkv[(part * c + h * d) * n..][..d * n];
+                        let inputs = (at(0), at(1), at(2), &dout[h * d * n..][..d * n]);
+                        let grads = (dq, dk, dv);
+                        #[cfg(target_arch = "x86_64")]
+                        if fast {
+                            // SAFETY: the CPU has AVX-512F (checked above).
+                            unsafe { head_backward_avx512(inputs, n, scale, scratch, grads) };
+                            continue;
+                        }
+                        let _ = fast;
+                        head_backward::<false>(inputs, n, scale, scratch, grads)
+                    }
+                })
+        })
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -194,36 +496,65 @@ mod kernels {
     }
 }
 
-#[cfg(all(test, feature = "flex"))]
+#[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {
     use super::*;
     use crate::flex_tensor::relative_error;
     use burn::tensor::{Device, Distribution};
 
+    /// (batch, channels, height, width, heads): the `mnist` U-Net's 7×7, several heads, a
+    /// rectangular map with pixels not a multiple of 16, one pixel.
+    const CASES: [(usize, usize, usize, usize, usize); 4] = [
+        (3, 64, 7, 7, 1),
+        (2, 24, 3, 5, 2),
+        (2, 32, 6, 6, 4),
+        (1, 8, 1, 1, 1),
+    ];
+
     #[test]
     fn fused_attention_matches_burn() {
         let device = Device::flex();
-        // (batch, channels, height, width, heads): the `mnist` U-Net's 7×7, several heads,
-        // a rectangular map with pixels not a multiple of 16, one pixel.
-        for (b, c, h, w, heads) in [
-            (3, 64, 7, 7, 1),
-            (2, 24, 3, 5, 2),
-            (2, 32, 6, 6, 4),
-            (1, 8, 1, 1, 1),
-        ] {
+        for (b, c, h, w, heads) in CASES {
             let qkv =
                 Tensor::<4>::random([b, 3 * c, h, w], Distribution::Normal(0.0, 1.5), &device);
             let before = kernels::CALLS.get(0);
             let ours = self_attention(qkv.clone(), heads);
             assert!(kernels::CALLS.get(0) > before, "the fused path did not run");
-            // Burn's route: the same function on the autodiff device.
-            let ad = Tensor::<4>::from_data(qkv.into_data(), &device.clone().autodiff());
-            let reference = self_attention(ad, heads);
-            let reference = Tensor::<4>::from_data(reference.into_data(), &device);
             assert_eq!(ours.dims(), [b, c, h, w]);
-            let err = relative_error(ours, reference);
+            let err = relative_error(ours, burn_attention(qkv, heads));
             assert!(
                 err < 1e-5,
+                "{b}×{c}×{h}×{w}, {heads} heads: relative error {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_attention_gradients_match_burn() {
+        let device = Device::flex().autodiff();
+        for (b, c, h, w, heads) in CASES {
+            let qkv =
+                Tensor::<4>::random([b, 3 * c, h, w], Distribution::Normal(0.0, 1.5), &device);
+            let r = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let grad = |fused: bool| {
+                let x = qkv.clone().require_grad();
+                let y = if fused {
+                    self_attention(x.clone(), heads)
+                } else {
+                    burn_attention(x.clone(), heads)
+                };
+                let grads = (y * r.clone()).sum().backward();
+                x.grad(&grads).expect("qkv grad")
+            };
+            let before = kernels::CALLS.get(1);
+            let ours = grad(true);
+            assert!(
+                kernels::CALLS.get(1) > before,
+                "the fused backward did not run"
+            );
+            let err = relative_error(ours, grad(false));
+            assert!(
+                err < 1e-4,
                 "{b}×{c}×{h}×{w}, {heads} heads: relative error {err}"
             );
         }
