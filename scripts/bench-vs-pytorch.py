@@ -204,6 +204,7 @@ def main():
             for step in (steps if k % 2 == 0 else steps[::-1]):
                 step()
         rounds.append((ours, torch_res))
+    os.remove(os.path.join(args.out_dir, "ours-section.json"))
     for name, data in (("ours.json", [o for o, _ in rounds]), ("pytorch.json", [p for _, p in rounds])):
         with open(os.path.join(args.out_dir, name), "w") as f:
             json.dump(data[0] if len(data) == 1 else data, f, indent=1)
