@@ -170,7 +170,8 @@ mod kernels {
         for (offset, (v, x)) in out.iter_mut().zip(x).enumerate() {
             let index = (first as u32).wrapping_add(offset as u32);
             let h = hash(hash(index ^ seed[0]) ^ high) >> 8;
-            v.write(if h < threshold { x * scale } else { 0.0 });
+            // x·0 rather than a literal 0, as Burn's x·mask: NaN and ±inf stay visible.
+            v.write(x * if h < threshold { scale } else { 0.0 });
         }
     }
 
@@ -288,6 +289,14 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert!(dx.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5));
+        // NaN and infinities stay visible where dropped (x·0, as in Burn), not zeroed.
+        let bad =
+            Tensor::<1>::from_floats([f32::NAN, f32::INFINITY].repeat(64).as_slice(), &device);
+        let y = forward(&dropout, bad)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(y.iter().all(|v| v.is_nan() || *v == f32::INFINITY), "{y:?}");
         // Evaluation mode and plain devices pass the input through.
         let plain = Tensor::<2>::ones([4, 4], &Device::flex());
         assert_eq!(

@@ -176,10 +176,11 @@ mod autodiff {
     /// Backward step of GroupNorm (and the SiLU after it if the flag is set); parents are
     /// (x, γ, β).
     #[derive(Debug)]
-    struct GroupNormBackward(bool);
+    struct GroupNormBackward;
 
-    /// The checkpointed x, γ and β, the statistics of the forward pass and the geometry.
-    type State = (NodeId, NodeId, NodeId, Vec<[f32; 2]>, Geometry);
+    /// The checkpointed x, γ and (with SiLU) β, the statistics of the forward pass and the
+    /// geometry.
+    type State = (NodeId, NodeId, Option<NodeId>, Vec<[f32; 2]>, Geometry);
 
     impl Backward<Flex, 3> for GroupNormBackward {
         type State = State;
@@ -198,7 +199,7 @@ mod autodiff {
                     .to_contiguous()
             };
             let (x, gamma) = (retrieve(x_id), retrieve(gamma_id));
-            let beta = self.0.then(|| retrieve(beta_id));
+            let beta = beta_id.map(&mut retrieve);
             let shape = x.layout().shape().clone();
             let (dx, dgamma, dbeta) = kernels::backward(
                 &g,
@@ -245,14 +246,14 @@ mod autodiff {
             b_ad.primitive(),
             silu,
         );
-        let prep = GroupNormBackward(silu)
+        let prep = GroupNormBackward
             .prepare::<C>([x_ad.node(), g_ad.node(), b_ad.node()])
             .compute_bound()
             .stateful();
         let output = match prep {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, g_state) = (prep.checkpoint(&x_ad), prep.checkpoint(&g_ad));
-                let b_state = prep.checkpoint(&b_ad);
+                let b_state = silu.then(|| prep.checkpoint(&b_ad));
                 prep.finish((x_state, g_state, b_state, stats, g), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -540,6 +541,8 @@ mod kernels {
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         #[cfg(test)]
         CALLS.hit(1);
+        assert!(dy.len() == x.len() && stats.len() == g.batch * g.groups);
+        assert!(gamma.len() == g.channels && beta.is_none_or(|b| b.len() == g.channels));
         let n = g.group_len();
         let cpg = g.channels / g.groups;
         let fast = crate::flex_tensor::avx512();
