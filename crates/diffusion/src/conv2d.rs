@@ -82,7 +82,7 @@ mod direct;
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{on_autodiff, plain, tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{ops::ConvOptions, DType, Tensor};
@@ -106,36 +106,20 @@ mod flex {
             return Err((x, weight, bias));
         };
 
-        // Clones are reference-count bumps; the originals go back if a conversion fails. Plain
-        // Flex is only tried off autodiff devices (a failed conversion formats an error).
-        let plain = (!x.device().is_autodiff()).then(|| {
-            (
-                x.clone().try_into_primitive::<Flex>(),
-                weight.clone().try_into_primitive::<Flex>(),
-                bias.clone()
-                    .map(|b| b.try_into_primitive::<Flex>())
-                    .transpose(),
-            )
-        });
-        if let Some((Ok(x), Ok(weight), Ok(bias))) = plain {
-            let y = forward(&geometry, &x, &weight, bias.as_ref());
+        // Clones are reference-count bumps; the originals go back if a conversion fails.
+        let bias_plain = match &bias {
+            None => Some(None),
+            Some(b) => plain(b).map(Some),
+        };
+        if let (Some(xp), Some(wp), Some(bp)) = (plain(&x), plain(&weight), bias_plain) {
+            let y = forward(&geometry, &xp, &wp, bp.as_ref());
             return Ok(Tensor::from_primitive::<Flex>(y));
         }
-
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let (x, weight, bias) =
-                match super::autodiff::try_conv2d::<NoCheckpointing>(geometry, x, weight, bias) {
-                    Ok(y) => return Ok(y),
-                    Err(inputs) => inputs,
-                };
-            super::autodiff::try_conv2d::<BalancedCheckpointing>(geometry, x, weight, bias)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err((x, weight, bias))
+        let inputs = (x, weight, bias);
+        on_autodiff!(inputs => |C| {
+            let (x, weight, bias) = inputs;
+            super::autodiff::try_conv2d::<C>(geometry, x, weight, bias)
+        })
     }
 
     /// The forward convolution of Flex tensors.

@@ -37,15 +37,14 @@ pub fn forward<const D: usize>(dropout: &Dropout, input: Tensor<D>) -> Tensor<D>
 // to satisfy the lint would allocate on every call.
 #[allow(clippy::result_large_err)]
 mod autodiff {
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{on_autodiff, tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::{
-        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-    };
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
-    use burn::tensor::{DType, Device, Distribution, Tensor};
+    use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
     /// The mask's parameters: keep probability and seed.
     #[derive(Clone, Copy, Debug)]
@@ -66,14 +65,9 @@ mod autodiff {
             let [parent] = ops.parents;
             if let Some(node) = parent {
                 let Mask { keep, seed } = ops.state;
-                let shape = grad.layout().shape().clone();
                 let dx = super::kernels::apply(values(&grad), keep, seed);
-                grads.register::<Flex>(
-                    node.id,
-                    burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(
-                        dx, shape,
-                    )),
-                );
+                let shape = grad.layout().shape().clone();
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
             }
         }
     }
@@ -87,10 +81,7 @@ mod autodiff {
         if x.dtype() != DType::F32 {
             return Err(x);
         }
-        match try_with::<NoCheckpointing, D>(x, prob) {
-            Ok(y) => Ok(y),
-            Err(x) => try_with::<BalancedCheckpointing, D>(x, prob),
-        }
+        on_autodiff!(x => |C| try_with::<C, D>(x, prob))
     }
 
     fn try_with<C: CheckpointStrategy, const D: usize>(

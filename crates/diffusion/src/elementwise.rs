@@ -74,77 +74,45 @@ pub fn film_silu(x: Tensor<4>, scale: Tensor<4>, shift: Tensor<4>) -> Tensor<4> 
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels;
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{dims, on_autodiff, plain, tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor};
 
+    /// Two same-shaped inputs, handed back when the kernel does not apply.
+    pub(super) type Pair = (Tensor<4>, Tensor<4>);
     /// The inputs of FiLM, handed back when the kernel does not apply.
     pub(super) type FilmInputs = (Tensor<4>, Tensor<4>, Tensor<4>);
 
-    pub(super) fn try_add(a: Tensor<4>, b: Tensor<4>) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
+    pub(super) fn try_add(a: Tensor<4>, b: Tensor<4>) -> Result<Tensor<4>, Pair> {
         if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.dims() != b.dims() {
             return Err((a, b));
         }
-        let plain = (!a.device().is_autodiff()).then(|| {
-            (
-                a.clone().try_into_primitive::<Flex>(),
-                b.clone().try_into_primitive::<Flex>(),
-            )
-        });
-        if let Some((Ok(ap), Ok(bp))) = plain {
+        if let (Some(ap), Some(bp)) = (plain(&a), plain(&b)) {
             return Ok(Tensor::from_primitive::<Flex>(add(&ap, &bp)));
         }
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let (a, b) = match super::autodiff::try_add::<NoCheckpointing>(a, b) {
-                Ok(y) => return Ok(y),
-                Err(inputs) => inputs,
-            };
-            super::autodiff::try_add::<BalancedCheckpointing>(a, b)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err((a, b))
+        let inputs = (a, b);
+        on_autodiff!(inputs => |C| super::autodiff::try_add::<C>(inputs))
     }
 
-    pub(super) fn try_cat(a: Tensor<4>, b: Tensor<4>) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
+    pub(super) fn try_cat(a: Tensor<4>, b: Tensor<4>) -> Result<Tensor<4>, Pair> {
         let ([n, _, h, w], [n2, _, h2, w2]) = (a.dims(), b.dims());
         let empty = a.dims().iter().chain(&b.dims()).any(|&d| d == 0);
         if a.dtype() != DType::F32 || b.dtype() != DType::F32 || [n, h, w] != [n2, h2, w2] || empty
         {
             return Err((a, b));
         }
-        let plain = (!a.device().is_autodiff()).then(|| {
-            (
-                a.clone().try_into_primitive::<Flex>(),
-                b.clone().try_into_primitive::<Flex>(),
-            )
-        });
-        if let Some((Ok(ap), Ok(bp))) = plain {
+        if let (Some(ap), Some(bp)) = (plain(&a), plain(&b)) {
             return Ok(Tensor::from_primitive::<Flex>(cat(&ap, &bp)));
         }
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let (a, b) = match super::autodiff::try_cat::<NoCheckpointing>(a, b) {
-                Ok(y) => return Ok(y),
-                Err(inputs) => inputs,
-            };
-            super::autodiff::try_cat::<BalancedCheckpointing>(a, b)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err((a, b))
+        let inputs = (a, b);
+        on_autodiff!(inputs => |C| super::autodiff::try_cat::<C>(inputs))
     }
 
     /// The channels of `a`, then those of `b`.
     pub(super) fn cat(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
         let (a, b) = (a.to_contiguous(), b.to_contiguous());
-        let [n, ca, h, w]: [usize; 4] = a.layout().shape().to_vec().try_into().expect("rank 4");
+        let [n, ca, h, w] = dims(&a);
         let cb = b.layout().shape()[1];
         let y = kernels::cat(values(&a), values(&b), n);
         tensor(y, [n, ca + cb, h, w])
@@ -167,37 +135,17 @@ mod flex {
         if !fits {
             return Err((x, scale, shift));
         }
-        let plain = (!x.device().is_autodiff()).then(|| {
-            (
-                x.clone().try_into_primitive::<Flex>(),
-                scale.clone().try_into_primitive::<Flex>(),
-                shift.clone().try_into_primitive::<Flex>(),
-            )
-        });
-        if let Some((Ok(xp), Ok(sp), Ok(tp))) = plain {
+        if let (Some(xp), Some(sp), Some(tp)) = (plain(&x), plain(&scale), plain(&shift)) {
             return Ok(Tensor::from_primitive::<Flex>(film(&xp, &sp, &tp, silu)));
         }
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let inputs = (x, scale, shift);
-            let inputs = match super::autodiff::try_film::<NoCheckpointing>(inputs, silu) {
-                Ok(y) => return Ok(y),
-                Err(inputs) => inputs,
-            };
-            super::autodiff::try_film::<BalancedCheckpointing>(inputs, silu)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err((x, scale, shift))
+        let inputs = (x, scale, shift);
+        on_autodiff!(inputs => |C| super::autodiff::try_film::<C>(inputs, silu))
     }
 
     /// `a + b` of two Flex tensors of one shape.
     pub(super) fn add(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
         let (a, b) = (a.to_contiguous(), b.to_contiguous());
-        let shape: [usize; 4] = a.layout().shape().to_vec().try_into().expect("rank 4");
-        tensor(kernels::add(values(&a), values(&b)), shape)
+        tensor(kernels::add(values(&a), values(&b)), dims::<4>(&a))
     }
 
     /// FiLM of Flex tensors, followed by SiLU if `silu`.
@@ -212,9 +160,8 @@ mod flex {
             scale.to_contiguous(),
             shift.to_contiguous(),
         );
-        let shape: [usize; 4] = x.layout().shape().to_vec().try_into().expect("rank 4");
         let y = kernels::film(values(&x), values(&scale), values(&shift), silu);
-        tensor(y, shape)
+        tensor(y, dims::<4>(&x))
     }
 }
 
@@ -223,9 +170,9 @@ mod flex {
 // them to satisfy the lint would allocate on every call.
 #[allow(clippy::result_large_err)]
 mod autodiff {
-    use super::flex::FilmInputs;
+    use super::flex::{FilmInputs, Pair};
     use super::kernels;
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{dims, tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -256,10 +203,7 @@ mod autodiff {
         }
     }
 
-    pub(super) fn try_add<C: CheckpointStrategy>(
-        a: Tensor<4>,
-        b: Tensor<4>,
-    ) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)>
+    pub(super) fn try_add<C: CheckpointStrategy>((a, b): Pair) -> Result<Tensor<4>, Pair>
     where
         DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
     {
@@ -300,10 +244,7 @@ mod autodiff {
         }
     }
 
-    pub(super) fn try_cat<C: CheckpointStrategy>(
-        a: Tensor<4>,
-        b: Tensor<4>,
-    ) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)>
+    pub(super) fn try_cat<C: CheckpointStrategy>((a, b): Pair) -> Result<Tensor<4>, Pair>
     where
         DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
     {
@@ -316,7 +257,7 @@ mod autodiff {
         };
         let ca = a.dims()[1];
         let y = super::flex::cat(a_ad.primitive(), b_ad.primitive());
-        let shape: [usize; 4] = y.layout().shape().to_vec().try_into().expect("rank 4");
+        let shape = dims(&y);
         let prep = CatBackward
             .prepare::<C>([a_ad.node(), b_ad.node()])
             .compute_bound()
@@ -328,12 +269,13 @@ mod autodiff {
         Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
 
-    /// Backward step of FiLM (and SiLU if the flag is set); parents are (x, scale, shift).
+    /// Backward step of FiLM (and SiLU if the forward applied it); parents are
+    /// (x, scale, shift).
     #[derive(Debug)]
-    struct FilmBackward(bool);
+    struct FilmBackward;
 
-    /// The checkpointed x, scale and shift.
-    type State = (NodeId, NodeId, NodeId);
+    /// The checkpointed x, scale and (with SiLU, which needs it) shift.
+    type State = (NodeId, NodeId, Option<NodeId>);
 
     impl Backward<Flex, 3> for FilmBackward {
         type State = State;
@@ -351,9 +293,10 @@ mod autodiff {
                     .retrieve_node_output::<FlexTensor>(id)
                     .to_contiguous()
             };
-            let (x, scale, shift) = (retrieve(x_id), retrieve(scale_id), retrieve(shift_id));
-            let silu = self.0.then_some(values(&shift));
-            let shape: [usize; 4] = x.layout().shape().to_vec().try_into().expect("rank 4");
+            let (x, scale) = (retrieve(x_id), retrieve(scale_id));
+            let shift = shift_id.map(&mut retrieve);
+            let silu = shift.as_ref().map(values);
+            let shape = dims::<4>(&x);
             let [node_x, node_scale, node_shift] = ops.parents;
             let (dx, dscale, dshift) = kernels::film_backward(
                 values(&x),
@@ -391,14 +334,14 @@ mod autodiff {
             return Err((x, scale, shift));
         };
         let y = super::flex::film(x_ad.primitive(), s_ad.primitive(), t_ad.primitive(), silu);
-        let prep = FilmBackward(silu)
+        let prep = FilmBackward
             .prepare::<C>([x_ad.node(), s_ad.node(), t_ad.node()])
             .compute_bound()
             .stateful();
         let output = match prep {
             OpsKind::Tracked(mut prep) => {
                 let (x, s) = (prep.checkpoint(&x_ad), prep.checkpoint(&s_ad));
-                let state = (x, s, prep.checkpoint(&t_ad));
+                let state = (x, s, silu.then(|| prep.checkpoint(&t_ad)));
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),

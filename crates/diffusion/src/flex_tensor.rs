@@ -1,9 +1,52 @@
 //! What the CPU kernels ([`crate::conv2d`], [`crate::group_norm`], [`crate::silu`],
-//! [`crate::dropout`]) share: moving f32 data in and out of Flex tensors, the AVX-512 check, and
-//! for tests, call counters and the comparison with Burn's ops.
+//! [`crate::dropout`], [`crate::elementwise`], [`crate::self_attention`]) share: routing a call to
+//! plain Flex or to an autodiff node ([`plain`], [`on_autodiff`]), moving f32 data in and out of
+//! Flex tensors, the AVX-512 check, and for tests, call counters and the comparison with Burn's
+//! ops.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::TensorData;
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+
+/// The Flex primitive of `t` if it lives on a plain (not autodiff) Flex device. Autodiff
+/// devices are not tried: a failed conversion formats an error message.
+pub(crate) fn plain<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    if t.device().is_autodiff() {
+        return None;
+    }
+    t.clone().try_into_primitive::<Flex>().ok()
+}
+
+/// Runs `$call` — a kernel's autodiff node on `Autodiff<Flex, $c>`, which hands its inputs back
+/// as `Err` when they are not on that backend — for each checkpointing strategy a Flex autodiff
+/// device can have: `NoCheckpointing`, then, with the inputs handed back as `$inputs`,
+/// `BalancedCheckpointing`. Returns `Ok` from the calling function on the first success;
+/// otherwise evaluates to the last `Err` (to `Err($inputs)` without the `autodiff` feature).
+macro_rules! on_autodiff {
+    ($inputs:ident => |$c:ident| $call:expr) => {{
+        #[cfg(feature = "autodiff")]
+        let result = {
+            let $inputs = {
+                type $c = burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+                match $call {
+                    Ok(y) => return Ok(y),
+                    Err(inputs) => inputs,
+                }
+            };
+            type $c = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+            $call
+        };
+        #[cfg(not(feature = "autodiff"))]
+        let result = Err($inputs);
+        result
+    }};
+}
+pub(crate) use on_autodiff;
+
+/// The shape of a rank-`D` Flex tensor.
+pub(crate) fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
+    t.layout().shape().to_vec().try_into().expect("tensor rank")
+}
 
 /// The elements of a contiguous f32 tensor.
 pub(crate) fn values(t: &FlexTensor) -> &[f32] {

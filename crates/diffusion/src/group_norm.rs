@@ -25,18 +25,7 @@ use burn::tensor::Tensor;
 /// # Shapes
 /// - `input`: `[batch, num_channels, ...]`; the output has the same shape.
 pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) {
-        let shape = input.dims();
-        if let Some(g) = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon) {
-            let inputs = (input, gamma.val(), beta.val());
-            match flex::try_group_norm(g, inputs, false) {
-                Ok(y) => return y,
-                Err((input, _, _)) => return norm.forward(input),
-            }
-        }
-    }
-    norm.forward(input)
+    fused(norm, input, false)
 }
 
 /// `silu(norm.forward(input))`, fused on Flex: the SiLU is applied as the normalised values
@@ -45,17 +34,30 @@ pub fn forward<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> 
 /// # Shapes
 /// - `input`: `[batch, num_channels, ...]`; the output has the same shape.
 pub fn forward_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tensor<D> {
+    fused(norm, input, true)
+}
+
+/// GroupNorm, then SiLU if `silu`: the fused kernels where they apply, Burn's ops otherwise.
+fn fused<const D: usize>(norm: &GroupNorm, input: Tensor<D>, silu: bool) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) {
-        let shape = input.dims();
-        if let Some(g) = kernels::Geometry::new(&shape, norm.num_groups, norm.epsilon) {
-            match flex::try_group_norm(g, (input, gamma.val(), beta.val()), true) {
-                Ok(y) => return y,
-                Err((input, _, _)) => return crate::silu::silu(norm.forward(input)),
+    let input = match (&norm.gamma, &norm.beta) {
+        (Some(gamma), Some(beta)) => {
+            match kernels::Geometry::new(&input.dims(), norm.num_groups, norm.epsilon) {
+                Some(g) => match flex::try_group_norm(g, (input, gamma.val(), beta.val()), silu) {
+                    Ok(y) => return y,
+                    Err((input, _, _)) => input,
+                },
+                None => input,
             }
         }
+        _ => input,
+    };
+    let y = norm.forward(input);
+    if silu {
+        crate::silu::silu(y)
+    } else {
+        y
     }
-    crate::silu::silu(forward(norm, input))
 }
 
 #[cfg(feature = "flex")]
@@ -64,7 +66,7 @@ pub fn forward_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Tenso
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels::{self, Geometry};
-    use crate::flex_tensor::values;
+    use crate::flex_tensor::{on_autodiff, plain, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor, TensorData};
@@ -85,55 +87,12 @@ mod flex {
         if !f32_only {
             return Err((x, gamma, beta));
         }
-        let (x, gamma, beta) = if x.device().is_autodiff() {
-            (x, gamma, beta)
-        } else {
-            match try_plain(g, (x, gamma, beta), silu) {
-                Ok(y) => return Ok(y),
-                Err(inputs) => inputs,
-            }
-        };
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let inputs = (x, gamma, beta);
-            let inputs =
-                match super::autodiff::try_group_norm::<NoCheckpointing, D>(g, inputs, silu) {
-                    Ok(y) => return Ok(y),
-                    Err(inputs) => inputs,
-                };
-            super::autodiff::try_group_norm::<BalancedCheckpointing, D>(g, inputs, silu)
+        if let (Some(xp), Some(gp), Some(bp)) = (plain(&x), plain(&gamma), plain(&beta)) {
+            let (y, _) = forward(&g, &xp, &gp, &bp, silu);
+            return Ok(Tensor::from_primitive::<Flex>(y));
         }
-        #[cfg(not(feature = "autodiff"))]
-        Err((x, gamma, beta))
-    }
-
-    /// GroupNorm (followed by SiLU if `silu`) of f32 tensors on plain Flex; hands the inputs
-    /// back if they are not.
-    pub(super) fn try_plain<const D: usize>(
-        g: Geometry,
-        (x, gamma, beta): Inputs<D>,
-        silu: bool,
-    ) -> Result<Tensor<D>, Inputs<D>> {
-        let f32_only = [x.dtype(), gamma.dtype(), beta.dtype()]
-            .iter()
-            .all(|&d| d == DType::F32);
-        let converted = f32_only.then(|| {
-            (
-                x.clone().try_into_primitive::<Flex>(),
-                gamma.clone().try_into_primitive::<Flex>(),
-                beta.clone().try_into_primitive::<Flex>(),
-            )
-        });
-        match converted {
-            Some((Ok(xp), Ok(gp), Ok(bp))) => {
-                let (y, _) = forward(&g, &xp, &gp, &bp, silu);
-                Ok(Tensor::from_primitive::<Flex>(y))
-            }
-            _ => Err((x, gamma, beta)),
-        }
+        let inputs = (x, gamma, beta);
+        on_autodiff!(inputs => |C| super::autodiff::try_group_norm::<C, D>(g, inputs, silu))
     }
 
     /// The normalised tensor (through SiLU if `silu`) and the (mean, 1/σ) of every (image,

@@ -50,7 +50,7 @@ fn burn_attention(qkv: Tensor<4>, num_heads: usize) -> Tensor<4> {
 // to satisfy the lint would allocate on every call.
 #[allow(clippy::result_large_err)]
 mod flex {
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{dims, on_autodiff, plain, tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor};
@@ -70,23 +70,10 @@ mod flex {
         if qkv.dtype() != DType::F32 || !fits {
             return Err(qkv);
         }
-        let plain = (!qkv.device().is_autodiff()).then(|| qkv.clone().try_into_primitive::<Flex>());
-        if let Some(Ok(p)) = plain {
+        if let Some(p) = plain(&qkv) {
             return Ok(Tensor::from_primitive::<Flex>(forward(&p, heads)));
         }
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let qkv = match super::autodiff::try_attention::<NoCheckpointing>(qkv, heads) {
-                Ok(y) => return Ok(y),
-                Err(qkv) => qkv,
-            };
-            super::autodiff::try_attention::<BalancedCheckpointing>(qkv, heads)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err(qkv)
+        on_autodiff!(qkv => |C| super::autodiff::try_attention::<C>(qkv, heads))
     }
 
     /// The attention of a `[b, 3c, h, w]` Flex tensor: `[b, c, h, w]`.
@@ -96,11 +83,6 @@ mod flex {
         let y = super::kernels::attention(values(&qkv), [b, c3 / 3, h * w], heads);
         tensor(y, [b, c3 / 3, h, w])
     }
-
-    /// The shape of a rank-4 Flex tensor.
-    pub(super) fn dims(t: &FlexTensor) -> [usize; 4] {
-        t.layout().shape().to_vec().try_into().expect("rank 4")
-    }
 }
 
 #[cfg(all(feature = "flex", feature = "autodiff"))]
@@ -108,7 +90,7 @@ mod flex {
 // to satisfy the lint would allocate on every call.
 #[allow(clippy::result_large_err)]
 mod autodiff {
-    use crate::flex_tensor::{tensor, values};
+    use crate::flex_tensor::{dims, tensor, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -138,7 +120,7 @@ mod autodiff {
                 let qkv = checkpointer
                     .retrieve_node_output::<FlexTensor>(qkv_id)
                     .to_contiguous();
-                let [b, c3, h, w] = super::flex::dims(&qkv);
+                let [b, c3, h, w] = dims(&qkv);
                 let dqkv = super::kernels::attention_backward(
                     values(&qkv),
                     values(&grad),

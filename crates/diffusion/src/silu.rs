@@ -27,7 +27,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 #[allow(clippy::result_large_err)]
 mod flex {
     use super::kernels;
-    use crate::flex_tensor::values;
+    use crate::flex_tensor::{on_autodiff, plain, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::Flex;
     use burn::tensor::{DType, Tensor, TensorData};
@@ -38,23 +38,10 @@ mod flex {
         if x.dtype() != DType::F32 {
             return Err(x);
         }
-        let plain = (!x.device().is_autodiff()).then(|| x.clone().try_into_primitive::<Flex>());
-        if let Some(Ok(p)) = plain {
+        if let Some(p) = plain(&x) {
             return Ok(Tensor::from_primitive::<Flex>(forward(&p)));
         }
-        #[cfg(feature = "autodiff")]
-        {
-            use burn::backend::autodiff::checkpoint::strategy::{
-                BalancedCheckpointing, NoCheckpointing,
-            };
-            let x = match super::autodiff::try_silu::<NoCheckpointing, D>(x) {
-                Ok(y) => return Ok(y),
-                Err(x) => x,
-            };
-            super::autodiff::try_silu::<BalancedCheckpointing, D>(x)
-        }
-        #[cfg(not(feature = "autodiff"))]
-        Err(x)
+        on_autodiff!(x => |C| super::autodiff::try_silu::<C, D>(x))
     }
 
     /// SiLU of a Flex tensor.
