@@ -221,108 +221,27 @@ mod kernels {
         (d + n + 3) * np
     }
 
-    /// One head: `q`, `k`, `v` are `[d, n]`, `out` is `[d, n]`, `scratch` holds
-    /// [`scratch_len`] floats. Every loop runs along the query pixels i (contiguous in q and in
-    /// the output), in rows padded to whole vectors (`np`), so it vectorises without horizontal
-    /// sums or scalar tails: the scores are kept transposed, `sᵀ[j, i]`.
-    #[inline(always)]
-    fn head<const FMA: bool>(
-        (q, k, v): (&[f32], &[f32], &[f32]),
-        n: usize,
-        scale: f32,
-        scratch: &mut [f32],
-        out: &mut [MaybeUninit<f32>],
-    ) {
-        let np = n.next_multiple_of(16);
-        let d = q.len() / n;
-        let (qp, rest) = scratch.split_at_mut(d * np);
-        let (scores, rest) = rest.split_at_mut(n * np);
-        let (max, rest) = rest.split_at_mut(np);
-        let (sum, acc) = rest.split_at_mut(np);
-        // Q with rows padded by zeros.
-        for (dst, src) in qp.chunks_exact_mut(np).zip(q.chunks_exact(n)) {
+    /// `dst` as rows of `np` floats: each row of `src` (`n` floats), then zeros.
+    fn pad_rows(dst: &mut [f32], src: &[f32], n: usize, np: usize) {
+        for (dst, src) in dst.chunks_exact_mut(np).zip(src.chunks_exact(n)) {
             dst[..n].copy_from_slice(src);
             dst[n..].fill(0.0);
-        }
-        // sᵀ[j, i] = Σ_e k[e, j]·q[e, i] / √d
-        for (j, row) in scores.chunks_exact_mut(np).enumerate() {
-            lincomb::<FMA>(row, qp, np, |e| k[e * n + j] * scale);
-        }
-        // Softmax over j for every i, less the maximum for range.
-        max.fill(f32::NEG_INFINITY);
-        for row in scores.chunks_exact(np) {
-            for (m, &s) in max.iter_mut().zip(row) {
-                *m = m.max(s);
-            }
-        }
-        sum.fill(0.0);
-        for row in scores.chunks_exact_mut(np) {
-            for ((s, &m), total) in row.iter_mut().zip(&*max).zip(sum.iter_mut()) {
-                *s = exp::<FMA>(*s - m);
-                *total += *s;
-            }
-        }
-        // out[e, i] = Σ_j v[e, j]·p[j, i] / Σ_j p[j, i]
-        for (v, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            lincomb::<FMA>(acc, scores, np, |j| v[j]);
-            for ((o, &a), &total) in out.iter_mut().zip(&*acc).zip(&*sum) {
-                o.write(a / total);
-            }
         }
     }
 
-    /// The three gradients of one head, as one argument.
-    type HeadGradients<'a> = (
-        &'a mut [MaybeUninit<f32>],
-        &'a mut [MaybeUninit<f32>],
-        &'a mut [MaybeUninit<f32>],
-    );
-
-    /// Floats of scratch [`head_backward`] needs.
-    fn backward_scratch_len(n: usize, d: usize) -> usize {
-        let np = n.next_multiple_of(16);
-        (2 * d + 2 * n + 3) * np + 2 * n * d + 2 * d
-    }
-
-    /// Gradients of one head: from `q`, `k`, `v` and `dout` = ∂L/∂out (all `[d, n]`), writes
-    /// ∂L/∂q, ∂L/∂k and ∂L/∂v (`[d, n]` each). P is recomputed (transposed, `pᵀ[j, i]`, rows
-    /// padded to whole vectors as in [`head`]).
+    /// The attention weights of one head, transposed: `p[j, i]` (rows of `np` floats) is the
+    /// softmax over j of `sᵀ[j, i] = Σ_e k[e, j]·q[e, i] / √d`, less its maximum for range.
+    /// `qp` is Q with rows padded to `np`; `max` and `sum` are `np` floats of scratch.
     #[inline(always)]
-    fn head_backward<const FMA: bool>(
-        (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]),
-        n: usize,
+    fn probabilities<const FMA: bool>(
+        (qp, k): (&[f32], &[f32]),
         scale: f32,
-        scratch: &mut [f32],
-        (dq, dk, dv): HeadGradients,
+        p: &mut [f32],
+        max: &mut [f32],
+        sum: &mut [f32],
     ) {
-        let np = n.next_multiple_of(16);
-        let d = q.len() / n;
-        let (qp, rest) = scratch.split_at_mut(d * np);
-        let (dop, rest) = rest.split_at_mut(d * np);
-        let (p, rest) = rest.split_at_mut(n * np);
-        let (ds, rest) = rest.split_at_mut(n * np);
-        let (max, rest) = rest.split_at_mut(np);
-        let (sum, rest) = rest.split_at_mut(np);
-        let (acc, rest) = rest.split_at_mut(np);
-        // Q and ∂L/∂out also transposed (`[n, d]`), for the sums over i.
-        let (qt, rest) = rest.split_at_mut(n * d);
-        let (dout_t, rest) = rest.split_at_mut(n * d);
-        let (dk_col, dv_col) = rest.split_at_mut(d);
-        for (dst, src) in qp.chunks_exact_mut(np).zip(q.chunks_exact(n)) {
-            dst[..n].copy_from_slice(src);
-            dst[n..].fill(0.0);
-        }
-        for (dst, src) in dop.chunks_exact_mut(np).zip(dout.chunks_exact(n)) {
-            dst[..n].copy_from_slice(src);
-            dst[n..].fill(0.0);
-        }
-        for (e, (q, dout)) in q.chunks_exact(n).zip(dout.chunks_exact(n)).enumerate() {
-            for (i, (&q, &g)) in q.iter().zip(dout).enumerate() {
-                qt[i * d + e] = q;
-                dout_t[i * d + e] = g;
-            }
-        }
-        // P, as in the forward pass, normalised.
+        let np = max.len();
+        let n = p.len() / np;
         for (j, row) in p.chunks_exact_mut(np).enumerate() {
             lincomb::<FMA>(row, qp, np, |e| k[e * n + j] * scale);
         }
@@ -347,6 +266,86 @@ mod kernels {
                 *s *= inv;
             }
         }
+    }
+
+    /// One head: `q`, `k`, `v` are `[d, n]`, `out` is `[d, n]`, `scratch` holds
+    /// [`scratch_len`] floats. Every loop runs along the query pixels i (contiguous in q and in
+    /// the output), in rows padded to whole vectors (`np`), so it vectorises without horizontal
+    /// sums or scalar tails: the weights are kept transposed, `pᵀ[j, i]`.
+    #[inline(always)]
+    fn head<const FMA: bool>(
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        n: usize,
+        scale: f32,
+        scratch: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let np = n.next_multiple_of(16);
+        let d = q.len() / n;
+        let (qp, rest) = scratch.split_at_mut(d * np);
+        let (p, rest) = rest.split_at_mut(n * np);
+        let (max, rest) = rest.split_at_mut(np);
+        let (sum, acc) = rest.split_at_mut(np);
+        pad_rows(qp, q, n, np);
+        probabilities::<FMA>((qp, k), scale, p, max, sum);
+        // out[e, i] = Σ_j v[e, j]·p[j, i]
+        for (v, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            lincomb::<FMA>(acc, p, np, |j| v[j]);
+            for (o, &a) in out.iter_mut().zip(&*acc) {
+                o.write(a);
+            }
+        }
+    }
+
+    /// The three gradients of one head, as one argument.
+    #[cfg(feature = "autodiff")]
+    type HeadGradients<'a> = (
+        &'a mut [MaybeUninit<f32>],
+        &'a mut [MaybeUninit<f32>],
+        &'a mut [MaybeUninit<f32>],
+    );
+
+    /// Floats of scratch [`head_backward`] needs.
+    #[cfg(feature = "autodiff")]
+    fn backward_scratch_len(n: usize, d: usize) -> usize {
+        let np = n.next_multiple_of(16);
+        (2 * d + 2 * n + 3) * np + 2 * n * d + 2 * d
+    }
+
+    /// Gradients of one head: from `q`, `k`, `v` and `dout` = ∂L/∂out (all `[d, n]`), writes
+    /// ∂L/∂q, ∂L/∂k and ∂L/∂v (`[d, n]` each). P is recomputed (transposed, `pᵀ[j, i]`, rows
+    /// padded to whole vectors as in [`head`]).
+    #[cfg(feature = "autodiff")]
+    #[inline(always)]
+    fn head_backward<const FMA: bool>(
+        (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]),
+        n: usize,
+        scale: f32,
+        scratch: &mut [f32],
+        (dq, dk, dv): HeadGradients,
+    ) {
+        let np = n.next_multiple_of(16);
+        let d = q.len() / n;
+        let (qp, rest) = scratch.split_at_mut(d * np);
+        let (dop, rest) = rest.split_at_mut(d * np);
+        let (p, rest) = rest.split_at_mut(n * np);
+        let (ds, rest) = rest.split_at_mut(n * np);
+        let (max, rest) = rest.split_at_mut(np);
+        let (sum, rest) = rest.split_at_mut(np);
+        let (acc, rest) = rest.split_at_mut(np);
+        // Q and ∂L/∂out also transposed (`[n, d]`), for the sums over i.
+        let (qt, rest) = rest.split_at_mut(n * d);
+        let (dout_t, rest) = rest.split_at_mut(n * d);
+        let (dk_col, dv_col) = rest.split_at_mut(d);
+        pad_rows(qp, q, n, np);
+        pad_rows(dop, dout, n, np);
+        for (e, (q, dout)) in q.chunks_exact(n).zip(dout.chunks_exact(n)).enumerate() {
+            for (i, (&q, &g)) in q.iter().zip(dout).enumerate() {
+                qt[i * d + e] = q;
+                dout_t[i * d + e] = g;
+            }
+        }
+        probabilities::<FMA>((qp, k), scale, p, max, sum);
         // ∂L/∂pᵀ[j, i] = Σ_e v[e, j]·dout[e, i]
         for (j, row) in ds.chunks_exact_mut(np).enumerate() {
             lincomb::<FMA>(row, dop, np, |e| v[e * n + j]);
@@ -383,7 +382,7 @@ mod kernels {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(feature = "autodiff", target_arch = "x86_64"))]
     #[target_feature(enable = "avx512f")]
     fn head_backward_avx512(
         inputs: (&[f32], &[f32], &[f32], &[f32]),
@@ -396,6 +395,7 @@ mod kernels {
     }
 
     /// ∂L/∂qkv (`[b, 3c, n]`) from `qkv` and `dout` = ∂L/∂out (`[b, c, n]`).
+    #[cfg(feature = "autodiff")]
     pub(super) fn attention_backward(
         qkv: &[f32],
         dout: &[f32],
