@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datasets::{DatasetSpec, Split};
@@ -9,18 +10,6 @@ use diffusion::weights::load_model;
 use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
 use eval::evaluate::{evaluate, markdown, write_report, EvalSettings};
 use eval::inception::{default_weights_path, FidInception};
-use indicatif::{ProgressBar, ProgressStyle};
-
-fn bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
-}
 
 #[derive(Args)]
 pub struct TrainClassifierArgs {
@@ -114,7 +103,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 10_000)]
     n: usize,
     #[command(flatten)]
-    sampler: crate::SamplerFlags,
+    sampler: crate::cli::SamplerFlags,
     /// Guidance scale w.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,

@@ -5,8 +5,8 @@
 //! WebGPU).
 #![cfg(target_arch = "wasm32")]
 
+use artifacts::pixels::to_rgba;
 use burn::tensor::{Device, Tensor};
-use diffusion::pixels::to_rgba;
 use diffusion::sampler::{SamplerKind, SamplerSettings};
 use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};

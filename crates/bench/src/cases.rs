@@ -6,7 +6,7 @@
 //!   grad-norm clip and EMA update.)
 //! - `forward`: one no-grad forward pass at per-sample t with labels.
 //! - `conv`: one 3×3 convolution of the U-Net's sizes, forward alone and forward + backward
-//!   (∂L/∂x, ∂L/∂W, ∂L/∂b), through the same [`diffusion::conv2d`] routing as the model.
+//!   (∂L/∂x, ∂L/∂W, ∂L/∂b), through the same [`flex_kernels::conv2d_op`] routing as the model.
 //! - `ddim`: 50-step DDIM with classifier-free guidance (w = 3, cond + uncond as one 2B batch),
 //!   through the same `Sampling` loop as the CLI, the server and the browser.
 
@@ -15,7 +15,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::SamplerSettings;
 use diffusion::{
-    mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, PredictionType, UNetConfig,
+    mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, NormalTensor, PredictionType,
+    UNetConfig,
 };
 use training::ema::Ema;
 use training::grad::clip_global_norm;
@@ -173,8 +174,7 @@ pub fn conv(
     let r = random(module::conv2d(x.clone(), w.clone(), None, options.clone()).dims());
     move || {
         if !train {
-            let y =
-                diffusion::conv2d::conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+            let y = flex_kernels::conv2d_op(x.clone(), w.clone(), Some(b.clone()), options.clone());
             let _ = y.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
             return;
         }
@@ -183,7 +183,7 @@ pub fn conv(
             w.clone().require_grad(),
             b.clone().require_grad(),
         );
-        let y = diffusion::conv2d::conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+        let y = flex_kernels::conv2d_op(x.clone(), w.clone(), Some(b.clone()), options.clone());
         let grads = (y * r.clone()).sum().backward();
         for g in [
             x.grad(&grads).map(|g| g.sum()),

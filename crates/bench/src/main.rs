@@ -95,7 +95,7 @@ fn main() -> Result<()> {
     let save = |res: &Map<String, Value>| -> Result<()> {
         if let Some(p) = &cli.out {
             let text = serde_json::to_string_pretty(res)?;
-            diffusion::weights::write_atomic(p, text.as_bytes())
+            artifacts::write_atomic(p, text.as_bytes())
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())

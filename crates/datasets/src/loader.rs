@@ -10,7 +10,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use diffusion::NoiseRng;
+use portable_rng::NoiseRng;
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};

@@ -44,5 +44,14 @@ pub enum Error {
     },
 }
 
+impl From<artifacts::IoError> for Error {
+    fn from(e: artifacts::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -31,7 +31,7 @@ pub fn classifier_free_guidance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::noise::NoiseRng;
+    use crate::noise::{NoiseRng, NormalTensor};
     use burn::tensor::Device;
 
     #[test]

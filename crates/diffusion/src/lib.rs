@@ -1,38 +1,48 @@
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 //! # diffusion
 //!
 //! The shared heart of the toolkit, compiled unchanged for native targets and for
-//! `wasm32-unknown-unknown`: noise schedules ([`schedule`]), the forward process and training
-//! objectives ([`objective`]), a class-conditional U-Net ([`unet`]), DDPM/DDIM samplers with one
-//! sampling loop ([`sampler`]), classifier-free guidance ([`guidance`]), portable seeded noise
-//! ([`noise`]) and safetensors weights with a JSON config ([`weights`]).
+//! `wasm32-unknown-unknown`. In data-flow order:
+//!
+//! 1. [`schedule`]: the noise schedule β_t and every constant derived from it (ᾱ_t, …), in
+//!    host-side `f64`.
+//! 2. [`objective`]: the forward process q(x_t | x_0) and the training losses.
+//! 3. [`unet`]: the class-conditional U-Net that predicts ε (or v, or x_0) from (x_t, t, y).
+//! 4. [`sampler`]: DDPM/DDIM schedulers behind one [`Scheduler`] trait and one step-by-step
+//!    sampling loop ([`Sampling`]).
+//! 5. [`guidance`]: classifier-free guidance, ε̃ = ε_uncond + w·(ε_cond − ε_uncond).
+//! 6. [`weights`]: safetensors weights with their JSON [`ModelConfig`].
+//!
+//! Alongside: [`noise`] (portable seeded noise tensors) and [`error`].
 //!
 //! Models take a Burn [`Device`](burn::tensor::Device); which backends exist is decided by this
 //! crate's cargo features (`flex`, `autodiff`, `webgpu`, `wgpu`, `cuda`). Everything that must be
 //! identical across backends — schedule constants, timesteps, time embeddings, noise — is
-//! computed on the host in `f64` and uploaded.
+//! computed on the host in `f64` and uploaded. The U-Net's operations go through the routers of
+//! the `flex-kernels` crate (`kernels::conv2d(&conv, x)`, …): hand-written CPU kernels on Flex,
+//! Burn's own ops on every other backend. This crate has no `unsafe` code.
 
-pub mod conv2d;
-pub mod dropout;
-pub mod elementwise;
-pub mod error;
-#[cfg(feature = "flex")]
-mod flex_tensor;
-pub mod group_norm;
-pub mod guidance;
-pub mod noise;
-pub mod objective;
-pub mod pixels;
-pub mod sampler;
+// In data-flow order (blank lines keep rustfmt from sorting them).
 pub mod schedule;
-pub mod self_attention;
-pub mod silu;
+
+pub mod objective;
+
 pub mod unet;
+
+pub mod sampler;
+
+pub mod guidance;
+
 pub mod weights;
+
+pub mod noise;
+
+pub mod error;
 
 pub use error::{Error, Result};
 pub use guidance::classifier_free_guidance;
-pub use noise::NoiseRng;
+pub use noise::{NoiseRng, NormalTensor};
 pub use objective::{mse_loss, q_sample, PredictionType};
 pub use sampler::{
     DdimScheduler, DdimSchedulerConfig, DdpmScheduler, DdpmSchedulerConfig, Denoiser,

@@ -118,7 +118,7 @@ pub fn mse_loss(model_output: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::noise::NoiseRng;
+    use crate::noise::{NoiseRng, NormalTensor};
     use crate::schedule::NoiseScheduleConfig;
     use burn::tensor::Device;
 

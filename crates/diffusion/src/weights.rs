@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use artifacts::write_atomic;
 use burn::module::Module;
 use burn::store::{ApplyResult, FloatCastAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device};
@@ -72,35 +73,6 @@ pub fn config_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, then
-/// renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
 /// Serialises the model's weights to safetensors bytes (optionally as f16, half the size, for
 /// the web). Reads every tensor back synchronously, so call it on a native device.
 pub fn weights_to_bytes(model: &UNet, half_precision: bool) -> Result<Vec<u8>> {
@@ -130,7 +102,8 @@ pub fn save_model(
     }
     let bytes = weights_to_bytes(model, half_precision)?;
     write_atomic(weights_path, &bytes)?;
-    write_atomic(&config_path(weights_path), config.to_json().as_bytes())
+    write_atomic(&config_path(weights_path), config.to_json().as_bytes())?;
+    Ok(())
 }
 
 /// Builds the model of `config` on `device` and loads `weights` (safetensors bytes, f32 or
@@ -207,7 +180,7 @@ pub fn check_apply(result: &ApplyResult) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::noise::NoiseRng;
+    use crate::noise::{NoiseRng, NormalTensor};
 
     fn tiny() -> ModelConfig {
         let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![4])

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use artifacts::write_atomic;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -22,8 +23,8 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use datasets::loader::{epoch_permutation, mix_seed};
 use datasets::Dataset;
-use diffusion::weights::{check_apply, write_atomic};
-use diffusion::NoiseRng;
+use diffusion::weights::check_apply;
+use portable_rng::NoiseRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};

@@ -36,6 +36,15 @@ pub enum EvalError {
     },
 }
 
+impl From<artifacts::IoError> for EvalError {
+    fn from(e: artifacts::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl EvalError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {

@@ -21,16 +21,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use artifacts::pixels::to_u8;
+use artifacts::{grid, save_png, write_atomic};
 use burn::tensor::Device;
 use datasets::loader::mix_seed;
 use datasets::{Dataset, DatasetSpec, Split};
-use diffusion::pixels::to_u8;
 use diffusion::sampler::SamplerSettings;
-use diffusion::weights::write_atomic;
 use diffusion::{ModelConfig, UNet};
 use serde::{Deserialize, Serialize};
 use training::generate::generate;
-use training::images::{grid, save_png};
 use training::plot::{line_plot, Series};
 
 use crate::classifier::{predict, Classifier, ClassifierInfo};

@@ -89,7 +89,7 @@ impl FeatureStats {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
         }
-        diffusion::weights::write_atomic(path, &bytes)?;
+        artifacts::write_atomic(path, &bytes)?;
         Ok(())
     }
 

@@ -10,12 +10,12 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use artifacts::{grid, png_bytes};
 use burn::tensor::Device;
+use diffusion::sampler::to_host;
 use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, SampleRequest, Sampling};
 use tokio::sync::oneshot;
-use training::generate::to_host;
-use training::images::{grid, png_bytes};
 
 use crate::api::Job;
 

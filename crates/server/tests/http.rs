@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use burn::tensor::Device;
-use diffusion::sampler::SamplerSettings;
+use diffusion::sampler::{to_host, SamplerSettings};
 use diffusion::weights::save_model;
-use diffusion::{ModelConfig, UNetConfig};
+use diffusion::{ModelConfig, SampleRequest, Sampling, UNetConfig};
 use server::{serve, state, ServeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -164,23 +164,30 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
         .collect();
     assert_eq!(pngs.len(), 2);
     assert_eq!(png_dims(&pngs[0]), (8, 8));
-    // The same bytes as the library path used by `trainer sample --num 2 --pad 0 --scale 1`.
+    // The same bytes as the shared sampling loop gives (which `trainer sample --num 2 --pad 0
+    // --scale 1` runs): one noise stream for the request's images.
     let (model, cfg) = diffusion::weights::load_model(&weights(), &Device::flex()).unwrap();
     let settings = SamplerSettings {
         num_inference_steps: 20,
         ..Default::default()
     };
-    let (values, _) = training::generate::generate(
-        &model,
-        &cfg,
-        &settings,
-        vec![Some(1); 2],
-        2.5,
-        42,
-        &Device::flex(),
-        |_| {},
-    )
-    .unwrap();
+    let scheduler = settings
+        .scheduler(&cfg.schedule.build().unwrap(), cfg.prediction_type)
+        .unwrap();
+    let request = SampleRequest {
+        image_shape: [
+            cfg.unet.in_channels,
+            cfg.unet.resolution,
+            cfg.unet.resolution,
+        ],
+        class_labels: vec![Some(1); 2],
+        guidance_scale: 2.5,
+        seed: 42,
+    };
+    let sample = Sampling::new(&model, &scheduler, &request, &Device::flex())
+        .unwrap()
+        .run(|_| {});
+    let values = to_host(sample);
     assert_eq!(pngs[0], server::worker::image_png(&values[..64], [1, 8, 8]));
     assert_eq!(pngs[1], server::worker::image_png(&values[64..], [1, 8, 8]));
     // A null seed is replaced by a random one, which is returned.

@@ -36,6 +36,15 @@ pub enum TrainError {
     },
 }
 
+impl From<artifacts::IoError> for TrainError {
+    fn from(e: artifacts::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl TrainError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {

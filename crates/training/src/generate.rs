@@ -1,18 +1,10 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
-use burn::tensor::{Device, Tensor};
-use diffusion::sampler::{AnyScheduler, SamplerSettings, StepOutput};
+use burn::tensor::Device;
+use diffusion::sampler::{to_host, AnyScheduler, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
-
-/// Reads a device tensor back as `f32` values.
-pub fn to_host(t: Tensor<4>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
-}
 
 /// The scheduler and request for sampling `config`'s model.
 fn prepare(

@@ -17,7 +17,6 @@ pub mod ema;
 pub mod error;
 pub mod generate;
 pub mod grad;
-pub mod images;
 pub mod lr;
 pub mod plot;
 pub mod train;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::error::{Result, TrainError};
-use crate::images::save_png;
+use artifacts::save_png;
 
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -154,7 +154,7 @@ pub fn line_plot(
         root.present().map_err(|e| draw(&e))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size matches");
-    save_png(path, &img)
+    Ok(save_png(path, &img)?)
 }
 
 #[cfg(test)]

@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use artifacts::write_atomic;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use datasets::loader::mix_seed;
 use datasets::{BatchLoader, Dataset, LoaderConfig};
 use diffusion::sampler::SamplerSettings;
-use diffusion::weights::{save_model, write_atomic};
+use diffusion::weights::save_model;
 use diffusion::{mse_loss, q_sample, ModelConfig, NoiseRng, UNet};
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +34,9 @@ use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::generate::{class_rows, generate};
 use crate::grad::clip_global_norm;
-use crate::images::{grid, save_png};
 use crate::lr::LrSchedule;
 use crate::plot::{line_plot, Series};
+use artifacts::{grid, save_png};
 
 /// Every setting of a training run (saved in `config.json` and in each checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,7 +538,10 @@ pub fn sample_grid(config: &TrainConfig, ema: &UNet, device: &Device, path: &Pat
         device,
         |_| {},
     )?;
-    save_png(path, &grid(&values, shape, config.grid_cols, 2, 2))
+    Ok(save_png(
+        path,
+        &grid(&values, shape, config.grid_cols, 2, 2),
+    )?)
 }
 
 /// Loss history from `metrics.jsonl`, keeping only steps before `before` (a resumed run

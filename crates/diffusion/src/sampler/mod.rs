@@ -12,7 +12,7 @@ mod sampling;
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
-pub use sampling::{Denoiser, SampleRequest, Sampling, StepOutput};
+pub use sampling::{to_host, Denoiser, SampleRequest, Sampling, StepOutput};
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor};
 use super::Scheduler;
 use crate::error::{Error, Result};
 use crate::guidance::classifier_free_guidance;
-use crate::noise::NoiseRng;
+use crate::noise::{NoiseRng, NormalTensor};
 
 /// A network that predicts the model output (ε or v) for a batch at given timesteps.
 pub trait Denoiser {
@@ -236,4 +236,13 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
         }
         self.sample
     }
+}
+
+/// Reads a sample back to the host as `f32` values, synchronously (native targets; the
+/// browser reads asynchronously instead).
+pub fn to_host(t: Tensor<4>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
 }

@@ -1,12 +1,11 @@
 //! Multi-head self-attention over the pixels of a feature map (DDPM's `AttnBlock`).
 
-use crate::self_attention::self_attention;
-use crate::{conv2d, elementwise, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer};
 use burn::tensor::{Device, Tensor};
+use flex_kernels as kernels;
 
 /// Configuration of an [`AttentionBlock`].
 #[derive(Config, Debug)]
@@ -61,8 +60,8 @@ impl AttentionBlock {
     /// # Shapes
     /// - `x`: `[batch, channels, height, width]`; output: the same.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let qkv = conv2d::forward(&self.qkv, group_norm::forward(&self.norm, x.clone()));
-        let out = self_attention(qkv, self.num_heads);
-        elementwise::add(x, conv2d::forward(&self.proj, out))
+        let qkv = kernels::conv2d(&self.qkv, kernels::group_norm(&self.norm, x.clone()));
+        let out = kernels::self_attention(qkv, self.num_heads);
+        kernels::add(x, kernels::conv2d(&self.proj, out))
     }
 }

@@ -1,6 +1,5 @@
 //! The residual block of the DDPM U-Net, with time conditioning.
 
-use crate::{conv2d, dropout, elementwise, group_norm};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -8,6 +7,7 @@ use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig,
 };
 use burn::tensor::{Device, Tensor};
+use flex_kernels as kernels;
 use serde::{Deserialize, Serialize};
 
 use super::resample::conv3x3;
@@ -110,26 +110,26 @@ impl ResBlock {
     ///   through SiLU by the caller, shared by every block).
     /// - output: `[batch, out_channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>, emb_silu: Tensor<2>) -> Tensor<4> {
-        let h = conv2d::forward(
+        let h = kernels::conv2d(
             &self.conv1,
-            group_norm::forward_silu(&self.norm1, x.clone()),
+            kernels::group_norm_silu(&self.norm1, x.clone()),
         );
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(emb_silu);
         // SiLU(GN(h + e)), or SiLU(FiLM(GN(h))) with FiLM and SiLU as one step.
         let h = match self.time_mode {
-            TimeMode::Add => group_norm::forward_silu(&self.norm2, h + e.reshape([b, c, 1, 1])),
+            TimeMode::Add => kernels::group_norm_silu(&self.norm2, h + e.reshape([b, c, 1, 1])),
             TimeMode::Film => {
                 let e = e.reshape([b, 2 * c, 1, 1]);
                 let scale = e.clone().narrow(1, 0, c);
                 let shift = e.narrow(1, c, c);
-                elementwise::film_silu(group_norm::forward(&self.norm2, h), scale, shift)
+                kernels::film_silu(kernels::group_norm(&self.norm2, h), scale, shift)
             }
         };
-        let h = conv2d::forward(&self.conv2, dropout::forward(&self.dropout, h));
+        let h = kernels::conv2d(&self.conv2, kernels::dropout(&self.dropout, h));
         match &self.skip {
-            Some(skip) => elementwise::add(conv2d::forward(skip, x), h),
-            None => elementwise::add(x, h),
+            Some(skip) => kernels::add(kernels::conv2d(skip, x), h),
+            None => kernels::add(x, h),
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Resolution changes between U-Net levels: strided-conv downsampling and nearest + conv
 //! upsampling (DDPM's `Downsample(with_conv=True)` / `Upsample(with_conv=True)`).
 
-use crate::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
+use flex_kernels as kernels;
 
 /// A 3×3 convolution with padding 1 and the given stride.
 pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Conv2d {
@@ -36,7 +36,7 @@ impl Downsample {
     /// # Shapes
     /// - `x`: `[batch, c, h, w]`; output: `[batch, c, ⌈h/2⌉, ⌈w/2⌉]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d::forward(&self.conv, x)
+        kernels::conv2d(&self.conv, x)
     }
 }
 
@@ -65,6 +65,6 @@ impl Upsample {
                 .with_output_size([2 * h, 2 * w])
                 .with_align_corners(false),
         );
-        conv2d::forward(&self.conv, up)
+        kernels::conv2d(&self.conv, up)
     }
 }

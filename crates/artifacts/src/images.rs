@@ -1,0 +1,119 @@
+//! PNG grids of image batches, and raw `.npy` output for exact comparisons.
+
+use std::path::Path;
+
+use image::{ImageEncoder, RgbImage};
+
+use crate::atomic::{ensure_parent, write_atomic, IoError};
+use crate::pixels::to_u8;
+
+/// Lays out a batch `[n, c, h, w]` (values in [-1, 1]) as a grid with `cols` columns, `pad`
+/// pixels of grey between cells, each pixel drawn `scale × scale`.
+pub fn grid(
+    values: &[f32],
+    [n, c, h, w]: [usize; 4],
+    cols: usize,
+    pad: u32,
+    scale: u32,
+) -> RgbImage {
+    assert_eq!(values.len(), n * c * h * w);
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let (cw, ch) = (w as u32 * scale, h as u32 * scale);
+    let width = cols as u32 * (cw + pad) + pad;
+    let height = rows as u32 * (ch + pad) + pad;
+    let mut img = RgbImage::from_pixel(width, height, image::Rgb([96, 96, 96]));
+    let hw = h * w;
+    for (k, cell) in values.chunks_exact(c * hw).enumerate() {
+        let (x0, y0) = (
+            pad + (k % cols) as u32 * (cw + pad),
+            pad + (k / cols) as u32 * (ch + pad),
+        );
+        for y in 0..h {
+            for x in 0..w {
+                let px = |ch_: usize| to_u8(cell[(if c == 1 { 0 } else { ch_ }) * hw + y * w + x]);
+                let rgb = image::Rgb([px(0), px(1), px(2)]);
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        img.put_pixel(x0 + x as u32 * scale + dx, y0 + y as u32 * scale + dy, rgb);
+                    }
+                }
+            }
+        }
+    }
+    img
+}
+
+/// Encodes an RGB image as PNG bytes.
+pub fn png_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("encoding to memory cannot fail");
+    out
+}
+
+/// Writes an RGB image as PNG, atomically.
+pub fn save_png(path: &Path, img: &RgbImage) -> Result<(), IoError> {
+    ensure_parent(path)?;
+    write_atomic(path, &png_bytes(img))
+}
+
+/// NumPy `.npy` (format 1.0) bytes for little-endian `f32` values of `shape`.
+pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_str = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    // Magic (6) + version (2) + header length (2) + header, padded with spaces to a multiple of
+    // 64 and ended with a newline.
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in values {
+        out.extend(v.to_le_bytes());
+    }
+    out
+}
+
+/// Writes `values` of `shape` as `.npy`, atomically.
+pub fn save_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<(), IoError> {
+    ensure_parent(path)?;
+    write_atomic(path, &npy_bytes(values, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_layout_and_npy_header() {
+        let values = vec![
+            -1.0f32, 1.0, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0,
+        ];
+        let img = grid(&values, [3, 1, 2, 2], 2, 1, 2);
+        assert_eq!((img.width(), img.height()), (2 * 5 + 1, 2 * 5 + 1));
+        assert_eq!(img.get_pixel(1, 1).0, [0, 0, 0]);
+        assert_eq!(img.get_pixel(3, 1).0, [255, 255, 255]);
+        assert_eq!(img.get_pixel(0, 0).0, [96, 96, 96]);
+        let npy = npy_bytes(&[1.0, 2.0], &[2]);
+        assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+        let hlen = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        assert!(std::str::from_utf8(&npy[10..10 + hlen])
+            .unwrap()
+            .contains("'shape': (2,)"));
+        assert_eq!(npy.len(), 10 + hlen + 8);
+    }
+}

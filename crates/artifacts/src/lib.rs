@@ -1,0 +1,18 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! # artifacts
+//!
+//! What the toolkit writes, in one place for the trainer, the evaluator, the HTTP service and
+//! the browser: files replaced atomically ([`write_atomic`]; every writer goes through it, so
+//! an interrupted run never leaves a half-written file), model-space values as 8-bit pixels
+//! ([`pixels`], the same mapping on every target), and, with the default `png` feature, PNG
+//! grids and NumPy `.npy` arrays ([`images`]).
+
+mod atomic;
+#[cfg(feature = "png")]
+pub mod images;
+pub mod pixels;
+
+pub use atomic::{ensure_parent, write_atomic, IoError};
+#[cfg(feature = "png")]
+pub use images::{grid, npy_bytes, png_bytes, save_npy, save_png};

@@ -1,0 +1,49 @@
+//! Per-thread scratch buffers that the im2col blocks and the direct kernels' padded copies
+//! reuse across calls, so they are neither allocated nor zeroed per image group.
+
+use std::mem::MaybeUninit;
+
+/// An initialised buffer viewed as one the product may overwrite.
+pub(super) fn uninit(buffer: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the callee only stores initialised f32 values into it.
+    unsafe { &mut *(buffer as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<[Vec<f32>; 3]> = std::cell::Cell::default();
+}
+
+/// Three scratch buffers kept per thread across calls, so the im2col blocks (and the
+/// direct kernels' padded buffers) are neither allocated nor zeroed per image group. A
+/// nested user on the same thread (a task stolen while gemm waits) finds none and allocates
+/// its own.
+pub(super) struct Scratch(pub(super) [Vec<f32>; 3]);
+
+impl Scratch {
+    pub(super) fn take() -> Self {
+        Self(SCRATCH.try_with(|s| s.take()).unwrap_or_default())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffers = std::mem::take(&mut self.0);
+        let _ = SCRATCH.try_with(|s| s.set(buffers));
+    }
+}
+
+/// `len` elements of a scratch buffer starting at a 64-byte boundary, growing it if needed
+/// (stale contents). On a cache line, the direct kernels' lanes (multiples of 16 floats)
+/// keep their aligned loads on one line: 2–10 % faster, most for the weight gradient.
+pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len + 16 {
+        buffer.resize(len + 16, 0.0);
+    }
+    let skip = buffer.as_ptr().align_offset(64).min(16);
+    &mut buffer[skip..skip + len]
+}
+
+/// What [`sized`] last handed out of `buffer`, and beyond (from the same boundary).
+pub(super) fn aligned(buffer: &[f32]) -> &[f32] {
+    &buffer[buffer.as_ptr().align_offset(64).min(16)..]
+}

@@ -1,0 +1,57 @@
+//! `trainer forward`: the noising process on one dataset image.
+
+use std::path::PathBuf;
+
+use crate::cli::ScheduleFlags;
+use anyhow::{bail, Result};
+use artifacts::{grid, save_png};
+use clap::Args;
+use datasets::{DatasetSpec, Split};
+
+#[derive(Args)]
+pub(crate) struct ForwardArgs {
+    /// Dataset (as for `train`).
+    #[arg(long, default_value = "mnist10k")]
+    pub(crate) dataset: String,
+    /// Image index in the training split.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) index: usize,
+    /// Timesteps to show, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,100,250,500,999")]
+    pub(crate) t: Vec<usize>,
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleFlags,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Image size for `folder:` datasets.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) image_size: usize,
+    /// Channels for `folder:` datasets.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) channels: usize,
+    /// Output PNG strip.
+    #[arg(long, default_value = "forward.png")]
+    pub(crate) out: PathBuf,
+}
+
+pub(crate) fn cmd_forward(a: ForwardArgs) -> Result<()> {
+    let ds = DatasetSpec::parse(&a.dataset, a.image_size, a.channels)?.load(Split::Train)?;
+    if a.index >= ds.len() {
+        bail!(
+            "--index {} is out of range: {} has {} images",
+            a.index,
+            ds.name,
+            ds.len()
+        );
+    }
+    let s = a.schedule.config(&a.schedule.schedule)?.build()?;
+    if let Some(t) = a.t.iter().find(|&&t| t >= a.schedule.timesteps) {
+        bail!("--t {t} is out of range 0..={}", a.schedule.timesteps - 1);
+    }
+    let strip = training::generate::forward_strip(&ds, a.index, &s, &a.t, a.seed);
+    let [c, h, w] = ds.image_shape();
+    save_png(&a.out, &grid(&strip, [a.t.len(), c, h, w], a.t.len(), 2, 4))?;
+    eprintln!("x_t at t = {:?} → {}", a.t, a.out.display());
+    Ok(())
+}

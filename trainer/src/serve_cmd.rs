@@ -1,0 +1,60 @@
+//! `trainer serve`: the HTTP sampling API and the browser page.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Weights file (`NAME.safetensors`, with `NAME.json` beside it); also served at
+    /// `/weights/`.
+    #[arg(long, default_value = "weights/mnist.safetensors")]
+    pub(crate) weights: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) addr: String,
+    /// Sampling worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) workers: usize,
+    /// Requests that may wait for a worker; beyond that the answer is 503 + Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) queue: usize,
+    /// Per-request time limit in seconds (queueing + sampling); past it the answer is 504.
+    #[arg(long, default_value_t = 120.0)]
+    pub(crate) timeout: f64,
+    /// Directory served at `/` (with `index.html` and `pkg/`).
+    #[arg(long, default_value = ".")]
+    pub(crate) static_dir: PathBuf,
+}
+
+pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    if a.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = server::ServeConfig {
+        weights: a.weights,
+        workers: a.workers,
+        queue: a.queue,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        static_dir: a.static_dir,
+    };
+    let state = server::state(&config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        server::serve(listener, state, server::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,243 @@
+//! `trainer train`: a new run from flags, or `--resume` of a checkpoint.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cli::{load_dataset, ScheduleFlags};
+use crate::progress::TrainBar;
+use anyhow::{bail, Result};
+use clap::Args;
+use diffusion::{ModelConfig, PredictionType, TimeMode, UNetConfig};
+use training::train::{train, TrainConfig};
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// Dataset: `mnist10k` (bundled), `fashion-mnist[:DIR]`, `cifar10:DIR` (binary batches) or
+    /// `folder:DIR` (one sub-folder per class).
+    #[arg(long, default_value = "mnist10k")]
+    pub(crate) dataset: String,
+    /// Image size for `folder:` datasets (resize + centre crop).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) image_size: usize,
+    /// Channels for `folder:` datasets: 1 (grey) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) channels: usize,
+    /// Use only the first N training images (quick experiments, fixtures).
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    /// Output run directory.
+    #[arg(long, default_value = "runs/mnist")]
+    pub(crate) out: PathBuf,
+    /// Continue exactly from a checkpoint (a `checkpoints/step-N` directory, or a run
+    /// directory for its newest); the checkpoint's settings are used, only --steps may grow.
+    #[arg(long)]
+    pub(crate) resume: Option<PathBuf>,
+    /// Device: `cpu` (Burn flex), `wgpu`, or `cuda[:N]` (needs the matching cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Optimisation steps [default: 4000].
+    #[arg(long)]
+    pub(crate) steps: Option<u64>,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-4)]
+    pub(crate) lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) min_lr: f64,
+    /// Linear warmup steps [default: min(500, steps / 10)].
+    #[arg(long)]
+    pub(crate) warmup_steps: Option<u64>,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) weight_decay: f32,
+    /// Clip the global gradient norm to this (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) grad_clip: f64,
+    /// Probability of training a sample with the null class (for classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) label_dropout: f64,
+    /// EMA decay (with warmup (1+n)/(10+n)).
+    #[arg(long, default_value_t = 0.999)]
+    pub(crate) ema_decay: f64,
+    /// Seed of initialisation, batches, noise and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Random horizontal flips (not for digits).
+    #[arg(long)]
+    pub(crate) hflip: bool,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) checkpoint_every: u64,
+    /// Keep the newest N checkpoints.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) keep_checkpoints: usize,
+    /// Write a sample grid from the EMA model every N steps (and at the end); 0 = end only.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) sample_every: u64,
+    /// DDIM steps for the sample grids.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) sample_steps: usize,
+    /// Guidance scale for the sample grids.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) sample_guidance: f64,
+    /// Columns of the sample grids (one row per class).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) grid_cols: usize,
+    /// Stop after this many consecutive non-finite steps.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) max_nonfinite: u32,
+}
+
+/// Model settings; image size, channels and classes come from the dataset.
+#[derive(Args)]
+pub(crate) struct ModelArgs {
+    /// Architecture preset: `mnist` (ch 32, mults 1-2-2, attention at 7) or `cifar10_ddpm`.
+    #[arg(long, default_value = "mnist")]
+    pub(crate) preset: String,
+    /// Override the base channel count.
+    #[arg(long)]
+    pub(crate) base_channels: Option<usize>,
+    /// Override the channel multipliers, e.g. `1,2,2`.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) channel_mults: Option<Vec<usize>>,
+    /// Override ResBlocks per level.
+    #[arg(long)]
+    pub(crate) num_res_blocks: Option<usize>,
+    /// Override the attention resolutions, e.g. `7` or `16,8`.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) attention_resolutions: Option<Vec<usize>>,
+    /// Override the attention heads.
+    #[arg(long)]
+    pub(crate) num_heads: Option<usize>,
+    /// Override dropout.
+    #[arg(long)]
+    pub(crate) dropout: Option<f64>,
+    /// Time injection: `film` or `add`.
+    #[arg(long)]
+    pub(crate) time_mode: Option<String>,
+    /// Train an unconditional model (no class labels, no guidance).
+    #[arg(long)]
+    pub(crate) unconditional: bool,
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleFlags,
+    /// What the network predicts: `epsilon` or `v_prediction`.
+    #[arg(long, default_value = "epsilon")]
+    pub(crate) prediction_type: String,
+}
+
+impl ModelArgs {
+    pub(crate) fn build(&self, dataset: &datasets::Dataset) -> Result<ModelConfig> {
+        let mut u = UNetConfig::preset(&self.preset)?;
+        let [c, h, w] = dataset.image_shape();
+        if h != w {
+            bail!(
+                "{}: images are {h}×{w}; only square images are supported",
+                dataset.name
+            );
+        }
+        u.in_channels = c;
+        u.resolution = h;
+        u.num_classes = (!self.unconditional).then(|| dataset.num_classes());
+        if let Some(v) = self.base_channels {
+            u.base_channels = v;
+        }
+        if let Some(v) = &self.channel_mults {
+            u.channel_mults = v.clone();
+        }
+        if let Some(v) = self.num_res_blocks {
+            u.num_res_blocks = v;
+        }
+        if let Some(v) = &self.attention_resolutions {
+            u.attention_resolutions = v.clone();
+        }
+        if let Some(v) = self.num_heads {
+            u.num_heads = v;
+        }
+        if let Some(v) = self.dropout {
+            u.dropout = v;
+        }
+        if let Some(m) = &self.time_mode {
+            u.time_mode = match m.as_str() {
+                "film" => TimeMode::Film,
+                "add" => TimeMode::Add,
+                other => bail!("unknown --time-mode `{other}` (expected film or add)"),
+            };
+        }
+        let cfg = ModelConfig {
+            unet: u,
+            schedule: self.schedule.config(&self.schedule.schedule)?,
+            prediction_type: PredictionType::from_name(&self.prediction_type)?,
+        };
+        cfg.unet.validate()?;
+        cfg.schedule.build()?;
+        Ok(cfg)
+    }
+}
+
+pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
+    let device = training::device::parse_device(&a.device)?;
+    let (config, dataset) = match &a.resume {
+        Some(dir) => {
+            let dir = training::checkpoint::resolve(dir)?;
+            let state = training::checkpoint::load_state(&dir)?;
+            let mut cfg = state.config;
+            if let Some(s) = a.steps {
+                if s < state.step {
+                    bail!("--steps {s} is below the checkpoint's step {}", state.step);
+                }
+                cfg.steps = s;
+            }
+            // The checkpoint's data, exactly (not this invocation's flags).
+            let ds = load_dataset(&cfg.dataset, cfg.image_size, cfg.channels, cfg.limit)?;
+            (cfg, ds)
+        }
+        None => {
+            let ds = load_dataset(&a.dataset, a.image_size, a.channels, a.limit)?;
+            let model = a.model.build(&ds)?;
+            let steps = a.steps.unwrap_or(4000);
+            let mut c = TrainConfig::new(&a.dataset, model, steps, a.batch_size);
+            (c.image_size, c.channels, c.limit) = (a.image_size, a.channels, a.limit);
+            c.lr = a.lr;
+            c.min_lr = a.min_lr;
+            c.warmup_steps = a.warmup_steps.unwrap_or(500.min(steps / 10));
+            c.weight_decay = a.weight_decay;
+            c.grad_clip = a.grad_clip;
+            c.label_dropout = a.label_dropout;
+            c.ema_decay = a.ema_decay;
+            c.seed = a.seed;
+            c.horizontal_flip = a.hflip;
+            c.checkpoint_every = a.checkpoint_every;
+            c.keep_checkpoints = a.keep_checkpoints;
+            c.sample_every = a.sample_every;
+            c.sample_steps = a.sample_steps;
+            c.sample_guidance = a.sample_guidance;
+            c.grid_cols = a.grid_cols;
+            c.max_nonfinite = a.max_nonfinite;
+            (c, ds)
+        }
+    };
+    config.validate(&dataset)?;
+    let mut observer = TrainBar::new(config.steps);
+    let summary = train(
+        &config,
+        Arc::new(dataset),
+        &a.out,
+        a.resume.as_deref(),
+        &device,
+        &mut observer,
+    )?;
+    observer.bar.finish();
+    eprintln!(
+        "done: {} steps in {:.0} s ({} skipped); EMA weights: {}",
+        summary.steps,
+        summary.elapsed_s,
+        summary.skipped_total,
+        summary.weights.display()
+    );
+    Ok(())
+}
