@@ -1,24 +1,30 @@
 #![warn(missing_docs)]
 //! Training and inspection of DDPMs built on the shared `diffusion` crate.
 //!
-//! * [`train`]: the training loop (AdamW with warmup + cosine decay, global gradient-norm
-//!   clipping, label dropout for classifier-free guidance, EMA, non-finite step skipping,
-//!   checkpoints with exact resume, metrics, sample grids, export of the EMA weights);
-//! * [`ema`], [`lr`], [`grad`]: its parts, each testable on its own;
+//! * [`train`]: the training loop (checkpoints with exact resume, metrics, sample grids,
+//!   export of the EMA weights), configured by [`config`] and reporting through [`observer`];
+//! * [`step`]: one optimisation step (label dropout for classifier-free guidance, the loss,
+//!   global gradient-norm clipping, AdamW, non-finite step skipping), testable on its own;
+//! * [`ema`], [`lr`], [`grad`]: its parts, each testable on its own; [`run_log`]: the run
+//!   directory's metrics and loss plot;
 //! * [`checkpoint`]: atomic checkpoint directories;
 //! * [`generate`]: sampling a saved model to PNG grids, raw `.npy` and trajectories;
-//! * [`images`], [`plot`]: PNG encoding, grids, loss and schedule plots;
+//! * [`plot`]: loss and schedule plots (PNG grids and files are the `artifacts` crate's);
 //! * [`device`]: choosing the Burn device (`cpu`, `wgpu`, `cuda[:N]`) at run time.
 
 pub mod allocator;
 pub mod checkpoint;
+pub mod config;
 pub mod device;
 pub mod ema;
 pub mod error;
 pub mod generate;
 pub mod grad;
 pub mod lr;
+pub mod observer;
 pub mod plot;
+pub mod run_log;
+pub mod step;
 pub mod train;
 
 pub use error::{Result, TrainError};

@@ -1,0 +1,226 @@
+//! One optimisation step ([`train_step`]): the host-side randomness of step k (timesteps,
+//! noise, label dropout, the dropout seed — all functions of `(seed, k)`), the forward process,
+//! the loss, back-propagation, global-norm clipping and the AdamW update. A step whose loss or
+//! gradient norm is not finite changes nothing and is reported as skipped.
+
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use datasets::loader::{mix_seed, Batch};
+use diffusion::{mse_loss, q_sample, NoiseRng, NoiseSchedule, UNet};
+
+use crate::config::TrainConfig;
+use crate::grad::clip_global_norm;
+
+/// The host-side randomness of one step.
+struct StepNoise {
+    timesteps: Vec<usize>,
+    noise: Vec<f32>,
+    labels: Vec<usize>,
+}
+
+const STREAM_STEP: u64 = 3;
+const STREAM_DROPOUT: u64 = 4;
+
+fn step_noise(config: &TrainConfig, step: u64, labels: &[usize], numel: usize) -> StepNoise {
+    let mut rng = NoiseRng::new(mix_seed(config.seed, STREAM_STEP, step));
+    let t_max = config.model.schedule.num_train_timesteps as u64;
+    let timesteps = labels.iter().map(|_| rng.below(t_max) as usize).collect();
+    let noise = rng.normal_vec(numel);
+    let null = config.model.unet.num_classes.unwrap_or(0);
+    let labels = labels
+        .iter()
+        .map(|&l| {
+            if rng.uniform() < config.label_dropout {
+                null
+            } else {
+                l
+            }
+        })
+        .collect();
+    StepNoise {
+        timesteps,
+        noise,
+        labels,
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// The loss before the update (NaN/inf when the step was skipped for it).
+    pub loss: f64,
+    /// Global gradient norm before clipping (NaN when there was no backward pass).
+    pub grad_norm: f64,
+    /// Whether the step was skipped as non-finite (the model is then unchanged).
+    pub skipped: bool,
+}
+
+/// One training step of `model` on `batch` (the batch of step `batch.step`) at learning rate
+/// `lr`, on the autodiff `device`: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with t, ε and label dropout
+/// drawn from `(config.seed, batch.step)`, the MSE between the prediction and its target (ε,
+/// v or x_0), and, if that is finite, back-propagation, clipping to `config.grad_clip` and an
+/// AdamW step. Returns the model (updated unless skipped) and what happened.
+pub fn train_step(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    model: UNet,
+    optim: &mut ModuleOptimizer,
+    batch: Batch,
+    lr: f64,
+    device: &Device,
+) -> (UNet, StepOutcome) {
+    let step = batch.step;
+    let rnd = step_noise(config, step, &batch.labels, batch.images.len());
+    device.seed(mix_seed(config.seed, STREAM_DROPOUT, step));
+    let x0 = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), device);
+    let noise = Tensor::<4>::from_data(TensorData::new(rnd.noise, batch.shape), device);
+    let xt = q_sample(schedule, x0.clone(), &rnd.timesteps, noise.clone());
+    let t_f64: Vec<f64> = rnd.timesteps.iter().map(|&t| t as f64).collect();
+    let labels = config.model.unet.num_classes.map(|_| rnd.labels.as_slice());
+    let output = model.forward(xt, &t_f64, labels);
+    let target = config
+        .model
+        .prediction_type
+        .target(schedule, x0, noise, &rnd.timesteps);
+    let loss = mse_loss(output, target);
+    let loss_value = loss.clone().into_scalar::<f64>();
+    let mut outcome = StepOutcome {
+        loss: loss_value,
+        grad_norm: f64::NAN,
+        skipped: !loss_value.is_finite(),
+    };
+    if outcome.skipped {
+        return (model, outcome);
+    }
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    outcome.grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
+    outcome.skipped = !outcome.grad_norm.is_finite();
+    if outcome.skipped {
+        return (model, outcome);
+    }
+    (optim.step(lr, model, grads), outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffusion::{ModelConfig, UNetConfig};
+
+    #[test]
+    fn label_dropout_rate_is_p() {
+        let unet = UNetConfig::mnist();
+        let mut c = TrainConfig::new("x", ModelConfig::new(unet), 1, 1);
+        c.label_dropout = 0.1;
+        let labels = vec![3usize; 1000];
+        let mut dropped = 0;
+        for step in 0..50 {
+            let r = step_noise(&c, step, &labels, 1);
+            dropped += r.labels.iter().filter(|&&l| l == 10).count();
+            assert!(r.labels.iter().all(|&l| l == 3 || l == 10));
+            assert!(r.timesteps.iter().all(|&t| t < 1000));
+        }
+        let rate = dropped as f64 / 50_000.0;
+        // Binomial standard error at n = 50,000: 0.0013.
+        assert!((rate - 0.1).abs() < 0.006, "dropout rate {rate}");
+        // Timesteps cover the range uniformly: mean ≈ 499.5.
+        let t: Vec<usize> = (0..20)
+            .flat_map(|s| step_noise(&c, s, &labels, 1).timesteps)
+            .collect();
+        let mean = t.iter().sum::<usize>() as f64 / t.len() as f64;
+        assert!((mean - 499.5).abs() < 10.0, "{mean}");
+    }
+
+    fn tiny() -> (TrainConfig, NoiseSchedule, Device) {
+        let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![])
+            .with_num_res_blocks(1)
+            .with_num_classes(Some(3));
+        let config = TrainConfig::new("fixture", ModelConfig::new(unet), 2, 2);
+        let schedule = config.model.schedule.build().unwrap();
+        (config, schedule, Device::flex().autodiff())
+    }
+
+    fn batch(step: u64, fill: f32) -> Batch {
+        let images = (0..2 * 64)
+            .map(|i| fill * ((i % 7) as f32 / 3.0 - 1.0))
+            .collect();
+        Batch {
+            step,
+            images,
+            labels: vec![0, 2],
+            shape: [2, 1, 8, 8],
+        }
+    }
+
+    /// The output convolution's weight as host values (zero at init, so the first step's
+    /// gradient reaches it before any other layer).
+    fn conv_out(model: &UNet) -> Vec<f32> {
+        model
+            .conv_out
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_step_is_a_function_of_model_batch_and_seed_and_updates_the_model() {
+        let (config, schedule, device) = tiny();
+        device.seed(1);
+        let model = config.model.unet.init(&device).unwrap();
+        let before = conv_out(&model);
+        let run = || {
+            let mut optim = config.optimizer();
+            train_step(
+                &config,
+                &schedule,
+                model.clone(),
+                &mut optim,
+                batch(5, 1.0),
+                1e-3,
+                &device,
+            )
+        };
+        let (a, oa) = run();
+        let (b, ob) = run();
+        assert!(
+            !oa.skipped && oa.loss.is_finite() && oa.grad_norm > 0.0,
+            "{oa:?}"
+        );
+        assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "same step, same loss");
+        assert_eq!(conv_out(&a), conv_out(&b), "same step, same update");
+        assert_ne!(conv_out(&a), before, "the step changed the weights");
+        // Another step index draws other timesteps and noise.
+        let mut optim = config.optimizer();
+        let (_, oc) = train_step(
+            &config,
+            &schedule,
+            model.clone(),
+            &mut optim,
+            batch(6, 1.0),
+            1e-3,
+            &device,
+        );
+        assert_ne!(oa.loss.to_bits(), oc.loss.to_bits());
+    }
+
+    #[test]
+    fn a_non_finite_batch_is_skipped_and_changes_nothing() {
+        let (config, schedule, device) = tiny();
+        let model = config.model.unet.init(&device).unwrap();
+        let before = conv_out(&model);
+        let mut optim = config.optimizer();
+        let (after, outcome) = train_step(
+            &config,
+            &schedule,
+            model,
+            &mut optim,
+            batch(0, f32::NAN),
+            1e-3,
+            &device,
+        );
+        assert!(outcome.skipped && !outcome.loss.is_finite(), "{outcome:?}");
+        assert_eq!(conv_out(&after), before);
+    }
+}
