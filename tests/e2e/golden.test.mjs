@@ -19,14 +19,13 @@ function npyValues(path) {
 }
 const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
-const cases = [
-  { classLabel: 3, guidanceScale: 3, seed: 0, steps: 20, file: "case-3-w3-s0-n20.npy" },
-  { classLabel: 7, guidanceScale: 1, seed: 42, steps: 20, file: "case-7-w1-s42-n20.npy" },
-  { classLabel: null, guidanceScale: 0, seed: 7, steps: 20, file: "case-none-w0-s7-n20.npy" },
-  // 50 steps on SwiftShader's WebGPU costs minutes on 2 cores: CPU-wasm and the page test only.
-  { classLabel: 5, guidanceScale: 3, seed: 123, steps: 50, file: "case-5-w3-s123-n50.npy", cpuOnly: true },
-].map((c) => ({ ...c, golden: npyValues(`tests/golden/${c.file}`) }));
-const casesFor = (backend) => cases.filter((c) => !(c.cpuOnly && backend !== "cpu"));
+// The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
+const caseName = (c) => `case-${c.class ?? "none"}-w${c.guidance}-s${c.seed}-n${c.steps}.npy`;
+const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
+  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, steps: c.steps, backends: c.backends,
+  file: caseName(c), golden: npyValues(`tests/golden/${caseName(c)}`),
+}));
+const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
 const nativeAlphas = readFileSync("tests/golden/schedule-linear-1000.csv", "utf8")
   .trim().split("\n").slice(1).map((l) => Number(l.split(",")[3]));
 

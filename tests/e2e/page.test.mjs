@@ -10,7 +10,9 @@ import { startServer, launch } from "./harness.mjs";
 // minutes for 50 steps); pass "webgpu" or "auto" to choose.
 const [trainer, backendArg = "cpu"] = process.argv.slice(2);
 const backend = backendArg === "auto" ? "" : backendArg;
-const golden = "tests/golden/case-5-w3-s123-n50.npy";
+// The golden case marked `page` in the one list (tests/golden/cases.json).
+const pageCase = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.find((c) => c.page);
+const golden = `tests/golden/case-${pageCase.class ?? "none"}-w${pageCase.guidance}-s${pageCase.seed}-n${pageCase.steps}.npy`;
 
 function npyValues(path) {
   const b = readFileSync(path);
@@ -31,10 +33,10 @@ try {
   if (await page.evaluate(() => document.body.dataset.ready) !== "1") {
     throw new Error(`page failed to load: ${await page.textContent("#status")}`);
   }
-  await page.selectOption("#class", "5");
-  await page.fill("#seed", "123");
-  await page.fill("#steps", "50");
-  await page.evaluate(() => { const g = document.getElementById("guidance"); g.value = "3"; g.dispatchEvent(new Event("input")); });
+  await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
+  await page.fill("#seed", String(pageCase.seed));
+  await page.fill("#steps", String(pageCase.steps));
+  await page.evaluate((w) => { const g = document.getElementById("guidance"); g.value = String(w); g.dispatchEvent(new Event("input")); }, pageCase.guidance);
   await page.click("#generate");
   await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 900_000 });
   const statusText = await page.textContent("#status");

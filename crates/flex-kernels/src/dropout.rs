@@ -2,9 +2,8 @@
 //! pass and one autodiff node.
 //!
 //! Burn's `Dropout` draws a Bernoulli tensor element by element from a host RNG and then
-//! multiplies twice (by the mask, then by `1/keep`); on Flex that RNG was about 7 % of a
-//! training step of the `mnist` preset, and the multiplications (forward, and ∂L/∂y · mask in
-//! the backward pass) ran single-threaded. Here the mask is a counter-based hash of
+//! multiplies twice (by the mask, then by `1/keep`), single-threaded on Flex, forward and
+//! backward. Here the mask is a counter-based hash of
 //! (seed, element index): `y = x · mask` is computed in one parallel, vectorised pass, and the
 //! backward pass `∂L/∂x = ∂L/∂y · mask` recomputes the same mask from the seed instead of
 //! keeping it. The seed is drawn from the device's RNG, so a seeded device still gives

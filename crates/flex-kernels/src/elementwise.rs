@@ -3,8 +3,7 @@
 //! parallel kernels for f32 tensors on the Flex CPU backend.
 //!
 //! Burn's Flex backend runs these as single-threaded loops (FiLM as a broadcast multiply and a
-//! broadcast add: two passes); on two cores they were about a tenth of a sampling step while the
-//! other core waited. Here each is one parallel pass, and one autodiff node whose backward is
+//! broadcast add: two passes) while the other cores wait. Here each is one parallel pass, and one autodiff node whose backward is
 //! `∂L/∂a = ∂L/∂b = ∂L/∂y` for the sum and, for FiLM,
 //! `∂L/∂x = ∂L/∂y·(1 + s)`, `∂L/∂s = Σ_hw ∂L/∂y·x`, `∂L/∂t = Σ_hw ∂L/∂y`, and for the
 //! concatenation the two channel ranges of ∂L/∂y.

@@ -64,8 +64,7 @@ mod flex {
         let [b, c3, h, w] = qkv.dims();
         let fits = c3 % 3 == 0 && heads > 0 && (c3 / 3) % heads == 0 && b * c3 * h * w > 0;
         // Past small maps (the `mnist` U-Net's 7×7) Burn's route, whose products go through
-        // gemm, is faster: at `cifar10_ddpm`'s 16×16 the kernel took 8 % of a forward pass,
-        // Burn's attention and copies about 3 %.
+        // gemm, is faster (docs/kernels.md).
         let fits = fits && h * w <= MAX_PIXELS;
         if qkv.dtype() != DType::F32 || !fits {
             return Err(qkv);

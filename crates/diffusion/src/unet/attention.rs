@@ -65,3 +65,60 @@ impl AttentionBlock {
         kernels::add(x, kernels::conv2d(&self.proj, out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::{NoiseRng, NormalTensor};
+    use crate::unet::randomize;
+    use burn::tensor::activation::softmax;
+
+    #[test]
+    fn starts_as_the_identity() {
+        // The output projection is zero-initialised.
+        let device = Device::flex();
+        let block = AttentionBlockConfig::new(32)
+            .with_num_heads(2)
+            .init(&device);
+        let x = NoiseRng::new(1).normal_tensor([2, 32, 7, 7], &device);
+        let d = (block.forward(x.clone()) - x)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn equals_softmax_attention_per_head() {
+        // x + proj(concat_h softmax(q_hᵀ k_h / √d) applied to v_h), q, k, v from the qkv conv.
+        let device = Device::flex();
+        let (b, c, heads, side) = (2, 32, 2, 5);
+        let (n, d) = (side * side, c / heads);
+        let block = randomize(
+            AttentionBlockConfig::new(c)
+                .with_num_heads(heads)
+                .init(&device),
+            4,
+            0.2,
+        );
+        let x = NoiseRng::new(5).normal_tensor([b, c, side, side], &device);
+        let qkv = block
+            .qkv
+            .forward(block.norm.forward(x.clone()))
+            .reshape([b, 3 * c, n]);
+        let part = |which: usize, h: usize| qkv.clone().narrow(1, which * c + h * d, d);
+        let heads_out: Vec<Tensor<3>> = (0..heads)
+            .map(|h| {
+                let (q, k, v) = (part(0, h), part(1, h), part(2, h));
+                let scores = q.swap_dims(1, 2).matmul(k).div_scalar((d as f64).sqrt());
+                v.matmul(softmax(scores, 2).swap_dims(1, 2))
+            })
+            .collect();
+        let out = Tensor::cat(heads_out, 1).reshape([b, c, side, side]);
+        let expected = x.clone() + block.proj.forward(out);
+        let y = block.forward(x);
+        let scale = expected.clone().abs().max().into_scalar::<f32>();
+        let err = (y - expected).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-4 * scale, "{err}");
+    }
+}

@@ -18,6 +18,8 @@ mod time_embedding;
 
 pub use attention::{AttentionBlock, AttentionBlockConfig};
 pub use config::UNetConfig;
+#[cfg(test)]
+pub(crate) use model::randomize;
 pub use model::{Level, UNet};
 pub use res_block::{ResBlock, ResBlockConfig, TimeMode};
 pub use resample::{Downsample, Upsample};

@@ -136,21 +136,7 @@ impl UNet {
     /// [`NoiseRng`](crate::NoiseRng), so the result is identical on every platform. For tests
     /// and benchmarks that need a model with no zero-initialised layers before any is trained.
     pub fn randomize(self, seed: u64, std: f64) -> Self {
-        struct Randomise(crate::NoiseRng, f64);
-        impl burn::module::ModuleMapper for Randomise {
-            fn map_float<const D: usize>(
-                &mut self,
-                param: burn::module::Param<Tensor<D>>,
-            ) -> burn::module::Param<Tensor<D>> {
-                let Self(rng, std) = self;
-                // The new value keeps the parameter's require-grad flag (autodiff devices).
-                param.map(|t| {
-                    let noise = rng.normal_tensor(t.dims(), &t.device()).mul_scalar(*std);
-                    noise.set_require_grad(t.is_require_grad())
-                })
-            }
-        }
-        self.map(&mut Randomise(crate::NoiseRng::new(seed), std))
+        randomize(self, seed, std)
     }
 
     /// Index of the null (unconditional) class, if the model is class-conditional.
@@ -243,6 +229,25 @@ impl UNet {
         }
         kernels::conv2d(&self.conv_out, kernels::group_norm_silu(&self.norm_out, h))
     }
+}
+
+/// [`UNet::randomize`] for any module (the blocks' tests use it too).
+pub(crate) fn randomize<M: Module>(module: M, seed: u64, std: f64) -> M {
+    struct Randomise(crate::NoiseRng, f64);
+    impl burn::module::ModuleMapper for Randomise {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let Self(rng, std) = self;
+            // The new value keeps the parameter's require-grad flag (autodiff devices).
+            param.map(|t| {
+                let noise = rng.normal_tensor(t.dims(), &t.device()).mul_scalar(*std);
+                noise.set_require_grad(t.is_require_grad())
+            })
+        }
+    }
+    module.map(&mut Randomise(crate::NoiseRng::new(seed), std))
 }
 
 impl Denoiser for UNet {

@@ -133,3 +133,69 @@ impl ResBlock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::{NoiseRng, NormalTensor};
+    use crate::unet::randomize;
+    use burn::tensor::activation::silu;
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn starts_as_its_shortcut() {
+        // conv2 is zero-initialised: the block is x (same channels) or the 1×1 skip of x.
+        let device = Device::flex();
+        let mut rng = NoiseRng::new(1);
+        for (ci, co) in [(32, 32), (32, 64)] {
+            for mode in [TimeMode::Film, TimeMode::Add] {
+                let block = ResBlockConfig::new(ci, co, 16)
+                    .with_time_mode(mode)
+                    .init(&device);
+                let x = rng.normal_tensor([2, ci, 6, 6], &device);
+                let emb = rng.normal_tensor([2, 16], &device);
+                let y = block.forward(x.clone(), emb);
+                let expected = match &block.skip {
+                    Some(skip) => skip.forward(x),
+                    None => x,
+                };
+                assert!(max_diff(y, expected) < 1e-6, "{ci} → {co}, {mode:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn equals_the_formula_with_burns_ops() {
+        // GN → SiLU → conv → (FiLM after GN2 | add before GN2) → SiLU → conv, plus the skip.
+        let device = Device::flex();
+        let mut rng = NoiseRng::new(2);
+        for mode in [TimeMode::Film, TimeMode::Add] {
+            let block = randomize(
+                ResBlockConfig::new(32, 64, 16)
+                    .with_time_mode(mode)
+                    .init(&device),
+                3,
+                0.1,
+            );
+            let x = rng.normal_tensor([2, 32, 7, 7], &device);
+            let emb = rng.normal_tensor([2, 16], &device);
+            let h = block.conv1.forward(silu(block.norm1.forward(x.clone())));
+            let e = block.emb_proj.forward(emb.clone());
+            let h = match mode {
+                TimeMode::Add => silu(block.norm2.forward(h + e.reshape([2, 64, 1, 1]))),
+                TimeMode::Film => {
+                    let e = e.reshape([2, 128, 1, 1]);
+                    let (scale, shift) = (e.clone().narrow(1, 0, 64), e.narrow(1, 64, 64));
+                    silu(block.norm2.forward(h) * scale.add_scalar(1.0) + shift)
+                }
+            };
+            let expected = block.skip.as_ref().unwrap().forward(x.clone()) + block.conv2.forward(h);
+            let y = block.forward(x, emb);
+            let scale = expected.clone().abs().max().into_scalar::<f32>();
+            assert!(max_diff(y, expected) < 1e-4 * scale, "{mode:?}");
+        }
+    }
+}

@@ -68,3 +68,48 @@ impl Upsample {
         kernels::conv2d(&self.conv, up)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::{NoiseRng, NormalTensor};
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn downsampling_halves_rounding_up() {
+        let device = Device::flex();
+        let down = Downsample::new(8, &device);
+        for (side, out) in [(7, 4), (8, 4), (14, 7)] {
+            let x = NoiseRng::new(side as u64).normal_tensor([2, 8, side, side], &device);
+            let y = down.forward(x.clone());
+            assert_eq!(y.dims(), [2, 8, out, out]);
+            let err = (y - down.conv.forward(x)).abs().max().into_scalar::<f32>();
+            assert!(err < 1e-5, "{side}: {err}");
+        }
+    }
+
+    #[test]
+    fn upsampling_repeats_each_pixel_then_convolves() {
+        let device = Device::flex();
+        let up = Upsample::new(8, &device);
+        let (c, h, w) = (8, 3, 5);
+        let values = NoiseRng::new(9).normal_vec(c * h * w);
+        let x = Tensor::<4>::from_data(TensorData::new(values.clone(), [1, c, h, w]), &device);
+        // Nearest neighbour by hand: output pixel (y, x) reads input (y / 2, x / 2).
+        let repeated: Vec<f32> = (0..c)
+            .flat_map(|ch| {
+                (0..2 * h).flat_map(move |y| (0..2 * w).map(move |x| (ch, y / 2, x / 2)))
+            })
+            .map(|(ch, y, x)| values[(ch * h + y) * w + x])
+            .collect();
+        let by_hand =
+            Tensor::<4>::from_data(TensorData::new(repeated, [1, c, 2 * h, 2 * w]), &device);
+        let y = up.forward(x);
+        assert_eq!(y.dims(), [1, c, 2 * h, 2 * w]);
+        let err = (y - up.conv.forward(by_hand))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(err < 1e-5, "{err}");
+    }
+}

@@ -113,15 +113,10 @@ impl Plan {
         Some(plan)
     }
 
-    /// Whether this kernel beats im2col + gemm on the geometry (measured on a 2-core Sapphire
-    /// Rapids at the U-Nets' sizes, best of 6 interleaved: 184 vs 149 GFLOP/s for the `mnist`
-    /// U-Net's 128 → 64 channels at 14×14, 272 vs 210 for `cifar10_ddpm`'s 128 → 128 at 32×32,
-    /// level at its 256 → 256 at 16×16 (234 vs 243; grid 91 % real), 213 vs 220 at 8×8 (79 %
-    /// real)): it does for k×k kernels with little grid waste (≥ 90 % real pixels: 16×16 and
-    /// larger images) or few output channels (≤ 64, where gemm's products are too thin to run
-    /// at full speed); gemm wins for 1×1 kernels (im2col is then a plain copy) and for many
-    /// output channels on small images. (Running each channel block over all tiles, so large
-    /// weights stay in L2, measured slower: 221 at 256 → 256, 16×16, and 229 at 128 → 128.)
+    /// Whether this kernel beats im2col + gemm on the geometry: for k×k kernels (k > 1; for
+    /// 1×1 im2col is a plain copy) with little grid waste (≥ 90 % real pixels: 16×16 and larger
+    /// images) or few output channels (≤ 64, where gemm's products are too thin to run at full
+    /// speed). The measurements behind the thresholds: `docs/kernels.md`.
     pub(super) fn pays_off(&self) -> bool {
         let g = &self.g;
         let real = (self.group * g.p()) as f64;

@@ -34,7 +34,7 @@ impl Drop for Scratch {
 
 /// `len` elements of a scratch buffer starting at a 64-byte boundary, growing it if needed
 /// (stale contents). On a cache line, the direct kernels' lanes (multiples of 16 floats)
-/// keep their aligned loads on one line: 2–10 % faster, most for the weight gradient.
+/// keep their aligned loads on one line.
 pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len + 16 {
         buffer.resize(len + 16, 0.0);

@@ -29,7 +29,7 @@ pub(super) fn cat(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
         y.par_chunks_mut(la + lb)
             .zip(a.par_chunks(la).zip(b.par_chunks(lb)))
             .for_each(|(y, (a, b))| {
-                // Two copies (a chained element loop did not vectorise: 4 % of sampling).
+                // Two slice copies: they vectorise, a chained element loop does not.
                 let (ya, yb) = y.split_at_mut(la);
                 ya.write_copy_of_slice(a);
                 yb.write_copy_of_slice(b);
