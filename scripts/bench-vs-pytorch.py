@@ -29,7 +29,8 @@ SECTIONS = ["matmul", "forward", "train", "ddim", "cifar"]
 
 
 def run_ours(args, out, section):
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/rust-ddpm/target"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
     exe = os.path.join(target, "release", "bench")
     if not os.path.exists(exe):
         sys.exit(f"error: {exe} not found; run `cargo build --release --workspace` first")

@@ -10,7 +10,8 @@
 # and needs a CUDA build of torch. Results: runs/bench/gpu-ours.json, runs/bench/gpu-pytorch.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rust-ddpm/target}"
+# One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 batch=128 quick=() build=1 python=python3
 while [ $# -gt 0 ]; do

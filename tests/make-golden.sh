@@ -5,7 +5,8 @@
 # [1, 1, 28, 28]) and .png, and the schedule table (for exact ᾱ comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rust-ddpm/target}"
+# One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo test --release --workspace --no-run  # the same feature set as the tests: no rebuild
 T="$CARGO_TARGET_DIR/release/trainer"
 out=tests/golden

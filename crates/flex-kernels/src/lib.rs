@@ -20,13 +20,15 @@
 //! | [`self_attention`] | reshapes + `module::attention` over a `qkv` map |
 //!
 //! The slice-level kernels are private modules under each router. Every `unsafe` block of the
-//! toolkit is here (AVX-512 intrinsics, uninitialised outputs), each with its `SAFETY` reason.
+//! toolkit is in this crate (AVX-512 intrinsics, uninitialised outputs, and [`allocator`]'s
+//! `mallopt`), each with its `SAFETY` reason.
 //! [`with_burn_ops`] runs a computation on Burn's ops instead, and [`calls`] counts, per
 //! thread, which kernels ran, so tests can prove both paths.
 //!
 //! Features: `flex` (the fast path; without it every router is Burn's op) and `autodiff` (the
 //! kernels' autodiff nodes), both on by default.
 
+pub mod allocator;
 mod conv2d;
 mod dropout;
 mod elementwise;

@@ -12,7 +12,6 @@
 //! * [`plot`]: loss and schedule plots (PNG grids and files are the `artifacts` crate's);
 //! * [`device`]: choosing the Burn device (`cpu`, `wgpu`, `cuda[:N]`) at run time.
 
-pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
