@@ -103,7 +103,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 10_000)]
     n: usize,
     #[command(flatten)]
-    sampler: crate::cli::SamplerFlags,
+    sampler: crate::flags::SamplerFlags,
     /// Guidance scale w.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::ScheduleFlags;
+use crate::flags::ScheduleFlags;
 use anyhow::{bail, Result};
 use artifacts::{grid, save_png};
 use clap::Args;

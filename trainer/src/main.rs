@@ -6,6 +6,7 @@
 mod cli;
 mod eval_cmd;
 mod export_cmd;
+mod flags;
 mod forward_cmd;
 mod progress;
 mod sample_cmd;

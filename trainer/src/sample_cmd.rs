@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::SamplerFlags;
+use crate::flags::SamplerFlags;
 use anyhow::{bail, Context, Result};
 use artifacts::{grid, save_npy, save_png};
 use clap::Args;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::ScheduleFlags;
+use crate::flags::ScheduleFlags;
 use anyhow::Result;
 use artifacts::{ensure_parent, write_atomic};
 use clap::Args;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cli::{load_dataset, ScheduleFlags};
+use crate::flags::{load_dataset, ScheduleFlags};
 use crate::progress::TrainBar;
 use anyhow::{bail, Result};
 use clap::Args;

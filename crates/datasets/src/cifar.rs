@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use crate::dataset::Dataset;
+use crate::dataset::Split;
 use crate::error::{DataError, Result};
-use crate::spec::Split;
 
 const RECORD: usize = 1 + 3 * 32 * 32;
 

@@ -2,6 +2,25 @@
 
 use crate::error::{DataError, Result};
 
+/// Train or test split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training split.
+    Train,
+    /// The held-out test split.
+    Test,
+}
+
+impl Split {
+    /// `train` or `test`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Test => "test",
+        }
+    }
+}
+
 /// Images as `u8` pixels, channels-first (`[n, channels, height, width]`), with class labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {

@@ -16,7 +16,7 @@ pub mod loader;
 pub mod mnist10k;
 pub mod spec;
 
-pub use dataset::Dataset;
+pub use dataset::{Dataset, Split};
 pub use error::{DataError, Result};
 pub use loader::{Batch, BatchLoader, LoaderConfig};
-pub use spec::{DatasetSpec, Split};
+pub use spec::DatasetSpec;

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use crate::dataset::Dataset;
+use crate::dataset::Split;
 use crate::error::Result;
 use crate::idx::{from_idx_bytes, maybe_gunzip};
-use crate::spec::Split;
 
 const TRAIN_IMAGES: &[u8] = include_bytes!("../data/mnist10k/train-images-idx3-ubyte.gz");
 const TRAIN_LABELS: &[u8] = include_bytes!("../data/mnist10k/train-labels-idx1-ubyte.gz");

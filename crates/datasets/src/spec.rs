@@ -3,30 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Split};
 use crate::error::{DataError, Result};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the IDX files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
-
-/// Train or test split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// The training split.
-    Train,
-    /// The held-out test split.
-    Test,
-}
-
-impl Split {
-    /// `train` or `test`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Train => "train",
-            Self::Test => "test",
-        }
-    }
-}
 
 /// A dataset source.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use burn::tensor::{Bytes, Device};
 use diffusion::UNet;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::train::TrainConfig;
 
 /// The small, JSON part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,13 +85,10 @@ fn record_bytes<M: Module>(m: &M, what: &str) -> Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+/// One file of a checkpoint, written (and flushed) through the one atomic writer; the
+/// checkpoint as a whole becomes visible when its directory is renamed into place.
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let p = dir.join(name);
-    let mut f = std::fs::File::create(&p).map_err(|e| TrainError::io(&p, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| TrainError::io(&p, e))
+    Ok(artifacts::write_atomic(&dir.join(name), bytes)?)
 }
 
 /// Writes a checkpoint for `state.step` and prunes all but the newest `keep`.

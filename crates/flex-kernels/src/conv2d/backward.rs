@@ -7,7 +7,7 @@ use super::forward::forward;
 use super::gemm::{matmul, Mat};
 use super::geometry::Geometry;
 use super::im2col::{col2im, im2col};
-use super::scratch::{sized, uninit, Scratch};
+use super::scratch::{add, sized, uninit, Scratch};
 use rayon::prelude::*;
 
 /// `W'[c_in, c_out, i, j] = W[c_out, c_in, k_h − 1 − i, k_w − 1 − j]`.
@@ -172,15 +172,4 @@ fn bias_gradient(g: &Geometry, grad: &[f32]) -> Vec<f32> {
     (0..g.channels_out)
         .map(|c| sums.get(c).copied().unwrap_or(0.0) as f32)
         .collect()
-}
-
-/// Element-wise sum of two partial results (an empty one is zero).
-pub(super) fn add<T: Copy + core::ops::AddAssign>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
-    if a.is_empty() {
-        return b;
-    }
-    for (a, b) in a.iter_mut().zip(&b) {
-        *a += *b;
-    }
-    a
 }

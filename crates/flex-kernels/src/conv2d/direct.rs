@@ -430,7 +430,7 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
                 },
             )
             .map(|(_, dw)| dw)
-            .reduce(Vec::new, super::backward::add);
+            .reduce(Vec::new, super::scratch::add);
         if !partial.is_empty() {
             dw = partial;
         }

@@ -1,5 +1,6 @@
-//! Per-thread scratch buffers that the im2col blocks and the direct kernels' padded copies
-//! reuse across calls, so they are neither allocated nor zeroed per image group.
+//! Per-thread working state: scratch buffers that the im2col blocks and the direct kernels'
+//! padded copies reuse across calls (neither allocated nor zeroed per image group), and the sum
+//! that reduces per-thread partial gradients.
 
 use std::mem::MaybeUninit;
 
@@ -46,4 +47,15 @@ pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// What [`sized`] last handed out of `buffer`, and beyond (from the same boundary).
 pub(super) fn aligned(buffer: &[f32]) -> &[f32] {
     &buffer[buffer.as_ptr().align_offset(64).min(16)..]
+}
+
+/// Element-wise sum of two partial results (an empty one is zero).
+pub(super) fn add<T: Copy + core::ops::AddAssign>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    if a.is_empty() {
+        return b;
+    }
+    for (a, b) in a.iter_mut().zip(&b) {
+        *a += *b;
+    }
+    a
 }

@@ -1,0 +1,71 @@
+//! Flag groups and helpers that several subcommands share.
+
+use anyhow::Result;
+use clap::Args;
+use datasets::{DatasetSpec, Split};
+use diffusion::sampler::{SamplerKind, SamplerSettings};
+use diffusion::{BetaSchedule, NoiseScheduleConfig};
+
+/// The noise schedule.
+#[derive(Args)]
+pub(crate) struct ScheduleFlags {
+    /// Noise schedule: `linear`, `cosine` or `sigmoid`.
+    #[arg(long, default_value = "linear")]
+    pub(crate) schedule: String,
+    /// Diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) timesteps: usize,
+    /// Rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction).
+    #[arg(long)]
+    pub(crate) zero_terminal_snr: bool,
+}
+
+impl ScheduleFlags {
+    /// The validated config of schedule `name` with these T and rescaling settings.
+    pub(crate) fn config(&self, name: &str) -> Result<NoiseScheduleConfig> {
+        let mut cfg = NoiseScheduleConfig::new(BetaSchedule::from_name(name)?, self.timesteps);
+        cfg.rescale_zero_terminal_snr = self.zero_terminal_snr;
+        cfg.build()?;
+        Ok(cfg)
+    }
+}
+
+/// Sampler choice, shared by `sample` and `eval`.
+#[derive(Args)]
+pub(crate) struct SamplerFlags {
+    /// Sampler: `ddim` or `ddpm`.
+    #[arg(long, default_value = "ddim")]
+    pub(crate) sampler: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) steps: usize,
+    /// DDIM η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) eta: f64,
+}
+
+impl SamplerFlags {
+    /// The settings, checked against `config`'s schedule (bad steps or η are one-line errors).
+    pub(crate) fn settings(&self, config: &diffusion::ModelConfig) -> Result<SamplerSettings> {
+        let settings = SamplerSettings {
+            sampler: SamplerKind::from_name(&self.sampler)?,
+            num_inference_steps: self.steps,
+            eta: self.eta,
+        };
+        settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
+        Ok(settings)
+    }
+}
+
+pub(crate) fn load_dataset(
+    spec: &str,
+    image_size: usize,
+    channels: usize,
+    limit: Option<usize>,
+) -> Result<datasets::Dataset> {
+    let ds = DatasetSpec::parse(spec, image_size, channels)?.load(Split::Train)?;
+    Ok(match limit {
+        Some(n) => ds.take(n),
+        None => ds,
+    })
+}
