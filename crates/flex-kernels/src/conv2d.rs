@@ -280,7 +280,7 @@ mod autodiff {
 }
 
 // The slice-level kernels, by concern.
-#[cfg(feature = "flex")]
+#[cfg(all(feature = "flex", feature = "autodiff"))]
 mod backward;
 #[cfg(feature = "flex")]
 mod forward;

@@ -16,7 +16,9 @@
 //! only the lanes of real pixels (consecutive in the output, image by image).
 
 use super::geometry::Geometry;
-use super::scratch::{aligned, sized, Scratch};
+#[cfg(feature = "autodiff")]
+use super::scratch::aligned;
+use super::scratch::{sized, Scratch};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -30,6 +32,7 @@ const TILE: usize = 16 * NV;
 pub(super) const FORWARD_POSITIONS: usize = 512;
 /// The same for the weight gradient, whose register sums are reduced once per group and
 /// channel block (a group of 2,048 positions of 128 channels still fits in L2).
+#[cfg(feature = "autodiff")]
 pub(super) const WEIGHT_GRADIENT_POSITIONS: usize = 2048;
 
 /// The lanes of one 16-position vector that belong to one image: `mask` selects them and the
@@ -215,6 +218,7 @@ impl Plan {
     /// # Safety
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
+    #[cfg(feature = "autodiff")]
     unsafe fn expand(&self, n: usize, dy: &[f32], dyg: &mut [f32]) {
         let p = self.g.p();
         let vectors = self.tiles(n) * NV;
@@ -377,6 +381,7 @@ unsafe fn tiles(
 /// go through im2col):
 /// `dW[m, c, i, j] = Σ_q dY_grid[m, q] · X_pad[c, q + i·W_p + j]`, with ∂L/∂y laid out on the
 /// grid (zero at the positions the forward drops) by expand-loads along the same segments.
+#[cfg(feature = "autodiff")]
 pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
     let g = &plan.g;
     let taps = plan.offsets.len();
@@ -455,6 +460,7 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
 ///
 /// # Safety
 /// AVX-512F and VL; `xp` and `dyg` hold whole lanes of the plan, `vectors` of them computed.
+#[cfg(feature = "autodiff")]
 unsafe fn correlate_rows(
     plan: &Plan,
     r: usize,
@@ -494,6 +500,7 @@ unsafe fn correlate_rows(
 // name registers 0–15, and the allocator would then spill accumulators inside the loop.
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline(never)]
+#[cfg(feature = "autodiff")]
 unsafe fn correlate<const R: usize>(
     dy: *const f32,
     lane: usize,

@@ -95,10 +95,12 @@ impl Geometry {
         self.channels_in * self.height * self.width
     }
 
+    #[cfg(feature = "autodiff")]
     pub fn input_shape(&self) -> [usize; 4] {
         [self.batch, self.channels_in, self.height, self.width]
     }
 
+    #[cfg(feature = "autodiff")]
     pub fn weight_shape(&self) -> [usize; 4] {
         [
             self.channels_out,
@@ -170,6 +172,7 @@ impl Geometry {
     /// The convolution that computes this one's input gradient from its output gradient,
     /// for stride 1 and padding smaller than the kernel: kernel flipped and transposed,
     /// padding `k − 1 − p` before, output the input's size. `None` otherwise.
+    #[cfg(feature = "autodiff")]
     pub fn input_gradient_as_convolution(&self) -> Option<Self> {
         let [kh, kw] = self.kernel;
         if self.stride != [1, 1]

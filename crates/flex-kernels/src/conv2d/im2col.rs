@@ -48,6 +48,7 @@ pub(super) fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 
 /// Adds the columns of `dcols` (`[K, nb·P]`, laid out as [`im2col`]'s output) back onto
 /// the input pixels they were read from; `dx` holds the group's `[nb, C_in, H, W]`.
+#[cfg(feature = "autodiff")]
 pub(super) fn col2im(g: &Geometry, dcols: &mut [f32], dx: &mut [f32]) {
     let p = g.p();
     let n = dx.len() / g.plane() * p;
@@ -135,6 +136,7 @@ fn clear_border_columns(block: &mut [f32], width: usize, lo: usize, hi: usize) {
 
 /// The adjoint of [`copy_shifted`]: `dst[t + shift] += src[t]` over `rows`, columns
 /// `lo..hi` (`src` is scratch: its other columns are cleared first).
+#[cfg(feature = "autodiff")]
 fn add_shifted(
     dst: &mut [f32],
     src: &mut [f32],

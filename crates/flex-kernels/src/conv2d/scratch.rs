@@ -45,11 +45,13 @@ pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// What [`sized`] last handed out of `buffer`, and beyond (from the same boundary).
+#[cfg(feature = "autodiff")]
 pub(super) fn aligned(buffer: &[f32]) -> &[f32] {
     &buffer[buffer.as_ptr().align_offset(64).min(16)..]
 }
 
 /// Element-wise sum of two partial results (an empty one is zero).
+#[cfg(feature = "autodiff")]
 pub(super) fn add<T: Copy + core::ops::AddAssign>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
     if a.is_empty() {
         return b;

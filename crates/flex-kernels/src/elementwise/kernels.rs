@@ -38,6 +38,7 @@ pub(super) fn cat(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
 }
 
 /// The inverse of [`cat`]: the first `la` values of each of the `n` images, and the rest.
+#[cfg(feature = "autodiff")]
 pub(super) fn split(y: &[f32], n: usize, la: usize) -> (Vec<f32>, Vec<f32>) {
     crate::fast_path::hit(crate::Kernel::Elementwise, crate::Pass::Backward);
     let lb = y.len() / n - la;
@@ -106,6 +107,7 @@ fn film_silu_avx512(x: &[f32], m: f32, t: f32, y: &mut [MaybeUninit<f32>]) {
 /// One plane's backward: writes ∂L/∂x (if asked) and returns (Σ g·x, Σ g) for the scale and
 /// shift, where g is ∂L/∂y, or with `SILU` ∂L/∂y · SiLU′(x·m + t).
 #[inline(always)]
+#[cfg(feature = "autodiff")]
 fn film_backward_loop<const SILU: bool, const FMA: bool>(
     x: &[f32],
     g: &[f32],
@@ -156,6 +158,7 @@ fn film_backward_loop<const SILU: bool, const FMA: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[cfg(feature = "autodiff")]
 fn film_backward_avx512<const SILU: bool>(
     x: &[f32],
     g: &[f32],
@@ -168,6 +171,7 @@ fn film_backward_avx512<const SILU: bool>(
 
 /// (∂L/∂x if `need_x`, ∂L/∂scale, ∂L/∂shift) of [`film`] given ∂L/∂y; `shift` is given when
 /// the forward applied SiLU.
+#[cfg(feature = "autodiff")]
 pub(super) fn film_backward(
     x: &[f32],
     scale: &[f32],

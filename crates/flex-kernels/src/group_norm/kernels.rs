@@ -94,6 +94,7 @@ fn forward_group<const SILU: bool, const FMA: bool>(
 /// ∂L/∂silu(z), turned into ∂L/∂z (z recomputed with `beta`) in `dx` first, and ∂L/∂x is
 /// then written over it.
 #[inline(always)]
+#[cfg(feature = "autodiff")]
 fn backward_group<const SILU: bool, const FMA: bool>(
     g: &Geometry,
     c0: usize,
@@ -152,6 +153,7 @@ fn backward_group<const SILU: bool, const FMA: bool>(
 /// Per channel of the block, (Σ dz, Σ dz·x̂) into `sums`; returns the group means
 /// (mean(γ·dz), mean(γ·dz·x̂)).
 #[inline(always)]
+#[cfg(feature = "autodiff")]
 fn group_sums(
     g: &Geometry,
     c0: usize,
@@ -182,6 +184,7 @@ fn group_sums(
 
 /// dx = σ⁻¹·(γ_c·dz − m1 − x̂·m2) = α_c·dz + β·x + δ: (α_c, β, δ) for a given γ_c.
 #[inline(always)]
+#[cfg(feature = "autodiff")]
 fn dx_coefficients(mean: f32, rstd: f32, m1: f64, m2: f64) -> impl Fn(f32) -> [f32; 3] {
     let (mean64, rstd64) = (mean as f64, rstd as f64);
     let beta = (-rstd64 * rstd64 * m2) as f32;
@@ -204,6 +207,7 @@ fn forward_group_avx512<const SILU: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[cfg(feature = "autodiff")]
 fn backward_group_avx512<const SILU: bool>(
     g: &Geometry,
     c0: usize,
@@ -261,6 +265,7 @@ pub(super) fn forward(
 
 /// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from x, γ, ∂L/∂y and the forward statistics; with `Some(β)`,
 /// of `silu(GroupNorm(x))` (∂L/∂y is then the SiLU's output gradient).
+#[cfg(feature = "autodiff")]
 pub(super) fn backward(
     g: &Geometry,
     x: &[f32],

@@ -54,6 +54,7 @@ fn forward_loop<const FMA: bool>(x: &[f32], y: &mut [MaybeUninit<f32>]) {
 }
 
 #[inline(always)]
+#[cfg(feature = "autodiff")]
 fn backward_loop<const FMA: bool>(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         let s = sigmoid::<FMA>(x);
@@ -69,6 +70,7 @@ fn forward_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[cfg(feature = "autodiff")]
 fn backward_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
     backward_loop::<true>(x, dy, dx)
 }
@@ -93,6 +95,7 @@ pub(super) fn forward(x: &[f32]) -> Vec<f32> {
 }
 
 /// `∂L/∂x = ∂L/∂y · σ(x) (1 + x (1 − σ(x)))` element-wise.
+#[cfg(feature = "autodiff")]
 pub(super) fn backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     crate::fast_path::hit(crate::Kernel::Silu, crate::Pass::Backward);
     assert_eq!(x.len(), dy.len(), "silu backward: gradient shape");
