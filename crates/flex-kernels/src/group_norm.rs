@@ -260,8 +260,12 @@ mod tests {
             let before = calls(0);
             let ours = group_norm(&norm, x.clone());
             assert!(calls(0) > before, "the fused path did not run");
+            // Within float rounding of Burn's statistics, whose variance loses digits to
+            // cancellation when a group is small and its mean large (here 2 values around 3:
+            // up to ~1e-5 relative, varying with the unseeded inputs); a wrong formula is off
+            // by O(1).
             let err = relative_error(ours, norm.forward(x));
-            assert!(err < 1e-5, "{shape:?}/{groups}: relative error {err}");
+            assert!(err < 1e-4, "{shape:?}/{groups}: relative error {err}");
         }
     }
 
