@@ -385,8 +385,9 @@ mod tests {
 
     #[test]
     fn whole_unet_on_the_fast_kernels_equals_burns_ops_values_and_gradients() {
-        // Both time modes, attention at a kernel-sized map (7×7) and in the middle (4×4), and
-        // skip concatenations; dropout 0 so both runs see the same function.
+        // Both time modes, attention on the fused kernel's maps (7×7: the second level and the
+        // middle), a channel change (1×1 skips), down/upsampling and the skip concatenations;
+        // dropout 0 so both runs see the same function.
         let device = Device::flex().autodiff();
         for time_mode in [TimeMode::Film, TimeMode::Add] {
             let model = UNetConfig::new(1, 14, 32, vec![1, 2], vec![7])
