@@ -38,6 +38,8 @@ pub enum Pass {
 }
 
 const KERNELS: usize = 7;
+// The counters are indexed by `Kernel as usize`: a new variant must grow the table.
+const _: () = assert!(Kernel::SelfAttention as usize + 1 == KERNELS);
 
 thread_local! {
     static CALLS: [[Cell<usize>; 2]; KERNELS] = Default::default();
