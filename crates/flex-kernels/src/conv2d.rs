@@ -297,17 +297,11 @@ mod scratch;
 mod tests {
     use super::*;
     use crate::flex_tensor::relative_error;
+    use crate::{calls, Kernel, Pass};
     use burn::tensor::{Device, Distribution, Tensor};
 
     fn options(stride: usize, padding: [(usize, usize); 2], dilation: usize) -> ConvOptions<2> {
         ConvOptions::new_with_padding([stride; 2], padding, [dilation; 2], 1)
-    }
-
-    fn calls(which: usize) -> usize {
-        crate::calls(
-            crate::Kernel::Conv2d,
-            [crate::Pass::Forward, crate::Pass::Backward][which],
-        )
     }
 
     /// Shapes the U-Net uses (3×3 same, 3×3 stride 2, 1×1) plus odd ones: asymmetric
@@ -418,10 +412,10 @@ mod tests {
             let plan = direct::Plan::new(&g, direct::FORWARD_POSITIONS).expect("a direct plan");
             let (x, w) = (random(x_shape), random(w_shape));
             let b = random([w_shape[0], 1, 1, 1]);
-            let before = crate::calls(crate::Kernel::Conv2dDirect, crate::Pass::Forward);
+            let before = calls(Kernel::Conv2dDirect, Pass::Forward);
             let ours = direct::forward(&plan, &x, &w, Some(&b));
             assert!(
-                crate::calls(crate::Kernel::Conv2dDirect, crate::Pass::Forward) > before,
+                calls(Kernel::Conv2dDirect, Pass::Forward) > before,
                 "the direct kernel did not run"
             );
             let reference = forward::forward_im2col(&g, &x, &w, Some(&b));
@@ -446,9 +440,12 @@ mod tests {
             let b = with_bias.then(|| {
                 Tensor::<1>::random([w_shape[0]], Distribution::Normal(0.0, 1.0), &device)
             });
-            let before = calls(0);
+            let before = calls(Kernel::Conv2d, Pass::Forward);
             let ours = conv2d_op(x.clone(), w.clone(), b.clone(), options.clone());
-            assert!(calls(0) > before, "the im2col path did not run");
+            assert!(
+                calls(Kernel::Conv2d, Pass::Forward) > before,
+                "the im2col path did not run"
+            );
             let burn = module::conv2d(x, w, b, options);
             assert_eq!(ours.dims(), burn.dims(), "{x_shape:?} ⋆ {w_shape:?}");
             let err = relative_error(ours, burn);
@@ -487,9 +484,9 @@ mod tests {
                 let db = with_bias.then(|| b.grad(&grads).expect("b grad"));
                 (dx, dw, db)
             };
-            let before = calls(1);
+            let before = calls(Kernel::Conv2d, Pass::Backward);
             #[cfg(target_arch = "x86_64")]
-            let direct_before = crate::calls(crate::Kernel::Conv2dDirect, crate::Pass::Backward);
+            let direct_before = calls(Kernel::Conv2dDirect, Pass::Backward);
             let (dx, dw, db) = run(true);
             #[cfg(target_arch = "x86_64")]
             {
@@ -497,12 +494,14 @@ mod tests {
                 let g = geometry::Geometry::new(&x_shape, &w_shape, &options).unwrap();
                 let plan = direct::Plan::new(&g, direct::WEIGHT_GRADIENT_POSITIONS);
                 if plan.is_some_and(|p| p.pays_off()) {
-                    let ran = crate::calls(crate::Kernel::Conv2dDirect, crate::Pass::Backward)
-                        > direct_before;
+                    let ran = calls(Kernel::Conv2dDirect, Pass::Backward) > direct_before;
                     assert!(ran, "direct ∂L/∂W did not run");
                 }
             }
-            assert!(calls(1) > before, "the im2col backward did not run");
+            assert!(
+                calls(Kernel::Conv2d, Pass::Backward) > before,
+                "the im2col backward did not run"
+            );
             let (rx, rw, rb) = run(false);
             let case = format!("{x_shape:?} ⋆ {w_shape:?}");
             assert!(relative_error(dx, rx) < 1e-5, "{case}: dx");

@@ -128,6 +128,7 @@ mod kernels;
 #[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {
     use super::*;
+    use crate::{calls, Kernel, Pass};
     use burn::nn::DropoutConfig;
     use burn::tensor::{Device, Distribution};
 
@@ -137,10 +138,10 @@ mod tests {
         let dropout = DropoutConfig::new(0.25).init();
         let x =
             Tensor::<2>::random([64, 512], Distribution::Uniform(1.0, 2.0), &device).require_grad();
-        let before = crate::calls(crate::Kernel::Dropout, crate::Pass::Forward);
+        let before = calls(Kernel::Dropout, Pass::Forward);
         let y = super::dropout(&dropout, x.clone());
         assert!(
-            crate::calls(crate::Kernel::Dropout, crate::Pass::Forward) > before,
+            calls(Kernel::Dropout, Pass::Forward) > before,
             "the fused dropout did not run"
         );
         let kept = y
@@ -155,7 +156,7 @@ mod tests {
         assert!((ratio - 1.0 / 0.75).abs().max().into_scalar::<f32>() < 1e-5);
         let grads = y.clone().sum().backward();
         // Forward and backward: two passes of the kernel.
-        assert!(crate::calls(crate::Kernel::Dropout, crate::Pass::Forward) >= before + 2);
+        assert!(calls(Kernel::Dropout, Pass::Forward) >= before + 2);
         let dx = x
             .grad(&grads)
             .expect("x grad")

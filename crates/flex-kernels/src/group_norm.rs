@@ -228,16 +228,10 @@ mod kernels;
 mod tests {
     use super::*;
     use crate::flex_tensor::relative_error;
+    use crate::{calls, Kernel, Pass};
     use burn::module::Param;
     use burn::nn::GroupNormConfig;
     use burn::tensor::{Device, Distribution};
-
-    fn calls(which: usize) -> usize {
-        crate::calls(
-            crate::Kernel::GroupNorm,
-            [crate::Pass::Forward, crate::Pass::Backward][which],
-        )
-    }
 
     /// A GroupNorm with random γ and β on `device`.
     fn norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
@@ -257,9 +251,12 @@ mod tests {
             let norm = norm(groups, shape[1], &device);
             // An offset mean and spread, as after a convolution.
             let x = Tensor::<4>::random(shape, Distribution::Normal(3.0, 2.0), &device);
-            let before = calls(0);
+            let before = calls(Kernel::GroupNorm, Pass::Forward);
             let ours = group_norm(&norm, x.clone());
-            assert!(calls(0) > before, "the fused path did not run");
+            assert!(
+                calls(Kernel::GroupNorm, Pass::Forward) > before,
+                "the fused path did not run"
+            );
             // Within float rounding of Burn's statistics, whose variance loses digits to
             // cancellation when a group is small and its mean large (here 2 values around 3:
             // up to ~1e-5 relative, varying with the unseeded inputs); a wrong formula is off
@@ -274,9 +271,12 @@ mod tests {
         for device in [Device::flex(), Device::flex().autodiff()] {
             let norm = norm(4, 8, &device);
             let x = Tensor::<4>::random([3, 8, 5, 7], Distribution::Normal(3.0, 2.0), &device);
-            let before = calls(0);
+            let before = calls(Kernel::GroupNorm, Pass::Forward);
             let ours = group_norm_silu(&norm, x.clone());
-            assert!(calls(0) > before, "the fused path did not run");
+            assert!(
+                calls(Kernel::GroupNorm, Pass::Forward) > before,
+                "the fused path did not run"
+            );
             let reference = burn::tensor::activation::silu(norm.forward(x));
             let err = relative_error(ours, reference);
             assert!(err < 1e-5, "{device:?}: relative error {err}");
@@ -310,9 +310,12 @@ mod tests {
                     beta.grad(&grads).expect("β grad"),
                 )
             };
-            let before = calls(1);
+            let before = calls(Kernel::GroupNorm, Pass::Backward);
             let (dx, dg, db) = run(true);
-            assert!(calls(1) > before, "the fused backward did not run");
+            assert!(
+                calls(Kernel::GroupNorm, Pass::Backward) > before,
+                "the fused backward did not run"
+            );
             let (rx, rg, rb) = run(false);
             let case = format!("{shape:?}/{groups}, SiLU {silu}");
             assert!(relative_error(dx, rx) < 1e-4, "{case}: dx");

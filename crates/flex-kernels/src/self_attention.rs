@@ -164,6 +164,7 @@ mod kernels;
 mod tests {
     use super::*;
     use crate::flex_tensor::relative_error;
+    use crate::{calls, Kernel, Pass};
     use burn::tensor::{Device, Distribution};
 
     /// (batch, channels, height, width, heads): the `mnist` U-Net's 7×7, several heads, a
@@ -181,10 +182,10 @@ mod tests {
         for (b, c, h, w, heads) in CASES {
             let qkv =
                 Tensor::<4>::random([b, 3 * c, h, w], Distribution::Normal(0.0, 1.5), &device);
-            let before = crate::calls(crate::Kernel::SelfAttention, crate::Pass::Forward);
+            let before = calls(Kernel::SelfAttention, Pass::Forward);
             let ours = self_attention(qkv.clone(), heads);
             assert!(
-                crate::calls(crate::Kernel::SelfAttention, crate::Pass::Forward) > before,
+                calls(Kernel::SelfAttention, Pass::Forward) > before,
                 "the fused path did not run"
             );
             assert_eq!(ours.dims(), [b, c, h, w]);
@@ -213,10 +214,10 @@ mod tests {
                 let grads = (y * r.clone()).sum().backward();
                 x.grad(&grads).expect("qkv grad")
             };
-            let before = crate::calls(crate::Kernel::SelfAttention, crate::Pass::Backward);
+            let before = calls(Kernel::SelfAttention, Pass::Backward);
             let ours = grad(true);
             assert!(
-                crate::calls(crate::Kernel::SelfAttention, crate::Pass::Backward) > before,
+                calls(Kernel::SelfAttention, Pass::Backward) > before,
                 "the fused backward did not run"
             );
             let err = relative_error(ours, grad(false));
