@@ -11,13 +11,13 @@ use diffusion::weights::save_model;
 pub(crate) struct ExportArgs {
     /// Checkpoint directory (`checkpoints/step-N`) or run directory (newest checkpoint).
     #[arg(long)]
-    pub(crate) checkpoint: PathBuf,
+    checkpoint: PathBuf,
     /// Output weights (`NAME.safetensors`; `NAME.json` is written beside it).
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     /// Store the weights as f16 (half the size, for the web).
     #[arg(long)]
-    pub(crate) f16: bool,
+    f16: bool,
 }
 
 pub(crate) fn cmd_export(a: ExportArgs) -> Result<()> {

@@ -12,27 +12,27 @@ use datasets::{DatasetSpec, Split};
 pub(crate) struct ForwardArgs {
     /// Dataset (as for `train`).
     #[arg(long, default_value = "mnist10k")]
-    pub(crate) dataset: String,
+    dataset: String,
     /// Image index in the training split.
     #[arg(long, default_value_t = 0)]
-    pub(crate) index: usize,
+    index: usize,
     /// Timesteps to show, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0,100,250,500,999")]
-    pub(crate) t: Vec<usize>,
+    t: Vec<usize>,
     #[command(flatten)]
-    pub(crate) schedule: ScheduleFlags,
+    schedule: ScheduleFlags,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    seed: u64,
     /// Image size for `folder:` datasets.
     #[arg(long, default_value_t = 32)]
-    pub(crate) image_size: usize,
+    image_size: usize,
     /// Channels for `folder:` datasets.
     #[arg(long, default_value_t = 3)]
-    pub(crate) channels: usize,
+    channels: usize,
     /// Output PNG strip.
     #[arg(long, default_value = "forward.png")]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
 }
 
 pub(crate) fn cmd_forward(a: ForwardArgs) -> Result<()> {

@@ -6,9 +6,9 @@ use training::train::{StepMetrics, TrainObserver};
 
 /// Progress bar for training.
 pub(crate) struct TrainBar {
-    pub(crate) bar: ProgressBar,
-    pub(crate) smoothed: Option<f64>,
-    pub(crate) rate: Option<f64>,
+    bar: ProgressBar,
+    smoothed: Option<f64>,
+    rate: Option<f64>,
 }
 
 impl TrainObserver for TrainBar {
@@ -58,6 +58,11 @@ impl TrainBar {
             smoothed: None,
             rate: None,
         }
+    }
+
+    /// Leaves the finished bar on screen.
+    pub(crate) fn finish(&self) {
+        self.bar.finish();
     }
 }
 

@@ -13,41 +13,41 @@ use training::generate::{generate, generate_trajectory};
 pub(crate) struct SampleArgs {
     /// Weights file (`NAME.safetensors`, with `NAME.json` beside it).
     #[arg(long, default_value = "weights/mnist.safetensors")]
-    pub(crate) weights: PathBuf,
+    weights: PathBuf,
     /// Class to sample (0-based), or `none` for unconditional; `all` gives one row per class.
     #[arg(long, default_value = "all")]
-    pub(crate) class: String,
+    class: String,
     /// Classifier-free guidance scale w (ε = ε_u + w(ε_c − ε_u): 1 = conditional, 0 =
     /// unconditional).
     #[arg(long, default_value_t = 3.0)]
-    pub(crate) guidance: f64,
+    guidance: f64,
     #[command(flatten)]
-    pub(crate) sampler: SamplerFlags,
+    sampler: SamplerFlags,
     /// Seed of the noise (same seed ⇒ same image, on every backend and in the browser).
     #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    seed: u64,
     /// Images (per class with `--class all`).
     #[arg(long, default_value_t = 8)]
-    pub(crate) num: usize,
+    num: usize,
     /// Output PNG grid.
     #[arg(long, default_value = "samples.png")]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     /// Also write the raw samples (values in [-1, 1], shape [n, c, h, w]) as .npy.
     #[arg(long)]
-    pub(crate) npy: Option<PathBuf>,
+    npy: Option<PathBuf>,
     /// Also write a trajectory PNG: x_t (top) and x̂_0 (bottom) of the first image over the steps.
     #[arg(long)]
-    pub(crate) trajectory: Option<PathBuf>,
+    trajectory: Option<PathBuf>,
     /// Pixel scale of the PNG.
     #[arg(long, default_value_t = 2)]
-    pub(crate) scale: u32,
+    scale: u32,
     /// Grey padding between grid cells, pixels (`--num 1 --scale 1 --pad 0` writes the bare
     /// image, byte-identical to the HTTP service's PNG).
     #[arg(long, default_value_t = 2)]
-    pub(crate) pad: u32,
+    pad: u32,
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
-    pub(crate) device: String,
+    device: String,
 }
 
 pub(crate) fn cmd_sample(a: SampleArgs) -> Result<()> {

@@ -11,14 +11,14 @@ use training::plot::{line_plot, Series};
 #[derive(Args)]
 pub(crate) struct ScheduleArgs {
     #[command(flatten)]
-    pub(crate) schedule: ScheduleFlags,
+    schedule: ScheduleFlags,
     /// Write the table as CSV (t, beta, alpha, alpha_cumprod, sqrt_alpha_cumprod,
     /// sqrt_one_minus_alpha_cumprod, snr).
     #[arg(long)]
-    pub(crate) csv: Option<PathBuf>,
+    csv: Option<PathBuf>,
     /// Plot ᾱ_t of linear, cosine and sigmoid at this T (the chosen one first).
     #[arg(long)]
-    pub(crate) plot: Option<PathBuf>,
+    plot: Option<PathBuf>,
 }
 
 pub(crate) fn cmd_schedule(a: ScheduleArgs) -> Result<()> {

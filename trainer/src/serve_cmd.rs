@@ -10,22 +10,22 @@ pub(crate) struct ServeArgs {
     /// Weights file (`NAME.safetensors`, with `NAME.json` beside it); also served at
     /// `/weights/`.
     #[arg(long, default_value = "weights/mnist.safetensors")]
-    pub(crate) weights: PathBuf,
+    weights: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) addr: String,
+    addr: String,
     /// Sampling worker threads.
     #[arg(long, default_value_t = 1)]
-    pub(crate) workers: usize,
+    workers: usize,
     /// Requests that may wait for a worker; beyond that the answer is 503 + Retry-After.
     #[arg(long, default_value_t = 4)]
-    pub(crate) queue: usize,
+    queue: usize,
     /// Per-request time limit in seconds (queueing + sampling); past it the answer is 504.
     #[arg(long, default_value_t = 120.0)]
-    pub(crate) timeout: f64,
+    timeout: f64,
     /// Directory served at `/` (with `index.html` and `pkg/`).
     #[arg(long, default_value = ".")]
-    pub(crate) static_dir: PathBuf,
+    static_dir: PathBuf,
 }
 
 pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {

@@ -15,123 +15,123 @@ pub(crate) struct TrainArgs {
     /// Dataset: `mnist10k` (bundled), `fashion-mnist[:DIR]`, `cifar10:DIR` (binary batches) or
     /// `folder:DIR` (one sub-folder per class).
     #[arg(long, default_value = "mnist10k")]
-    pub(crate) dataset: String,
+    dataset: String,
     /// Image size for `folder:` datasets (resize + centre crop).
     #[arg(long, default_value_t = 32)]
-    pub(crate) image_size: usize,
+    image_size: usize,
     /// Channels for `folder:` datasets: 1 (grey) or 3 (RGB).
     #[arg(long, default_value_t = 3)]
-    pub(crate) channels: usize,
+    channels: usize,
     /// Use only the first N training images (quick experiments, fixtures).
     #[arg(long)]
-    pub(crate) limit: Option<usize>,
+    limit: Option<usize>,
     /// Output run directory.
     #[arg(long, default_value = "runs/mnist")]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     /// Continue exactly from a checkpoint (a `checkpoints/step-N` directory, or a run
     /// directory for its newest); the checkpoint's settings are used, only --steps may grow.
     #[arg(long)]
-    pub(crate) resume: Option<PathBuf>,
+    resume: Option<PathBuf>,
     /// Device: `cpu` (Burn flex), `wgpu`, or `cuda[:N]` (needs the matching cargo feature).
     #[arg(long, default_value = "cpu")]
-    pub(crate) device: String,
+    device: String,
     #[command(flatten)]
-    pub(crate) model: ModelArgs,
+    model: ModelArgs,
     /// Optimisation steps [default: 4000].
     #[arg(long)]
-    pub(crate) steps: Option<u64>,
+    steps: Option<u64>,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
-    pub(crate) batch_size: usize,
+    batch_size: usize,
     /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 2e-4)]
-    pub(crate) lr: f64,
+    lr: f64,
     /// Final learning rate of the cosine decay.
     #[arg(long, default_value_t = 0.0)]
-    pub(crate) min_lr: f64,
+    min_lr: f64,
     /// Linear warmup steps [default: min(500, steps / 10)].
     #[arg(long)]
-    pub(crate) warmup_steps: Option<u64>,
+    warmup_steps: Option<u64>,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
-    pub(crate) weight_decay: f32,
+    weight_decay: f32,
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, default_value_t = 1.0)]
-    pub(crate) grad_clip: f64,
+    grad_clip: f64,
     /// Probability of training a sample with the null class (for classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
-    pub(crate) label_dropout: f64,
+    label_dropout: f64,
     /// EMA decay (with warmup (1+n)/(10+n)).
     #[arg(long, default_value_t = 0.999)]
-    pub(crate) ema_decay: f64,
+    ema_decay: f64,
     /// Seed of initialisation, batches, noise and dropout.
     #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    seed: u64,
     /// Random horizontal flips (not for digits).
     #[arg(long)]
-    pub(crate) hflip: bool,
+    hflip: bool,
     /// Checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 1000)]
-    pub(crate) checkpoint_every: u64,
+    checkpoint_every: u64,
     /// Keep the newest N checkpoints.
     #[arg(long, default_value_t = 3)]
-    pub(crate) keep_checkpoints: usize,
+    keep_checkpoints: usize,
     /// Write a sample grid from the EMA model every N steps (and at the end); 0 = end only.
     #[arg(long, default_value_t = 1000)]
-    pub(crate) sample_every: u64,
+    sample_every: u64,
     /// DDIM steps for the sample grids.
     #[arg(long, default_value_t = 50)]
-    pub(crate) sample_steps: usize,
+    sample_steps: usize,
     /// Guidance scale for the sample grids.
     #[arg(long, default_value_t = 3.0)]
-    pub(crate) sample_guidance: f64,
+    sample_guidance: f64,
     /// Columns of the sample grids (one row per class).
     #[arg(long, default_value_t = 8)]
-    pub(crate) grid_cols: usize,
+    grid_cols: usize,
     /// Stop after this many consecutive non-finite steps.
     #[arg(long, default_value_t = 20)]
-    pub(crate) max_nonfinite: u32,
+    max_nonfinite: u32,
 }
 
 /// Model settings; image size, channels and classes come from the dataset.
 #[derive(Args)]
-pub(crate) struct ModelArgs {
+struct ModelArgs {
     /// Architecture preset: `mnist` (ch 32, mults 1-2-2, attention at 7) or `cifar10_ddpm`.
     #[arg(long, default_value = "mnist")]
-    pub(crate) preset: String,
+    preset: String,
     /// Override the base channel count.
     #[arg(long)]
-    pub(crate) base_channels: Option<usize>,
+    base_channels: Option<usize>,
     /// Override the channel multipliers, e.g. `1,2,2`.
     #[arg(long, value_delimiter = ',')]
-    pub(crate) channel_mults: Option<Vec<usize>>,
+    channel_mults: Option<Vec<usize>>,
     /// Override ResBlocks per level.
     #[arg(long)]
-    pub(crate) num_res_blocks: Option<usize>,
+    num_res_blocks: Option<usize>,
     /// Override the attention resolutions, e.g. `7` or `16,8`.
     #[arg(long, value_delimiter = ',')]
-    pub(crate) attention_resolutions: Option<Vec<usize>>,
+    attention_resolutions: Option<Vec<usize>>,
     /// Override the attention heads.
     #[arg(long)]
-    pub(crate) num_heads: Option<usize>,
+    num_heads: Option<usize>,
     /// Override dropout.
     #[arg(long)]
-    pub(crate) dropout: Option<f64>,
+    dropout: Option<f64>,
     /// Time injection: `film` or `add`.
     #[arg(long)]
-    pub(crate) time_mode: Option<String>,
+    time_mode: Option<String>,
     /// Train an unconditional model (no class labels, no guidance).
     #[arg(long)]
-    pub(crate) unconditional: bool,
+    unconditional: bool,
     #[command(flatten)]
-    pub(crate) schedule: ScheduleFlags,
+    schedule: ScheduleFlags,
     /// What the network predicts: `epsilon` or `v_prediction`.
     #[arg(long, default_value = "epsilon")]
-    pub(crate) prediction_type: String,
+    prediction_type: String,
 }
 
 impl ModelArgs {
-    pub(crate) fn build(&self, dataset: &datasets::Dataset) -> Result<ModelConfig> {
+    fn build(&self, dataset: &datasets::Dataset) -> Result<ModelConfig> {
         let mut u = UNetConfig::preset(&self.preset)?;
         let [c, h, w] = dataset.image_shape();
         if h != w {
@@ -231,7 +231,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         &device,
         &mut observer,
     )?;
-    observer.bar.finish();
+    observer.finish();
     eprintln!(
         "done: {} steps in {:.0} s ({} skipped); EMA weights: {}",
         summary.steps,
