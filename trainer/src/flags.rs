@@ -52,7 +52,7 @@ impl SamplerFlags {
             num_inference_steps: self.steps,
             eta: self.eta,
         };
-        settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
+        config.scheduler(&settings)?;
         Ok(settings)
     }
 }

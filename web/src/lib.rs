@@ -151,10 +151,7 @@ impl Sampler {
             num_inference_steps: steps,
             eta: 0.0,
         };
-        let schedule = self.config.schedule.build().map_err(js_err)?;
-        let s = settings
-            .scheduler(&schedule, self.config.prediction_type)
-            .map_err(js_err)?;
+        let s = self.config.scheduler(&settings).map_err(js_err)?;
         Ok(s.timesteps().iter().map(|&t| t as u32).collect())
     }
 
@@ -189,12 +186,8 @@ impl Sampler {
             num_inference_steps: o.steps,
             eta: o.eta,
         };
-        let schedule = self.config.schedule.build().map_err(js_err)?;
-        let scheduler = settings
-            .scheduler(&schedule, self.config.prediction_type)
-            .map_err(js_err)?;
-        let u = &self.config.unet;
-        let shape = [u.in_channels, u.resolution, u.resolution];
+        let scheduler = self.config.scheduler(&settings).map_err(js_err)?;
+        let shape = self.config.unet.image_shape();
         let request = SampleRequest {
             image_shape: shape,
             class_labels: vec![o.class_label],

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::objective::PredictionType;
+use crate::sampler::{AnyScheduler, SamplerSettings};
 use crate::schedule::NoiseScheduleConfig;
 use crate::unet::{UNet, UNetConfig};
 
@@ -51,6 +52,12 @@ impl ModelConfig {
         cfg.unet.validate()?;
         cfg.schedule.build()?;
         Ok(cfg)
+    }
+
+    /// The scheduler that `settings` describe for this model's schedule and prediction type
+    /// (bad step counts or η are errors).
+    pub fn scheduler(&self, settings: &SamplerSettings) -> Result<AnyScheduler> {
+        settings.scheduler(&self.schedule.build()?, self.prediction_type)
     }
 
     /// The config as pretty JSON.

@@ -173,7 +173,7 @@ pub fn evaluate(
     let train = spec.load(Split::Train)?;
     let test = spec.load(Split::Test)?;
     let u = &config.unet;
-    let shape = [u.in_channels, u.resolution, u.resolution];
+    let shape = u.image_shape();
     if train.image_shape() != shape {
         return Err(EvalError::Invalid(format!(
             "the model makes {shape:?} images but {} has {:?}",

@@ -71,13 +71,8 @@ fn run_job(
 ) -> Result<JobOutput, String> {
     let started = Instant::now();
     let job = &task.job;
-    let schedule = config.schedule.build().map_err(|e| e.to_string())?;
-    let scheduler = job
-        .settings
-        .scheduler(&schedule, config.prediction_type)
-        .map_err(|e| e.to_string())?;
-    let u = &config.unet;
-    let shape = [u.in_channels, u.resolution, u.resolution];
+    let scheduler = config.scheduler(&job.settings).map_err(|e| e.to_string())?;
+    let shape = config.unet.image_shape();
     let request = SampleRequest {
         image_shape: shape,
         class_labels: vec![job.class_label; job.num_images],

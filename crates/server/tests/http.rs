@@ -171,15 +171,9 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
         num_inference_steps: 20,
         ..Default::default()
     };
-    let scheduler = settings
-        .scheduler(&cfg.schedule.build().unwrap(), cfg.prediction_type)
-        .unwrap();
+    let scheduler = cfg.scheduler(&settings).unwrap();
     let request = SampleRequest {
-        image_shape: [
-            cfg.unet.in_channels,
-            cfg.unet.resolution,
-            cfg.unet.resolution,
-        ],
+        image_shape: cfg.unet.image_shape(),
         class_labels: vec![Some(1); 2],
         guidance_scale: 2.5,
         seed: 42,

@@ -150,7 +150,7 @@ impl TrainConfig {
         let u = &self.model.unet;
         u.validate()?;
         self.model.schedule.build()?;
-        if [u.in_channels, u.resolution, u.resolution] != dataset.image_shape() {
+        if u.image_shape() != dataset.image_shape() {
             return bad(format!(
                 "the model expects {}×{}×{} images but {} has {:?}",
                 u.in_channels,
@@ -193,11 +193,10 @@ impl TrainConfig {
         if self.max_nonfinite == 0 {
             return bad("max_nonfinite must be at least 1".into());
         }
-        SamplerSettings {
+        self.model.scheduler(&SamplerSettings {
             num_inference_steps: self.sample_steps,
             ..Default::default()
-        }
-        .scheduler(&self.model.schedule.build()?, self.model.prediction_type)?;
+        })?;
         Ok(())
     }
 }

@@ -14,10 +14,9 @@ fn prepare(
     guidance_scale: f64,
     seed: u64,
 ) -> Result<(AnyScheduler, SampleRequest)> {
-    let scheduler = settings.scheduler(&config.schedule.build()?, config.prediction_type)?;
-    let u = &config.unet;
+    let scheduler = config.scheduler(settings)?;
     let request = SampleRequest {
-        image_shape: [u.in_channels, u.resolution, u.resolution],
+        image_shape: config.unet.image_shape(),
         class_labels,
         guidance_scale,
         seed,

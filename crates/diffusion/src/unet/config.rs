@@ -86,6 +86,11 @@ impl UNetConfig {
         }
     }
 
+    /// The shape of one image, `[in_channels, resolution, resolution]`.
+    pub fn image_shape(&self) -> [usize; 3] {
+        [self.in_channels, self.resolution, self.resolution]
+    }
+
     /// Width of the time/class embedding (4 · ch).
     pub fn emb_channels(&self) -> usize {
         4 * self.base_channels
