@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the native golden samples the browser tests compare against, one per case of
-# tests/golden/cases.json (the one list, also read by web/build.rs and tests/e2e/*.mjs):
-# tests/golden/case-<class|none>-w<guidance>-s<seed>-n<steps>.npy (values in [-1, 1], shape
-# [1, 1, 28, 28]) and .png, and the schedule table (for exact ᾱ comparisons).
+# tests/golden/cases.json (the one list, also read by web/build.rs, crates/diffusion/tests/golden.rs
+# and tests/e2e/*.mjs): tests/golden/<name>.npy (values in [-1, 1], shape [1, 1, 28, 28]) and
+# .png, and the schedule table (for exact ᾱ comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
@@ -14,9 +14,8 @@ W=$(python3 -c 'import json; print(json.load(open("tests/golden/cases.json"))["w
 python3 -c '
 import json
 for c in json.load(open("tests/golden/cases.json"))["cases"]:
-    print("none" if c["class"] is None else c["class"], "%g" % c["guidance"], c["seed"], c["steps"])
-' | while read -r class guidance seed steps; do
-  name="case-$class-w$guidance-s$seed-n$steps"
+    print(c["name"], "none" if c["class"] is None else c["class"], "%g" % c["guidance"], c["seed"], c["steps"])
+' | while read -r name class guidance seed steps; do
   "$T" sample --weights "$W" --class "$class" --guidance "$guidance" --seed "$seed" --steps "$steps" \
     --num 1 --scale 1 --pad 0 --out "$out/$name.png" --npy "$out/$name.npy"
 done

@@ -22,10 +22,7 @@ fn main() {
             .iter()
             .map(|b| format!("{:?}", b.as_str().expect("backend name")))
             .collect();
-        let name = format!(
-            "case-{}-w{guidance}-s{seed}-n{steps}.npy",
-            class.map_or("none".to_string(), |c| c.to_string())
-        );
+        let name = format!("{}.npy", case["name"].as_str().expect("name"));
         let npy = root.join("tests/golden").join(&name);
         println!("cargo:rerun-if-changed={}", npy.display());
         table.push_str(&format!(

@@ -20,10 +20,9 @@ function npyValues(path) {
 const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
 // The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
-const caseName = (c) => `case-${c.class ?? "none"}-w${c.guidance}-s${c.seed}-n${c.steps}.npy`;
 const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
   classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, steps: c.steps, backends: c.backends,
-  file: caseName(c), golden: npyValues(`tests/golden/${caseName(c)}`),
+  file: `${c.name}.npy`, golden: npyValues(`tests/golden/${c.name}.npy`),
 }));
 const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
 const nativeAlphas = readFileSync("tests/golden/schedule-linear-1000.csv", "utf8")

@@ -12,7 +12,7 @@ const [trainer, backendArg = "cpu"] = process.argv.slice(2);
 const backend = backendArg === "auto" ? "" : backendArg;
 // The golden case marked `page` in the one list (tests/golden/cases.json).
 const pageCase = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.find((c) => c.page);
-const golden = `tests/golden/case-${pageCase.class ?? "none"}-w${pageCase.guidance}-s${pageCase.seed}-n${pageCase.steps}.npy`;
+const golden = `tests/golden/${pageCase.name}.npy`;
 
 function npyValues(path) {
   const b = readFileSync(path);

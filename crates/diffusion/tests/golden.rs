@@ -52,12 +52,9 @@ fn native_sampling_reproduces_every_golden_case() {
             num_inference_steps: steps as usize,
             ..Default::default()
         };
-        let scheduler = settings
-            .scheduler(&config.schedule.build().unwrap(), config.prediction_type)
-            .unwrap();
-        let u = &config.unet;
+        let scheduler = config.scheduler(&settings).unwrap();
         let request = SampleRequest {
-            image_shape: [u.in_channels, u.resolution, u.resolution],
+            image_shape: config.unet.image_shape(),
             class_labels: vec![class],
             guidance_scale: guidance,
             seed,
@@ -65,10 +62,7 @@ fn native_sampling_reproduces_every_golden_case() {
         let sample = Sampling::new(&model, &scheduler, &request, &device)
             .unwrap()
             .run(|_| {});
-        let name = format!(
-            "case-{}-w{guidance}-s{seed}-n{steps}.npy",
-            class.map_or("none".into(), |c| c.to_string())
-        );
+        let name = format!("{}.npy", case["name"].as_str().unwrap());
         let golden = npy_values(&root().join("tests/golden").join(&name));
         let values = to_host(sample);
         assert_eq!(values.len(), golden.len(), "{name}");
