@@ -9,8 +9,8 @@
 //!    host-side `f64`.
 //! 2. [`objective`]: the forward process q(x_t | x_0) and the training losses.
 //! 3. [`unet`]: the class-conditional U-Net that predicts ε (or v, or x_0) from (x_t, t, y).
-//! 4. [`sampler`]: DDPM/DDIM schedulers behind one [`Scheduler`] trait and one step-by-step
-//!    sampling loop ([`Sampling`]).
+//! 4. [`sampler`]: DDPM, DDIM and DPM-Solver++ schedulers behind one [`Scheduler`] trait and
+//!    one step-by-step sampling loop ([`Sampling`]).
 //! 5. [`guidance`]: classifier-free guidance, ε̃ = ε_uncond + w·(ε_cond − ε_uncond).
 //! 6. [`weights`]: safetensors weights with their JSON [`ModelConfig`].
 //!
@@ -46,7 +46,8 @@ pub use noise::{NoiseRng, NormalTensor};
 pub use objective::{mse_loss, q_sample, PredictionType};
 pub use sampler::{
     DdimScheduler, DdimSchedulerConfig, DdpmScheduler, DdpmSchedulerConfig, Denoiser,
-    SampleRequest, Sampling, Scheduler, TimestepSpacing,
+    DpmSolverMultistep, DpmSolverMultistepConfig, SampleRequest, Sampling, Scheduler,
+    SchedulerState, TimestepSpacing,
 };
 pub use schedule::{BetaSchedule, NoiseSchedule, NoiseScheduleConfig};
 pub use unet::{TimeMode, UNet, UNetConfig};

@@ -81,6 +81,22 @@ impl PredictionType {
             }
         }
     }
+
+    /// x̂_0 from a model output, given α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) directly (solvers that
+    /// work with noise levels between training timesteps have no ᾱ_t to look up):
+    /// (x_t − σ_t ε̂) / α_t, or α_t x_t − σ_t v̂.
+    pub fn to_x0_with(
+        self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        alpha: f64,
+        sigma: f64,
+    ) -> Tensor<4> {
+        match self {
+            Self::Epsilon => (sample - model_output.mul_scalar(sigma)).mul_scalar(1.0 / alpha),
+            Self::VPrediction => sample.mul_scalar(alpha) - model_output.mul_scalar(sigma),
+        }
+    }
 }
 
 /// Gathers `values[t]` for each sample and shapes it `[batch, 1, 1, 1]` for broadcasting.

@@ -4,8 +4,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DdimScheduler, DdimSchedulerConfig, DdpmScheduler, DdpmSchedulerConfig, Scheduler,
-    SchedulerOutput,
+    DdimScheduler, DdimSchedulerConfig, DdpmScheduler, DdpmSchedulerConfig, DpmSolverAlgorithm,
+    DpmSolverMultistep, DpmSolverMultistepConfig, Scheduler, SchedulerOutput, SchedulerState,
 };
 use crate::error::{Error, Result};
 use crate::objective::PredictionType;
@@ -20,31 +20,60 @@ pub enum SamplerKind {
     Ddim,
     /// DDPM ancestral sampling with σ² = β̃.
     Ddpm,
+    /// DPM-Solver++ (2M): deterministic, second order, about as good in 15 steps as DDIM in 50.
+    #[serde(rename = "dpmsolver++")]
+    DpmSolverPlusPlus,
+    /// SDE-DPM-Solver++ (2M): the stochastic variant (fresh noise every step).
+    #[serde(rename = "sde-dpmsolver++")]
+    SdeDpmSolverPlusPlus,
 }
 
 impl SamplerKind {
-    /// Parses `ddim` or `ddpm`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "ddim" => Ok(Self::Ddim),
-            "ddpm" => Ok(Self::Ddpm),
-            other => Err(Error::Sampler(format!(
-                "unknown sampler `{other}` (expected ddim or ddpm)"
-            ))),
+    /// Every sampler, in the order the CLI and the API document them.
+    pub const ALL: [Self; 4] = [
+        Self::Ddim,
+        Self::Ddpm,
+        Self::DpmSolverPlusPlus,
+        Self::SdeDpmSolverPlusPlus,
+    ];
+
+    /// The name used by the CLI, the API JSON and the web page.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddim => "ddim",
+            Self::Ddpm => "ddpm",
+            Self::DpmSolverPlusPlus => "dpmsolver++",
+            Self::SdeDpmSolverPlusPlus => "sde-dpmsolver++",
         }
+    }
+
+    /// Parses `ddim`, `ddpm`, `dpmsolver++` or `sde-dpmsolver++`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                Error::Sampler(format!(
+                    "unknown sampler `{name}` (expected one of {})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
 /// The common sampler settings exposed to users; everything else takes diffusers' defaults
-/// (`leading` spacing, x̂_0 clipped to [-1, 1]), except that DDIM re-derives ε̂ from the
-/// clipped x̂_0 (diffusers' `use_clipped_model_output=True`).
+/// (DDIM/DDPM: `leading` spacing, x̂_0 clipped to [-1, 1]; DPM-Solver++: second order,
+/// `linspace` spacing, first-order final steps below 15 steps), except that DDIM re-derives ε̂
+/// from the clipped x̂_0 (diffusers' `use_clipped_model_output=True`) and DPM-Solver++ clips
+/// x̂_0 to [-1, 1] too (`thresholding` with `sample_max_value = 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerSettings {
-    /// DDIM or DDPM.
+    /// DDIM, DDPM or DPM-Solver++.
     pub sampler: SamplerKind,
     /// Denoising steps.
     pub num_inference_steps: usize,
-    /// DDIM's η (ignored by DDPM).
+    /// DDIM's η (ignored by the others, which must still be given a valid one).
     pub eta: f64,
 }
 
@@ -91,6 +120,26 @@ impl SamplerSettings {
                     .init(schedule, prediction_type)?,
                 )
             }
+            SamplerKind::DpmSolverPlusPlus | SamplerKind::SdeDpmSolverPlusPlus => {
+                super::check_eta(self.eta)?;
+                let algorithm_type = if self.sampler == SamplerKind::DpmSolverPlusPlus {
+                    DpmSolverAlgorithm::DpmSolverPlusPlus
+                } else {
+                    DpmSolverAlgorithm::SdeDpmSolverPlusPlus
+                };
+                AnyScheduler::DpmSolver(
+                    DpmSolverMultistepConfig {
+                        num_inference_steps: self.num_inference_steps,
+                        algorithm_type,
+                        // x̂_0 clipped to [-1, 1], as DDIM's: data-prediction steps are
+                        // linear in x̂_0, so the clipped estimate stays consistent with x_t.
+                        thresholding: true,
+                        sample_max_value: 1.0,
+                        ..Default::default()
+                    }
+                    .init(schedule, prediction_type)?,
+                )
+            }
         })
     }
 }
@@ -102,6 +151,8 @@ pub enum AnyScheduler {
     Ddim(DdimScheduler),
     /// DDPM.
     Ddpm(DdpmScheduler),
+    /// DPM-Solver++ (either algorithm).
+    DpmSolver(DpmSolverMultistep),
 }
 
 impl Scheduler for AnyScheduler {
@@ -109,6 +160,7 @@ impl Scheduler for AnyScheduler {
         match self {
             Self::Ddim(s) => s.timesteps(),
             Self::Ddpm(s) => s.timesteps(),
+            Self::DpmSolver(s) => s.timesteps(),
         }
     }
 
@@ -116,19 +168,22 @@ impl Scheduler for AnyScheduler {
         match self {
             Self::Ddim(s) => s.needs_noise(step_index),
             Self::Ddpm(s) => s.needs_noise(step_index),
+            Self::DpmSolver(s) => s.needs_noise(step_index),
         }
     }
 
     fn step(
         &self,
+        state: &mut SchedulerState,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,
         noise: Option<Tensor<4>>,
     ) -> SchedulerOutput {
         match self {
-            Self::Ddim(s) => s.step(model_output, step_index, sample, noise),
-            Self::Ddpm(s) => s.step(model_output, step_index, sample, noise),
+            Self::Ddim(s) => s.step(state, model_output, step_index, sample, noise),
+            Self::Ddpm(s) => s.step(state, model_output, step_index, sample, noise),
+            Self::DpmSolver(s) => s.step(state, model_output, step_index, sample, noise),
         }
     }
 }
@@ -158,7 +213,13 @@ mod tests {
         let eps = [-1.5f32, 0.3, -0.4, 1.2];
         let tensor =
             |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, 1, 2, 2]), &device);
-        let out = s.step(tensor(&eps), 3, tensor(&x_t), None);
+        let out = s.step(
+            &mut SchedulerState::default(),
+            tensor(&eps),
+            3,
+            tensor(&x_t),
+            None,
+        );
         let got: Vec<f32> = out
             .prev_sample
             .into_data()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     alpha_cumprod_prev, check_clip_range, check_eta, inference_timesteps, Scheduler,
-    SchedulerOutput, TimestepSpacing,
+    SchedulerOutput, SchedulerState, TimestepSpacing,
 };
 use crate::error::Result;
 use crate::objective::PredictionType;
@@ -131,6 +131,7 @@ impl Scheduler for DdimScheduler {
 
     fn step(
         &self,
+        _state: &mut SchedulerState,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,

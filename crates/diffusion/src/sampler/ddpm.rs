@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     alpha_cumprod_prev, check_clip_range, inference_timesteps, Scheduler, SchedulerOutput,
-    TimestepSpacing,
+    SchedulerState, TimestepSpacing,
 };
 use crate::error::Result;
 use crate::objective::PredictionType;
@@ -138,6 +138,7 @@ impl Scheduler for DdpmScheduler {
 
     fn step(
         &self,
+        _state: &mut SchedulerState,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,

@@ -1,5 +1,5 @@
-//! Reverse-process samplers: a [`Scheduler`] trait (DDPM and DDIM implement it), the
-//! timestep spacings of diffusers, and one sampling loop for every model and scheduler.
+//! Reverse-process samplers: a [`Scheduler`] trait (DDPM, DDIM and DPM-Solver++ implement it),
+//! the timestep spacings of diffusers, and one sampling loop for every model and scheduler.
 //!
 //! All schedule arithmetic is done on the host in `f64`; the device only sees `f32` scalars,
 //! so the same seed gives the same image on every backend.
@@ -7,11 +7,18 @@
 mod any;
 mod ddim;
 mod ddpm;
+mod dpm_solver;
+mod karras;
 mod sampling;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
+pub use dpm_solver::{
+    dpm_solver_timesteps, DpmSolverAlgorithm, DpmSolverMultistep, DpmSolverMultistepConfig,
+    FinalSigmasType, SolverType, StepCoefficients,
+};
+pub use karras::{karras_sigmas, sigma_to_t};
 pub use sampling::{to_host, Denoiser, SampleRequest, Sampling, StepOutput};
 
 use burn::tensor::Tensor;
@@ -124,6 +131,32 @@ pub struct SchedulerOutput {
     pub pred_original_sample: Tensor<4>,
 }
 
+/// What a sampling run carries from one step to the next for its scheduler: a multistep
+/// solver's earlier data predictions x̂_0 (diffusers keeps these inside the scheduler as
+/// `model_outputs`; keeping them here instead lets one scheduler serve any number of runs at
+/// once, and a fresh run cannot inherit a finished run's history). Single-step samplers leave
+/// it empty. Start every run with `SchedulerState::default()`.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerState {
+    /// `(step_index, x̂_0)` of the last step taken.
+    previous_x0: Option<(usize, Tensor<4>)>,
+}
+
+impl SchedulerState {
+    /// x̂_0 of step `step_index − 1`, if that is the step this run took last.
+    fn x0_before(&self, step_index: usize) -> Option<&Tensor<4>> {
+        match &self.previous_x0 {
+            Some((i, x0)) if i + 1 == step_index => Some(x0),
+            _ => None,
+        }
+    }
+
+    /// Records x̂_0 of step `step_index`.
+    fn record_x0(&mut self, step_index: usize, x0: Tensor<4>) {
+        self.previous_x0 = Some((step_index, x0));
+    }
+}
+
 /// A reverse-process sampler over a fixed list of timesteps.
 pub trait Scheduler {
     /// The timesteps visited, in order (descending).
@@ -133,12 +166,14 @@ pub trait Scheduler {
     fn needs_noise(&self, step_index: usize) -> bool;
 
     /// One reverse step from `sample` = x_t at `timesteps()[step_index]`, given the (guided)
-    /// model output and, when [`Scheduler::needs_noise`], standard-normal `noise`.
+    /// model output and, when [`Scheduler::needs_noise`], standard-normal `noise`. `state` is
+    /// this run's [`SchedulerState`]; steps must be taken in order, 0, 1, 2, ….
     ///
     /// # Shapes
     /// - `model_output`, `sample`, `noise`: `[batch, channels, height, width]`.
     fn step(
         &self,
+        state: &mut SchedulerState,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,

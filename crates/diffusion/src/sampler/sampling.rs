@@ -8,7 +8,7 @@
 
 use burn::tensor::{Device, Tensor};
 
-use super::Scheduler;
+use super::{Scheduler, SchedulerState};
 use crate::error::{Error, Result};
 use crate::guidance::classifier_free_guidance;
 use crate::noise::{NoiseRng, NormalTensor};
@@ -97,6 +97,7 @@ pub struct Sampling<'a, M: Denoiser, S: Scheduler> {
     model: &'a M,
     scheduler: &'a S,
     sample: Tensor<4>,
+    state: SchedulerState,
     rng: NoiseRng,
     pass: Pass,
     guidance_scale: f64,
@@ -167,6 +168,7 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
             model,
             scheduler,
             sample,
+            state: SchedulerState::default(),
             rng,
             pass,
             guidance_scale: w,
@@ -216,7 +218,9 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
             .scheduler
             .needs_noise(self.step_index)
             .then(|| self.rng.normal_tensor(x.dims(), &x.device()));
-        let out = self.scheduler.step(output, self.step_index, x, noise);
+        let out = self
+            .scheduler
+            .step(&mut self.state, output, self.step_index, x, noise);
         self.sample = out.prev_sample;
         let report = StepOutput {
             step_index: self.step_index,
