@@ -21,7 +21,7 @@ const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
 // The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
 const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
-  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, steps: c.steps, backends: c.backends,
+  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, steps: c.steps, backends: c.backends,
   file: `${c.name}.npy`, golden: npyValues(`tests/golden/${c.name}.npy`),
 }));
 const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
@@ -47,10 +47,10 @@ try {
       const createMs = performance.now() - t0;
       const out = [];
       for (const c of cases) {
-        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, steps: c.steps }, null);
+        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, sampler: c.sampler, steps: c.steps }, null);
         out.push({ values: Array.from(r.values), pixels: Array.from(r.pixels), totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
       }
-      return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)) };
+      return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)), dpm10: Array.from(s.timesteps("dpmsolver++", 10)) };
     }, { backend, cases: casesFor(backend).map(({ golden, ...c }) => c) });
     console.log(`${backend}: model created in ${result.createMs.toFixed(0)} ms`);
     casesFor(backend).forEach((c, i) => {
@@ -60,7 +60,7 @@ try {
         maxPx = Math.max(maxPx, Math.abs(r.pixels[4 * j] - toU8(g)));
         maxVal = Math.max(maxVal, Math.abs(r.values[j] - g));
       });
-      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} steps ${c.steps}: ` +
+      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} ${c.sampler} steps ${c.steps}: ` +
         `max |Δpixel| ${maxPx}/255, max |Δvalue| ${maxVal.toExponential(2)}; ` +
         `total ${r.totalMs.toFixed(0)} ms, first step ${r.firstStepMs.toFixed(0)} ms, ${r.perStepMs.toFixed(1)} ms/step`);
       if (r.values.length !== c.golden.length || maxPx > 2) fail(`${backend} case ${c.file}: max pixel difference ${maxPx}`);
@@ -70,6 +70,9 @@ try {
     if (JSON.stringify(result.ts5) !== JSON.stringify([800, 600, 400, 200, 0])) fail(`timesteps(5) = ${result.ts5}`);
     const expect50 = Array.from({ length: 50 }, (_, i) => 980 - 20 * i);
     if (JSON.stringify(result.ts50) !== JSON.stringify(expect50)) fail(`timesteps(50) = ${result.ts50}`);
+    // DPM-Solver++'s own linspace rule: round(linspace(0, 999, 11))[::-1][:-1].
+    const expectDpm = [999, 899, 799, 699, 599, 500, 400, 300, 200, 100];
+    if (JSON.stringify(result.dpm10) !== JSON.stringify(expectDpm)) fail(`dpmsolver++ timesteps(10) = ${result.dpm10}`);
   }
 } catch (e) {
   fail(e.message);

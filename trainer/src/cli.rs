@@ -33,4 +33,7 @@ pub(crate) enum Command {
     /// Sample n images and report Inception FID, domain FID, classifier accuracy and score
     /// against the real data (and the real-vs-real baseline).
     Eval(crate::eval_cmd::EvalArgs),
+    /// Put several `eval` reports (eval.json) of one model side by side: a table and plots of
+    /// FID against model calls (e.g. DPM-Solver++ vs DDIM at several step counts).
+    EvalCompare(crate::eval_cmd::EvalCompareArgs),
 }

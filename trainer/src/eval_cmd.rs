@@ -1,4 +1,4 @@
-//! The `train-classifier` and `eval` subcommands.
+//! The `train-classifier`, `eval` and `eval-compare` subcommands.
 
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use clap::Args;
 use datasets::{DatasetSpec, Split};
 use diffusion::weights::load_model;
 use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
+use eval::compare::{compare, compare_markdown, read_report, write_comparison};
 use eval::evaluate::{evaluate, markdown, write_report, EvalSettings};
 use eval::inception::{default_weights_path, FidInception};
 
@@ -201,6 +202,31 @@ pub fn cmd_eval(a: EvalArgs) -> Result<()> {
     pb.finish_and_clear();
     let files = write_report(&report, &samples, &a.out)?;
     println!("{}", markdown(&report));
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalCompareArgs {
+    /// The reports: `eval.json` files written by `trainer eval`, one sampler setting each.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// Output directory for compare.json, compare.md and the FID-vs-model-calls plots.
+    #[arg(long, default_value = "runs/eval-compare")]
+    out: PathBuf,
+}
+
+pub fn cmd_eval_compare(a: EvalCompareArgs) -> Result<()> {
+    let reports = a
+        .reports
+        .iter()
+        .map(|p| Ok((p.clone(), read_report(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let comparison = compare(&reports)?;
+    let files = write_comparison(&comparison, &a.out)?;
+    println!("{}", compare_markdown(&comparison));
     for f in files {
         eprintln!("wrote {}", f.display());
     }

@@ -29,6 +29,7 @@ fn main() {
         Command::Serve(a) => serve_cmd::cmd_serve(a),
         Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
         Command::Eval(a) => eval_cmd::cmd_eval(a),
+        Command::EvalCompare(a) => eval_cmd::cmd_eval_compare(a),
     };
     if let Err(e) = result {
         // One line: the outermost context and its causes (a cause already quoted by the

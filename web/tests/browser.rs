@@ -24,6 +24,8 @@ struct GoldenCase {
     class: Option<u32>,
     guidance: f64,
     seed: u32,
+    /// `ddim`, `dpmsolver++`, …
+    sampler: &'static str,
     steps: u32,
     /// The backends that run it (`cpu`, `webgpu`).
     backends: &'static [&'static str],
@@ -61,13 +63,17 @@ async fn sampler(backend: &str) -> Sampler {
         })
 }
 
-fn options(class: Option<u32>, guidance: f64, seed: u32, steps: u32) -> JsValue {
+fn options(case: &GoldenCase) -> JsValue {
     let o = js_sys::Object::new();
     let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &k.into(), &v).unwrap();
-    set("classLabel", class.map_or(JsValue::NULL, JsValue::from));
-    set("guidanceScale", guidance.into());
-    set("seed", seed.into());
-    set("steps", steps.into());
+    set(
+        "classLabel",
+        case.class.map_or(JsValue::NULL, JsValue::from),
+    );
+    set("guidanceScale", case.guidance.into());
+    set("seed", case.seed.into());
+    set("sampler", case.sampler.into());
+    set("steps", case.steps.into());
     o.into()
 }
 
@@ -80,10 +86,10 @@ async fn check_golden(backend: &str) {
         .collect();
     assert!(!cases.is_empty(), "no golden case for {backend}");
     for case in cases {
-        let (class, w, seed, steps) = (case.class, case.guidance, case.seed, case.steps);
+        let (class, w, seed) = (case.class, case.guidance, case.seed);
         yield_to_browser().await.expect("yield");
         let r = s
-            .sample(options(class, w, seed, steps), None)
+            .sample(options(case), None)
             .await
             .unwrap_or_else(|e| panic!("sampling failed: {:?}", JsValue::from(e)));
         let values: js_sys::Float32Array =
@@ -148,4 +154,10 @@ async fn schedule_and_timesteps_equal_native_ones() {
     assert_eq!(ts, vec![800, 600, 400, 200, 0]);
     let ts50 = s.timesteps("ddim", 50).map_err(JsValue::from).unwrap();
     assert_eq!(ts50, (0..50).map(|i| 980 - 20 * i).collect::<Vec<u32>>());
+    // DPM-Solver++'s own `linspace` rule: round(linspace(0, 999, 11))[::-1][:-1].
+    let dpm = s
+        .timesteps("dpmsolver++", 10)
+        .map_err(JsValue::from)
+        .unwrap();
+    assert_eq!(dpm, vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]);
 }

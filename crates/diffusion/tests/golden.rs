@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use diffusion::sampler::{to_host, SamplerSettings};
+use diffusion::sampler::{to_host, SamplerKind, SamplerSettings};
 use diffusion::weights::load_model;
 use diffusion::{SampleRequest, Sampling};
 
@@ -49,6 +49,7 @@ fn native_sampling_reproduces_every_golden_case() {
             case["steps"].as_u64().unwrap(),
         );
         let settings = SamplerSettings {
+            sampler: SamplerKind::from_name(case["sampler"].as_str().unwrap()).unwrap(),
             num_inference_steps: steps as usize,
             ..Default::default()
         };

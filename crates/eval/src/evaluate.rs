@@ -375,7 +375,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 pub fn markdown(r: &EvalReport) -> String {
     let mut s = format!(
         "# Evaluation of `{}`\n\n- dataset: `{}`; reference: the first {} train images; baseline: {} test vs {} train images\n\
-         - samples: n = {} per guidance scale, {:?} with {} steps (η = {}), seed {}, classes balanced (sample i asks for class i mod K)\n\
+         - samples: n = {} per guidance scale, {} with {} steps (η = {}), seed {}, classes balanced (sample i asks for class i mod K)\n\
          - Inception FID: pytorch-fid's FID Inception-v3 (pool3, 2048-d) on 8-bit images{}\n\
          - classifier: {}{}\n- total time: {:.0} s\n\n",
         r.model,
@@ -384,7 +384,7 @@ pub fn markdown(r: &EvalReport) -> String {
         r.n_baseline,
         r.n_baseline,
         r.n,
-        r.sampler.sampler,
+        r.sampler.sampler.name(),
         r.sampler.num_inference_steps,
         r.sampler.eta,
         r.seed,

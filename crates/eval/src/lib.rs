@@ -5,8 +5,10 @@
 //! - [`classifier`]: a small CNN for class accuracy, a classifier score and a domain FID.
 //! - [`scores`]: accuracy and the Inception-Score form.
 //! - [`evaluate`]: the `eval` run and its JSON / Markdown / plot report.
+//! - [`compare`]: several reports side by side (quality per model call).
 
 pub mod classifier;
+pub mod compare;
 pub mod error;
 pub mod evaluate;
 pub mod fid;

@@ -18,7 +18,8 @@ use tower_http::services::{ServeDir, ServeFile};
 use utoipa::OpenApi;
 
 use crate::api::{
-    validate, ErrorBody, GenerateQuery, GenerateRequest, GenerateResponse, Job, MAX_BODY,
+    validate, ErrorBody, GenerateQuery, GenerateRequest, GenerateResponse, Job, SamplerName,
+    MAX_BODY,
 };
 use crate::metrics::Metrics;
 use crate::worker::{JobOutput, Pool, SubmitError};
@@ -47,7 +48,7 @@ pub struct AppState {
         description = "Class-conditional DDPM/DDIM sampling with classifier-free guidance."
     ),
     paths(generate_json, generate_png, healthz, metrics),
-    components(schemas(GenerateRequest, GenerateResponse, ErrorBody))
+    components(schemas(GenerateRequest, GenerateResponse, ErrorBody, SamplerName))
 )]
 pub struct ApiDoc;
 
@@ -112,13 +113,20 @@ async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
 
 fn check_request(state: &AppState, req: &GenerateRequest) -> Result<Job, ApiError> {
     let seed = req.seed.unwrap_or_else(random_seed);
-    validate(
+    let job = validate(
         req,
         state.config.unet.num_classes,
         state.config.schedule.num_train_timesteps,
         seed,
     )
-    .map_err(|m| err(StatusCode::UNPROCESSABLE_ENTITY, m))
+    .map_err(|m| err(StatusCode::UNPROCESSABLE_ENTITY, m))?;
+    // The sampler's own rules (e.g. DPM-Solver++'s spacings cannot repeat a timestep) are
+    // checked here too, so that a bad combination is a 422 before it reaches a worker.
+    state
+        .config
+        .scheduler(&job.settings)
+        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, format!("sampler: {e}")))?;
+    Ok(job)
 }
 
 /// A seed for requests that ask for a random one (53 bits, exact in JSON numbers).
@@ -216,7 +224,7 @@ async fn generate_json(
     params(
         ("class_label" = Option<u32>, Query, description = "Class; omit for unconditional"),
         ("guidance_scale" = Option<f64>, Query, description = "Guidance scale (default 3)"),
-        ("sampler" = Option<String>, Query, description = "ddim (default) or ddpm"),
+        ("sampler" = Option<SamplerName>, Query, description = "ddim (default), ddpm, dpmsolver++ or sde-dpmsolver++"),
         ("num_inference_steps" = Option<u32>, Query, description = "Steps (default 50)"),
         ("eta" = Option<f64>, Query, description = "DDIM eta (default 0)"),
         ("seed" = Option<u64>, Query, description = "Seed (default 0)")

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use burn::tensor::Device;
-use diffusion::sampler::{to_host, SamplerSettings};
+use diffusion::sampler::{to_host, SamplerKind, SamplerSettings};
 use diffusion::weights::save_model;
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNetConfig};
 use server::{serve, state, ServeConfig};
@@ -184,6 +184,34 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
     let values = to_host(sample);
     assert_eq!(pngs[0], server::worker::image_png(&values[..64], [1, 8, 8]));
     assert_eq!(pngs[1], server::worker::image_png(&values[64..], [1, 8, 8]));
+    // DPM-Solver++ through the API is the library's DPM-Solver++ too.
+    let r = post(
+        srv.addr,
+        r#"{"class_label": 2, "sampler": "dpmsolver++", "num_inference_steps": 8, "seed": 5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["sampler"], "dpmsolver++");
+    let png = b64.decode(j["images"][0].as_str().unwrap()).unwrap();
+    let settings = SamplerSettings {
+        sampler: SamplerKind::DpmSolverPlusPlus,
+        num_inference_steps: 8,
+        ..Default::default()
+    };
+    let scheduler = cfg.scheduler(&settings).unwrap();
+    let request = SampleRequest {
+        image_shape: cfg.unet.image_shape(),
+        class_labels: vec![Some(2)],
+        guidance_scale: 3.0,
+        seed: 5,
+    };
+    let values = to_host(
+        Sampling::new(&model, &scheduler, &request, &Device::flex())
+            .unwrap()
+            .run(|_| {}),
+    );
+    assert_eq!(png, server::worker::image_png(&values, [1, 8, 8]));
     // A null seed is replaced by a random one, which is returned.
     let r = post(
         srv.addr,
@@ -238,6 +266,16 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
             "num_inference_steps",
         ),
         (r#"{"eta": 1.5}"#, 422, "eta"),
+        (
+            r#"{"sampler": "dpm"}"#,
+            400,
+            "unknown variant `dpm`, expected one of `ddim`, `ddpm`, `dpmsolver++`, `sde-dpmsolver++`",
+        ),
+        (
+            r#"{"sampler": "dpmsolver++", "num_inference_steps": 1000}"#,
+            422,
+            "sampler: invalid sampler setting: num_inference_steps = 1000 repeats timestep",
+        ),
         (r#"{"num_images": 17}"#, 422, "num_images"),
         (r#"{"num_images": 0}"#, 422, "num_images"),
         (r#"{"class_label": 1"#, 400, "invalid request"),
@@ -279,6 +317,15 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
     assert!(
         o["components"]["schemas"]["GenerateRequest"]["properties"]["guidance_scale"].is_object()
     );
+    // The documented sampler names are exactly the ones requests accept.
+    let names: Vec<&str> = o["components"]["schemas"]["SamplerName"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", o["components"]["schemas"]["SamplerName"]))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let kinds: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(names, kinds);
     let i = http(srv.addr, "GET", "/", None, b"").await;
     assert_eq!(i.status, 200);
     assert!(String::from_utf8_lossy(&i.body).contains("<title>t</title>"));
