@@ -21,7 +21,7 @@
 //! x̂_0. Every coefficient is computed on the host in `f64` with `libm`, and each step is one
 //! fused linear combination of x_t, x̂_0 and the previous x̂_0 on the device.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::karras::{karras_sigmas, sigma_to_t};
@@ -95,7 +95,8 @@ pub struct DpmSolverMultistepConfig {
     /// Dynamic thresholding of x̂_0 (Saharia et al. 2022, Imagen §2.3): per image,
     /// s = clamp(quantile(|x̂_0|, `dynamic_thresholding_ratio`), 1, `sample_max_value`) and
     /// x̂_0 ← clamp(x̂_0, −s, s) / s. With `sample_max_value` = 1 this is plain clipping to
-    /// [−1, 1] (and needs no quantile, so it runs on every backend).
+    /// [−1, 1] (and needs no quantile, so it runs on every backend); above 1 the quantile is
+    /// computed on the host (native backends only; see [`dynamic_threshold`]).
     pub thresholding: bool,
     /// The quantile of |x̂_0| that sets s.
     pub dynamic_thresholding_ratio: f64,
@@ -395,9 +396,11 @@ impl DpmSolverMultistep {
 /// [1, `max_value`]; x̂_0 ← clamp(x̂_0, −s, s) / s.
 ///
 /// When `max_value` ≤ 1, s = `max_value` whatever the quantile (torch's clamp applies the
-/// upper bound last), so no quantile is computed: this is the case that runs in the browser.
-/// Otherwise the quantile sorts each image on the device's sort, which on `wgpu` reads the
-/// tensor back synchronously (native only).
+/// upper bound last), so no quantile is computed: plain clipping, on the device, on every
+/// backend (the browser included). Otherwise the per-image quantiles are computed on the host
+/// from x̂_0 read back synchronously, which native backends allow and the browser does not.
+/// (Burn's device sort would do the same read on `wgpu` — its fallback — and would add
+/// ~460 KB to the browser bundle for a path the browser cannot take.)
 pub fn dynamic_threshold(x0: Tensor<4>, ratio: f64, max_value: f64) -> Tensor<4> {
     if max_value <= 1.0 {
         let m = max_value as f32;
@@ -405,17 +408,30 @@ pub fn dynamic_threshold(x0: Tensor<4>, ratio: f64, max_value: f64) -> Tensor<4>
     }
     let dims = x0.dims();
     let [b, n] = [dims[0], dims[1] * dims[2] * dims[3]];
+    let device = x0.device();
     let flat: Tensor<2> = x0.reshape([b, n]);
-    let sorted = flat.clone().abs().sort(1);
+    let abs: Vec<f32> = flat
+        .clone()
+        .abs()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data");
     let pos = ratio * (n - 1) as f64;
     let lo = (pos.floor() as usize).min(n - 1);
     let hi = (lo + 1).min(n - 1);
     let frac = (pos - lo as f64) as f32;
-    let q_lo = sorted.clone().slice([0..b, lo..lo + 1]);
-    let q_hi = sorted.slice([0..b, hi..hi + 1]);
-    // torch.lerp: lo + frac · (hi − lo).
-    let q = q_lo.clone() + (q_hi - q_lo).mul_scalar(frac);
-    let s = q.clamp(1.0, max_value as f32).expand([b, n]);
+    let s: Vec<f32> = abs
+        .chunks_exact(n)
+        .map(|row| {
+            let mut row = row.to_vec();
+            row.sort_unstable_by(f32::total_cmp);
+            // torch.lerp: lo + frac · (hi − lo).
+            let q = row[lo] + frac * (row[hi] - row[lo]);
+            q.clamp(1.0, max_value as f32)
+        })
+        .collect();
+    let s = Tensor::<2>::from_data(TensorData::new(s, [b, 1]), &device).expand([b, n]);
     let clamped = flat.max_pair(s.clone().neg()).min_pair(s.clone());
     (clamped / s).reshape(dims)
 }
