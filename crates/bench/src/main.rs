@@ -8,11 +8,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use bench::cases::{ddim_guided, forward, train_step};
+use bench::cases::{forward, guided_sampling, train_step};
 use bench::flops::{unet_forward_flops, unet_train_flops};
 use bench::timing::{bench, Reps, Timing};
 use burn::tensor::Tensor;
 use clap::Parser;
+use diffusion::sampler::{SamplerKind, SamplerSettings};
 use diffusion::UNetConfig;
 use serde_json::{json, Map, Value};
 
@@ -20,13 +21,13 @@ use serde_json::{json, Map, Value};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Sections: any of `matmul,forward,train,ddim,cifar` and `cifar-train` (the
+    /// Sections: any of `matmul,forward,train,ddim,dpm,cifar` and `cifar-train` (the
     /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs). Single kernels
     /// against Burn's ops: `cargo bench -p flex-kernels`.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "matmul,forward,train,ddim,cifar"
+        default_value = "matmul,forward,train,ddim,dpm,cifar"
     )]
     sections: Vec<String>,
     /// Device: `cpu` (flex), `wgpu` or `cuda[:N]`.
@@ -167,19 +168,36 @@ fn main() -> Result<()> {
             }
         }
     }
-    if has("ddim") {
+    for (section, sampler, steps) in [
+        ("ddim", SamplerKind::Ddim, 50),
+        ("dpm", SamplerKind::DpmSolverPlusPlus, 15),
+    ] {
+        if !has(section) {
+            continue;
+        }
         let b = 16;
-        let t = bench(reps(cli.quick, 1, 3, 5, 60.0), ddim_guided(&s, b, &device));
-        let mut r = record(&t, b, unet_forward_flops(&s) * 2.0 * 50.0);
+        let settings = SamplerSettings {
+            sampler,
+            num_inference_steps: steps,
+            eta: 0.0,
+        };
+        let t = bench(
+            reps(cli.quick, 1, 3, 5, 60.0),
+            guided_sampling(&s, b, settings, &device),
+        );
+        let mut r = record(&t, b, unet_forward_flops(&s) * 2.0 * steps as f64);
         r["s"] = json!(t.median_s);
-        r["ms_per_step"] = json!(t.median_s / 50.0 * 1e3);
+        r["ms_per_step"] = json!(t.median_s / steps as f64 * 1e3);
         println!(
-            "ddim S b{b} x50 CFG: {:.2} s ({:.1} ms/step, {:.1} GFLOP/s)",
+            "{section} S b{b} x{steps} CFG: {:.2} s ({:.1} ms/step, {:.1} GFLOP/s)",
             t.median_s,
-            t.median_s / 50.0 * 1e3,
+            t.median_s / steps as f64 * 1e3,
             r["gflops_per_s"].as_f64().unwrap()
         );
-        res.insert("ddim".into(), json!({ format!("S_b{b}_50steps_cfg"): r }));
+        res.insert(
+            section.into(),
+            json!({ format!("S_b{b}_{steps}steps_cfg"): r }),
+        );
         save(&res)?;
     }
     if has("cifar") {
