@@ -43,6 +43,9 @@ pub(crate) struct SamplerFlags {
     /// DDIM η (0 = deterministic; the other samplers ignore it).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) eta: f64,
+    /// DPM-Solver++ only: Karras noise levels ("DPM++ 2M Karras") instead of linspace timesteps.
+    #[arg(long)]
+    pub(crate) karras_sigmas: bool,
 }
 
 impl SamplerFlags {
@@ -52,6 +55,7 @@ impl SamplerFlags {
             sampler: SamplerKind::from_name(&self.sampler)?,
             num_inference_steps: self.steps,
             eta: self.eta,
+            use_karras_sigmas: self.karras_sigmas,
         };
         config.scheduler(&settings)?;
         Ok(settings)

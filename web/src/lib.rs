@@ -32,9 +32,12 @@ struct SampleOptions {
     /// Seed (a JS number: integers up to 2^53 are exact).
     #[serde(default)]
     seed: f64,
-    /// "ddim" or "ddpm".
+    /// "ddim", "ddpm", "dpmsolver++" or "sde-dpmsolver++".
     #[serde(default = "ddim")]
     sampler: String,
+    /// DPM-Solver++ with Karras noise levels.
+    #[serde(default)]
+    karras_sigmas: bool,
 }
 
 fn three() -> f64 {
@@ -150,6 +153,7 @@ impl Sampler {
             sampler: SamplerKind::from_name(sampler).map_err(js_err)?,
             num_inference_steps: steps,
             eta: 0.0,
+            use_karras_sigmas: false,
         };
         let s = self.config.scheduler(&settings).map_err(js_err)?;
         Ok(s.timesteps().iter().map(|&t| t as u32).collect())
@@ -185,6 +189,7 @@ impl Sampler {
             sampler: SamplerKind::from_name(&o.sampler).map_err(js_err)?,
             num_inference_steps: o.steps,
             eta: o.eta,
+            use_karras_sigmas: o.karras_sigmas,
         };
         let scheduler = self.config.scheduler(&settings).map_err(js_err)?;
         let shape = self.config.unet.image_shape();

@@ -180,6 +180,7 @@ fn main() -> Result<()> {
             sampler,
             num_inference_steps: steps,
             eta: 0.0,
+            use_karras_sigmas: false,
         };
         let t = bench(
             reps(cli.quick, 1, 3, 5, 60.0),

@@ -396,6 +396,7 @@ fn dpm_solver_through_sampler_settings() {
         sampler,
         num_inference_steps: 12,
         eta: 0.0,
+        use_karras_sigmas: false,
     };
     let ode = settings(SamplerKind::from_name("dpmsolver++").unwrap())
         .scheduler(&s, PredictionType::Epsilon)
@@ -410,6 +411,16 @@ fn dpm_solver_through_sampler_settings() {
     assert_eq!(run(&Linear, &sde, &req), run(&Linear, &sde, &req));
     assert!(max_diff(&run(&Linear, &sde, &req), &run(&Linear, &ode, &req)) > 1e-3);
     assert!(SamplerKind::from_name("dpm++").is_err());
+    // Karras noise levels: from t = T − 1 down to t = 0 (σ_min), then σ = 0.
+    let karras = SamplerSettings {
+        use_karras_sigmas: true,
+        ..settings(SamplerKind::DpmSolverPlusPlus)
+    }
+    .scheduler(&s, PredictionType::Epsilon)
+    .unwrap();
+    let ts = karras.timesteps();
+    assert_eq!((ts.len(), ts[0], ts[11]), (12, 999, 0));
+    assert!(max_diff(&run(&Linear, &karras, &req), &run(&Linear, &ode, &req)) > 1e-3);
     let bad_eta = SamplerSettings {
         eta: -1.0,
         ..settings(SamplerKind::DpmSolverPlusPlus)

@@ -18,7 +18,7 @@ use crate::evaluate::{EvalReport, Scores};
 /// One sampler setting's scores.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompareRow {
-    /// The sampler's name (`ddim`, `dpmsolver++`, …).
+    /// The sampler's name (`ddim`, `dpmsolver++`, `dpmsolver++ karras`, …).
     pub sampler: String,
     /// Denoising steps = model calls per image.
     pub model_calls: usize,
@@ -104,8 +104,13 @@ pub fn compare(reports: &[(PathBuf, EvalReport)]) -> Result<Comparison> {
             return Err(differs("guidance", guidance.to_string(), w.to_string()));
         }
         let row = &r.rows[0];
+        let karras = if r.sampler.use_karras_sigmas {
+            " karras"
+        } else {
+            ""
+        };
         rows.push(CompareRow {
-            sampler: r.sampler.sampler.name().to_string(),
+            sampler: format!("{}{karras}", r.sampler.sampler.name()),
             model_calls: r.sampler.num_inference_steps,
             eta: r.sampler.eta,
             scores: row.scores.clone(),
@@ -234,6 +239,7 @@ mod tests {
                 sampler,
                 num_inference_steps: steps,
                 eta: 0.0,
+                use_karras_sigmas: false,
             },
             seed: 0,
             classifier: None,

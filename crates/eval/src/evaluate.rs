@@ -384,7 +384,11 @@ pub fn markdown(r: &EvalReport) -> String {
         r.n_baseline,
         r.n_baseline,
         r.n,
-        r.sampler.sampler.name(),
+        format!(
+            "{}{}",
+            r.sampler.sampler.name(),
+            if r.sampler.use_karras_sigmas { " (Karras sigmas)" } else { "" }
+        ),
         r.sampler.num_inference_steps,
         r.sampler.eta,
         r.seed,

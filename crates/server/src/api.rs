@@ -67,6 +67,9 @@ pub struct GenerateRequest {
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub eta: f64,
+    /// DPM-Solver++ only: Karras noise levels ("DPM++ 2M Karras").
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
     /// Noise seed; `null` picks one at random (it is returned, so the result can be repeated).
     #[serde(default)]
     pub seed: Option<u64>,
@@ -84,6 +87,7 @@ impl Default for GenerateRequest {
             sampler: SamplerKind::Ddim,
             num_inference_steps: default_steps(),
             eta: 0.0,
+            use_karras_sigmas: false,
             seed: None,
             num_images: default_num_images(),
         }
@@ -105,6 +109,8 @@ pub struct GenerateQuery {
     pub num_inference_steps: Option<u32>,
     /// DDIM η (default 0).
     pub eta: Option<f64>,
+    /// DPM-Solver++ with Karras noise levels (default false).
+    pub use_karras_sigmas: Option<bool>,
     /// Noise seed (default 0, so the URL names one image).
     pub seed: Option<u64>,
 }
@@ -118,6 +124,7 @@ impl From<GenerateQuery> for GenerateRequest {
             sampler: q.sampler.unwrap_or(d.sampler),
             num_inference_steps: q.num_inference_steps.unwrap_or(d.num_inference_steps),
             eta: q.eta.unwrap_or(d.eta),
+            use_karras_sigmas: q.use_karras_sigmas.unwrap_or(d.use_karras_sigmas),
             seed: Some(q.seed.unwrap_or(0)),
             num_images: 1,
         }
@@ -142,6 +149,8 @@ pub struct GenerateResponse {
     pub num_inference_steps: u32,
     /// DDIM η.
     pub eta: f64,
+    /// Whether DPM-Solver++ used Karras noise levels.
+    pub use_karras_sigmas: bool,
     /// Sampling time, milliseconds (queueing excluded).
     pub elapsed_ms: f64,
 }
@@ -216,6 +225,7 @@ pub fn validate(
             sampler: req.sampler,
             num_inference_steps: s,
             eta: req.eta,
+            use_karras_sigmas: req.use_karras_sigmas,
         },
         seed,
         num_images: req.num_images as usize,

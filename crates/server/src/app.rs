@@ -213,6 +213,7 @@ async fn generate_json(
         sampler: req.sampler,
         num_inference_steps: req.num_inference_steps,
         eta: req.eta,
+        use_karras_sigmas: req.use_karras_sigmas,
         elapsed_ms: out.elapsed_ms,
     }))
 }
@@ -227,6 +228,7 @@ async fn generate_json(
         ("sampler" = Option<SamplerName>, Query, description = "ddim (default), ddpm, dpmsolver++ or sde-dpmsolver++"),
         ("num_inference_steps" = Option<u32>, Query, description = "Steps (default 50)"),
         ("eta" = Option<f64>, Query, description = "DDIM eta (default 0)"),
+        ("use_karras_sigmas" = Option<bool>, Query, description = "DPM-Solver++ with Karras noise levels (default false)"),
         ("seed" = Option<u64>, Query, description = "Seed (default 0)")
     ),
     responses(

@@ -272,6 +272,11 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
             "unknown variant `dpm`, expected one of `ddim`, `ddpm`, `dpmsolver++`, `sde-dpmsolver++`",
         ),
         (
+            r#"{"sampler": "ddim", "use_karras_sigmas": true}"#,
+            422,
+            "use_karras_sigmas applies to dpmsolver++ and sde-dpmsolver++, not ddim",
+        ),
+        (
             r#"{"sampler": "dpmsolver++", "num_inference_steps": 1000}"#,
             422,
             "sampler: invalid sampler setting: num_inference_steps = 1000 repeats timestep",

@@ -75,6 +75,11 @@ pub struct SamplerSettings {
     pub num_inference_steps: usize,
     /// DDIM's η (ignored by the others, which must still be given a valid one).
     pub eta: f64,
+    /// DPM-Solver++ only: Karras et al.'s noise levels instead of `linspace` timesteps
+    /// (diffusers' `use_karras_sigmas`; "DPM++ 2M Karras"). They end at the schedule's σ_min,
+    /// so the last step starts from t ≈ 0 instead of t ≈ T/n.
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
 }
 
 impl Default for SamplerSettings {
@@ -83,6 +88,7 @@ impl Default for SamplerSettings {
             sampler: SamplerKind::Ddim,
             num_inference_steps: 50,
             eta: 0.0,
+            use_karras_sigmas: false,
         }
     }
 }
@@ -94,6 +100,16 @@ impl SamplerSettings {
         schedule: &NoiseSchedule,
         prediction_type: PredictionType,
     ) -> Result<AnyScheduler> {
+        let dpm = matches!(
+            self.sampler,
+            SamplerKind::DpmSolverPlusPlus | SamplerKind::SdeDpmSolverPlusPlus
+        );
+        if self.use_karras_sigmas && !dpm {
+            return Err(Error::Sampler(format!(
+                "use_karras_sigmas applies to dpmsolver++ and sde-dpmsolver++, not {}",
+                self.sampler.name()
+            )));
+        }
         Ok(match self.sampler {
             SamplerKind::Ddim => AnyScheduler::Ddim(
                 DdimSchedulerConfig {
@@ -131,6 +147,7 @@ impl SamplerSettings {
                     DpmSolverMultistepConfig {
                         num_inference_steps: self.num_inference_steps,
                         algorithm_type,
+                        use_karras_sigmas: self.use_karras_sigmas,
                         // x̂_0 clipped to [-1, 1], as DDIM's: data-prediction steps are
                         // linear in x̂_0, so the clipped estimate stays consistent with x_t.
                         thresholding: true,
@@ -204,6 +221,15 @@ mod tests {
             num_inference_steps: 10,
             ..Default::default()
         };
+        let karras_ddim = SamplerSettings {
+            use_karras_sigmas: true,
+            ..settings
+        };
+        assert!(karras_ddim
+            .scheduler(&schedule, PredictionType::Epsilon)
+            .unwrap_err()
+            .to_string()
+            .contains("use_karras_sigmas applies to dpmsolver++"));
         let s = settings
             .scheduler(&schedule, PredictionType::Epsilon)
             .unwrap();
