@@ -112,6 +112,22 @@ fn train_sample_export_schedule_forward() {
     ok(&trainer(&[
         "sample",
         "--weights",
+        w.to_str().unwrap(),
+        "--class",
+        "all",
+        "--num",
+        "1",
+        "--sampler",
+        "sde-dpmsolver++",
+        "--steps",
+        "3",
+        "--out",
+        out.join("dpm.png").to_str().unwrap(),
+    ]));
+    assert!(out.join("dpm.png").is_file());
+    ok(&trainer(&[
+        "sample",
+        "--weights",
         f16.to_str().unwrap(),
         "--class",
         "none",
@@ -275,6 +291,29 @@ fn bad_flags() {
             png.to_str().unwrap(),
         ]),
         "num_inference_steps = 0",
+    );
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--sampler",
+            "dpm",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "unknown sampler `dpm` (expected one of ddim, ddpm, dpmsolver++, sde-dpmsolver++)",
+    );
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--karras-sigmas",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "use_karras_sigmas applies to dpmsolver++",
     );
     fails_with(
         &trainer(&[
@@ -602,5 +641,55 @@ fn eval_writes_a_report() {
     for f in ["eval.json", "eval.md", "samples-w2.png"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    // The same evaluation with DPM-Solver++ (Karras), then both side by side.
+    let out2 = dir.join("report-dpm");
+    ok(&trainer(&[
+        "eval",
+        "--weights",
+        &w,
+        "--classifier",
+        &cls,
+        "--n",
+        "10",
+        "--batch",
+        "10",
+        "--sampler",
+        "dpmsolver++",
+        "--karras-sigmas",
+        "--steps",
+        "3",
+        "--guidance",
+        "2",
+        "--no-inception",
+        "--out",
+        out2.to_str().unwrap(),
+    ]));
+    let cmp = dir.join("compare");
+    let stdout = trainer(&[
+        "eval-compare",
+        out.join("eval.json").to_str().unwrap(),
+        out2.join("eval.json").to_str().unwrap(),
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    ok(&stdout);
+    let md = String::from_utf8_lossy(&stdout.stdout);
+    assert!(
+        md.contains("| ddim | 4 |") && md.contains("| dpmsolver++ karras | 3 |"),
+        "{md}"
+    );
+    for f in [
+        "compare.json",
+        "compare.md",
+        "domain-fid-vs-model-calls.png",
+    ] {
+        assert!(cmp.join(f).exists(), "{f}");
+    }
+    // No Inception FID was computed, so there is no Inception plot.
+    assert!(!cmp.join("fid-vs-model-calls.png").exists());
+    fails_with(
+        &trainer(&["eval-compare", dir.join("none.json").to_str().unwrap()]),
+        "none.json",
+    );
     std::fs::remove_dir_all(dir).ok();
 }
