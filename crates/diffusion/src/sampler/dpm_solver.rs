@@ -323,8 +323,10 @@ impl DpmSolverMultistep {
         self.config.solver_order == 2 && step_index > 0 && !lower_order_final
     }
 
-    /// The step's weights, computed on the host in `f64`.
+    /// The step's weights, computed on the host in `f64` (a second-order step needs a step
+    /// before it, so at `step_index` 0 `second_order` is ignored).
     pub fn coefficients(&self, step_index: usize, second_order: bool) -> StepCoefficients {
+        let second_order = second_order && step_index > 0;
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step_index + 1]);
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step_index]);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
