@@ -14,9 +14,10 @@ W=$(python3 -c 'import json; print(json.load(open("tests/golden/cases.json"))["w
 python3 -c '
 import json
 for c in json.load(open("tests/golden/cases.json"))["cases"]:
-    print(c["name"], "none" if c["class"] is None else c["class"], "%g" % c["guidance"], c["seed"], c["sampler"], c["steps"])
-' | while read -r name class guidance seed sampler steps; do
-  "$T" sample --weights "$W" --class "$class" --guidance "$guidance" --seed "$seed" --sampler "$sampler" --steps "$steps" \
+    print(c["name"], "none" if c["class"] is None else c["class"], "%g" % c["guidance"], c["seed"], c["sampler"], int(c["karras_sigmas"]), c["steps"])
+' | while read -r name class guidance seed sampler karras steps; do
+  flag=(); [ "$karras" = 1 ] && flag=(--karras-sigmas)
+  "$T" sample --weights "$W" --class "$class" --guidance "$guidance" --seed "$seed" --sampler "$sampler" "${flag[@]}" --steps "$steps" \
     --num 1 --scale 1 --pad 0 --out "$out/$name.png" --npy "$out/$name.npy"
 done
 "$T" schedule --schedule linear --timesteps 1000 --csv "$out/schedule-linear-1000.csv"

@@ -17,6 +17,7 @@ fn main() {
         let seed = case["seed"].as_u64().expect("seed");
         let steps = case["steps"].as_u64().expect("steps");
         let sampler = case["sampler"].as_str().expect("sampler");
+        let karras = case["karras_sigmas"].as_bool().expect("karras_sigmas");
         let backends: Vec<String> = case["backends"]
             .as_array()
             .expect("backends")
@@ -27,7 +28,7 @@ fn main() {
         let npy = root.join("tests/golden").join(&name);
         println!("cargo:rerun-if-changed={}", npy.display());
         table.push_str(&format!(
-            "    GoldenCase {{ class: {class:?}, guidance: {guidance:?}, seed: {seed}, sampler: {sampler:?}, steps: {steps}, backends: &[{}], name: {name:?}, npy: include_bytes!({:?}) }},\n",
+            "    GoldenCase {{ class: {class:?}, guidance: {guidance:?}, seed: {seed}, sampler: {sampler:?}, karras_sigmas: {karras}, steps: {steps}, backends: &[{}], name: {name:?}, npy: include_bytes!({:?}) }},\n",
             backends.join(", "),
             npy.canonicalize().expect("the case's .npy (run tests/make-golden.sh)").display().to_string()
         ));

@@ -21,7 +21,7 @@ const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
 // The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
 const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
-  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, steps: c.steps, backends: c.backends,
+  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karras_sigmas, steps: c.steps, backends: c.backends,
   file: `${c.name}.npy`, golden: npyValues(`tests/golden/${c.name}.npy`),
 }));
 const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
@@ -47,7 +47,7 @@ try {
       const createMs = performance.now() - t0;
       const out = [];
       for (const c of cases) {
-        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, sampler: c.sampler, steps: c.steps }, null);
+        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karrasSigmas, steps: c.steps }, null);
         out.push({ values: Array.from(r.values), pixels: Array.from(r.pixels), totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
       }
       return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)), dpm10: Array.from(s.timesteps("dpmsolver++", 10)) };

@@ -36,6 +36,7 @@ try {
   await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
   await page.fill("#seed", String(pageCase.seed));
   await page.selectOption("#sampler", pageCase.sampler);
+  await page.setChecked("#karras", pageCase.karras_sigmas);
   await page.fill("#steps", String(pageCase.steps));
   await page.evaluate((w) => { const g = document.getElementById("guidance"); g.value = String(w); g.dispatchEvent(new Event("input")); }, pageCase.guidance);
   await page.click("#generate");

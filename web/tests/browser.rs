@@ -26,6 +26,8 @@ struct GoldenCase {
     seed: u32,
     /// `ddim`, `dpmsolver++`, …
     sampler: &'static str,
+    /// DPM-Solver++ with Karras noise levels.
+    karras_sigmas: bool,
     steps: u32,
     /// The backends that run it (`cpu`, `webgpu`).
     backends: &'static [&'static str],
@@ -73,6 +75,7 @@ fn options(case: &GoldenCase) -> JsValue {
     set("guidanceScale", case.guidance.into());
     set("seed", case.seed.into());
     set("sampler", case.sampler.into());
+    set("karrasSigmas", case.karras_sigmas.into());
     set("steps", case.steps.into());
     o.into()
 }

@@ -51,6 +51,7 @@ fn native_sampling_reproduces_every_golden_case() {
         let settings = SamplerSettings {
             sampler: SamplerKind::from_name(case["sampler"].as_str().unwrap()).unwrap(),
             num_inference_steps: steps as usize,
+            use_karras_sigmas: case["karras_sigmas"].as_bool().unwrap(),
             ..Default::default()
         };
         let scheduler = config.scheduler(&settings).unwrap();
