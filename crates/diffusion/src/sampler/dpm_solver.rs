@@ -25,7 +25,10 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::karras::{karras_sigmas, sigma_to_t};
-use super::{Scheduler, SchedulerOutput, SchedulerState, TimestepSpacing};
+use super::{
+    check_step_count, check_within_schedule, Scheduler, SchedulerOutput, SchedulerState,
+    TimestepSpacing,
+};
 use crate::error::{Error, Result};
 use crate::objective::PredictionType;
 use crate::schedule::NoiseSchedule;
@@ -230,11 +233,7 @@ pub fn dpm_solver_timesteps(
     steps_offset: usize,
 ) -> Result<Vec<usize>> {
     let (t_max, n) = (num_train_timesteps, num_inference_steps);
-    if n == 0 || n > t_max {
-        return Err(Error::Sampler(format!(
-            "num_inference_steps = {n} must lie in 1..={t_max} (num_train_timesteps)"
-        )));
-    }
+    check_step_count(t_max, n)?;
     let ts: Vec<usize> = match spacing {
         TimestepSpacing::Linspace => {
             let step = (t_max - 1) as f64 / n as f64;
@@ -268,11 +267,7 @@ pub fn dpm_solver_timesteps(
                 .collect()
         }
     };
-    if let Some(&t) = ts.iter().find(|&&t| t >= t_max) {
-        return Err(Error::Sampler(format!(
-            "steps_offset = {steps_offset} pushes timestep {t} past num_train_timesteps = {t_max}"
-        )));
-    }
+    check_within_schedule(&ts, t_max, steps_offset)?;
     Ok(ts)
 }
 

@@ -65,11 +65,7 @@ pub fn inference_timesteps(
     steps_offset: usize,
 ) -> Result<Vec<usize>> {
     let (t_max, n) = (num_train_timesteps, num_inference_steps);
-    if n == 0 || n > t_max {
-        return Err(Error::Sampler(format!(
-            "num_inference_steps = {n} must lie in 1..={t_max} (num_train_timesteps)"
-        )));
-    }
+    check_step_count(t_max, n)?;
     let mut ts: Vec<usize> = match spacing {
         TimestepSpacing::Linspace => {
             let step = if n > 1 {
@@ -93,13 +89,30 @@ pub fn inference_timesteps(
                 .collect()
         }
     };
-    if let Some(&t) = ts.iter().find(|&&t| t >= t_max) {
-        return Err(Error::Sampler(format!(
-            "steps_offset = {steps_offset} pushes timestep {t} past num_train_timesteps = {t_max}"
-        )));
-    }
+    check_within_schedule(&ts, t_max, steps_offset)?;
     ts.dedup();
     Ok(ts)
+}
+
+/// `num_inference_steps` must lie in 1..=T.
+fn check_step_count(num_train_timesteps: usize, num_inference_steps: usize) -> Result<()> {
+    let (t_max, n) = (num_train_timesteps, num_inference_steps);
+    if n == 0 || n > t_max {
+        return Err(Error::Sampler(format!(
+            "num_inference_steps = {n} must lie in 1..={t_max} (num_train_timesteps)"
+        )));
+    }
+    Ok(())
+}
+
+/// No timestep may reach T (a `leading` spacing's `steps_offset` can push one there).
+fn check_within_schedule(timesteps: &[usize], t_max: usize, steps_offset: usize) -> Result<()> {
+    match timesteps.iter().find(|&&t| t >= t_max) {
+        Some(t) => Err(Error::Sampler(format!(
+            "steps_offset = {steps_offset} pushes timestep {t} past num_train_timesteps = {t_max}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// η must be a number in [0, 1].
