@@ -165,6 +165,9 @@ pub fn compare_markdown(c: &Comparison) -> String {
     s
 }
 
+/// Picks one score of a row.
+type Pick = fn(&Scores) -> Option<f64>;
+
 /// Writes `compare.json`, `compare.md` and the plots `fid-vs-model-calls.png` (Inception
 /// FID) and `domain-fid-vs-model-calls.png` into `out`. Returns the files written.
 pub fn write_comparison(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
@@ -181,7 +184,7 @@ pub fn write_comparison(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
     let md = out.join("compare.md");
     write_atomic(&md, compare_markdown(c).as_bytes())?;
     files.push(md);
-    let plots: [(&str, &str, fn(&Scores) -> Option<f64>); 2] = [
+    let plots: [(&str, &str, Pick); 2] = [
         ("fid-vs-model-calls.png", "Inception FID", |s| {
             s.inception_fid
         }),
