@@ -60,7 +60,7 @@ try {
         maxPx = Math.max(maxPx, Math.abs(r.pixels[4 * j] - toU8(g)));
         maxVal = Math.max(maxVal, Math.abs(r.values[j] - g));
       });
-      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} ${c.sampler} steps ${c.steps}: ` +
+      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} ${c.sampler}${c.karrasSigmas ? " karras" : ""} steps ${c.steps}: ` +
         `max |Δpixel| ${maxPx}/255, max |Δvalue| ${maxVal.toExponential(2)}; ` +
         `total ${r.totalMs.toFixed(0)} ms, first step ${r.firstStepMs.toFixed(0)} ms, ${r.perStepMs.toFixed(1)} ms/step`);
       if (r.values.length !== c.golden.length || maxPx > 2) fail(`${backend} case ${c.file}: max pixel difference ${maxPx}`);
