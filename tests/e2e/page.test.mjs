@@ -6,9 +6,9 @@
 import { readFileSync } from "node:fs";
 import { startServer, launch } from "./harness.mjs";
 
-// The backend defaults to the CPU here (the golden test covers WebGPU; SwiftShader takes
-// minutes for 50 steps); pass "webgpu" or "auto" to choose.
-const [trainer, backendArg = "cpu"] = process.argv.slice(2);
+// The backend defaults to the page's own choice ("auto"): it must not pick a software WebGPU
+// adapter (SwiftShader here) over its CPU-wasm path; pass "cpu" or "webgpu" to force one.
+const [trainer, backendArg = "auto"] = process.argv.slice(2);
 const backend = backendArg === "auto" ? "" : backendArg;
 // The golden case marked `page` in the one list (tests/golden/cases.json).
 const pageCase = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.find((c) => c.page);
@@ -32,6 +32,19 @@ try {
   await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
   if (await page.evaluate(() => document.body.dataset.ready) !== "1") {
     throw new Error(`page failed to load: ${await page.textContent("#status")}`);
+  }
+  if (!backend) {
+    // What the browser offers: a software adapter must have sent the page to CPU-wasm, saying why.
+    const adapter = await page.evaluate(async () => {
+      const a = navigator.gpu && await navigator.gpu.requestAdapter();
+      const i = (a && a.info) || {};
+      return a ? { fallback: !!(a.isFallbackAdapter || i.isFallbackAdapter), name: `${i.vendor} ${i.architecture} ${i.device} ${i.description}` } : null;
+    });
+    const ready = await page.textContent("#status");
+    console.log(`adapter: ${JSON.stringify(adapter)}; page: ${ready}`);
+    const software = !adapter || adapter.fallback || /swiftshader|llvmpipe|lavapipe|software/i.test(adapter.name);
+    if (software && !/Ready on cpu\./.test(ready)) throw new Error(`a software or missing adapter must give CPU-wasm: ${ready}`);
+    if (adapter && software && !ready.includes("software")) throw new Error(`the page does not say why it chose the CPU: ${ready}`);
   }
   await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
   await page.fill("#seed", String(pageCase.seed));
