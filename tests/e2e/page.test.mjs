@@ -33,6 +33,10 @@ try {
   if (await page.evaluate(() => document.body.dataset.ready) !== "1") {
     throw new Error(`page failed to load: ${await page.textContent("#status")}`);
   }
+  // The page runs the model the server serves, keyed by its content hash.
+  const served = await (await fetch(`${server.addr}/v1/model`)).json();
+  const used = await page.evaluate(() => document.body.dataset.model);
+  if (used !== served.sha256) throw new Error(`the page loaded ${used}, the server serves ${served.sha256}`);
   if (!backend) {
     // What the browser offers: a software adapter must have sent the page to CPU-wasm, saying why.
     const adapter = await page.evaluate(async () => {

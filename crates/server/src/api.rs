@@ -155,6 +155,28 @@ pub struct GenerateResponse {
     pub elapsed_ms: f64,
 }
 
+/// The model the service samples (`GET /v1/model`): what a browser needs to run the same model
+/// itself, and a content hash to key its cache by.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ModelInfo {
+    /// The model's config (`NAME.json`: U-Net, schedule, prediction type).
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Image shape `[channels, height, width]`.
+    pub image_shape: [usize; 3],
+    /// Number of classes (`null` for an unconditional model).
+    pub num_classes: Option<usize>,
+    /// Where the weights are served (`/weights/NAME.safetensors`).
+    pub weights_url: String,
+    /// Where the config is served (`/weights/NAME.json`).
+    pub config_url: String,
+    /// SHA-256 of the weights file, then the config file, as lowercase hex: changes whenever
+    /// either does.
+    pub sha256: String,
+    /// Size of the weights file, bytes.
+    pub weights_bytes: u64,
+}
+
 /// An error: the message names the offending field or problem.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct ErrorBody {

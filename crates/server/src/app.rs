@@ -18,8 +18,8 @@ use tower_http::services::{ServeDir, ServeFile};
 use utoipa::OpenApi;
 
 use crate::api::{
-    validate, ErrorBody, GenerateQuery, GenerateRequest, GenerateResponse, Job, SamplerName,
-    MAX_BODY,
+    validate, ErrorBody, GenerateQuery, GenerateRequest, GenerateResponse, Job, ModelInfo,
+    SamplerName, MAX_BODY,
 };
 use crate::metrics::Metrics;
 use crate::worker::{JobOutput, Pool, SubmitError};
@@ -38,6 +38,8 @@ pub struct AppState {
     pub static_dir: PathBuf,
     /// Directory served at `/weights/`.
     pub weights_dir: PathBuf,
+    /// What `GET /v1/model` answers.
+    pub model_info: ModelInfo,
 }
 
 /// The OpenAPI document, generated from the handler annotations and the API types.
@@ -47,8 +49,8 @@ pub struct AppState {
         title = "rust-ddpm sampling service",
         description = "Class-conditional DDPM/DDIM sampling with classifier-free guidance."
     ),
-    paths(generate_json, generate_png, healthz, metrics),
-    components(schemas(GenerateRequest, GenerateResponse, ErrorBody, SamplerName))
+    paths(generate_json, generate_png, model, healthz, metrics),
+    components(schemas(GenerateRequest, GenerateResponse, ErrorBody, SamplerName, ModelInfo))
 )]
 pub struct ApiDoc;
 
@@ -296,12 +298,24 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     response
 }
 
+/// The served model: config, image shape, classes, weight URLs and a content hash (the browser
+/// page loads the weights named here and keys its cache by the hash).
+#[utoipa::path(
+    get,
+    path = "/v1/model",
+    responses((status = 200, description = "The served model", body = ModelInfo))
+)]
+async fn model(State(state): State<Arc<AppState>>) -> Json<ModelInfo> {
+    Json(state.model_info.clone())
+}
+
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     let index = ServeFile::new(state.static_dir.join("index.html"));
     Router::new()
         .route("/v1/generate", post(generate_json))
         .route("/v1/generate.png", get(generate_png))
+        .route("/v1/model", get(model))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

@@ -1,7 +1,8 @@
 #![warn(missing_docs)]
 //! The HTTP sampling service.
 //!
-//! `POST /v1/generate` (JSON in, base64 PNGs out), `GET /v1/generate.png`, `GET /healthz`,
+//! `POST /v1/generate` (JSON in, base64 PNGs out), `GET /v1/generate.png`, `GET /v1/model`
+//! (the served model's config, weight URLs and content hash), `GET /healthz`,
 //! `GET /metrics` (Prometheus), `GET /openapi.json` (generated with utoipa), and the browser
 //! page (`/`, `/pkg/*`, `/weights/*`). Sampling runs on a fixed pool of worker threads behind a
 //! bounded queue (503 with `Retry-After` past it) with a per-request time limit; bad input is a
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use diffusion::ModelConfig;
 
+use crate::api::ModelInfo;
 use crate::app::{router, AppState};
 use crate::metrics::Metrics;
 use crate::worker::Pool;
@@ -51,11 +53,21 @@ pub enum ServeError {
 
 /// Loads the model and builds the shared state (the worker pool starts here).
 pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
-    let model_config = ModelConfig::load(&diffusion::weights::config_path(&config.weights))?;
-    let bytes = std::fs::read(&config.weights).map_err(|source| diffusion::Error::Io {
-        path: config.weights.display().to_string(),
-        source,
-    })?;
+    let config_file = diffusion::weights::config_path(&config.weights);
+    let model_config = ModelConfig::load(&config_file)?;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| diffusion::Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let bytes = read(&config.weights)?;
+    let config_bytes = read(&config_file)?;
+    let model_info = model_info(
+        &model_config,
+        (&config.weights, &bytes),
+        (&config_file, &config_bytes),
+    )?;
     let metrics = Arc::new(Metrics::default());
     let pool = Pool::start(
         model_config.clone(),
@@ -77,7 +89,41 @@ pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
         timeout: config.timeout,
         static_dir: config.static_dir.clone(),
         weights_dir,
+        model_info,
     }))
+}
+
+/// `GET /v1/model`'s answer for these weights and config files (both served from `/weights/`).
+fn model_info(
+    model_config: &ModelConfig,
+    (weights, weights_bytes): (&std::path::Path, &[u8]),
+    (config_file, config_bytes): (&std::path::Path, &[u8]),
+) -> Result<ModelInfo, ServeError> {
+    use sha2::{Digest, Sha256};
+    let config: serde_json::Value =
+        serde_json::from_slice(config_bytes).map_err(|e| diffusion::Error::ConfigFile {
+            path: config_file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let url = |p: &std::path::Path| {
+        let name = p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        format!("/weights/{name}")
+    };
+    let digest = Sha256::new()
+        .chain_update(weights_bytes)
+        .chain_update(config_bytes)
+        .finalize();
+    Ok(ModelInfo {
+        config,
+        image_shape: model_config.unet.image_shape(),
+        num_classes: model_config.unet.num_classes,
+        weights_url: url(weights),
+        config_url: url(config_file),
+        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        weights_bytes: weights_bytes.len() as u64,
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting and lets in-flight

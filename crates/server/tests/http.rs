@@ -336,6 +336,31 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
     assert!(String::from_utf8_lossy(&i.body).contains("<title>t</title>"));
     let w = http(srv.addr, "GET", "/weights/tiny.json", None, b"").await;
     assert_eq!(w.status, 200);
+    // The served model: its URLs fetch the very files, and the hash covers both.
+    assert!(o["paths"]["/v1/model"]["get"].is_object());
+    let m = http(srv.addr, "GET", "/v1/model", None, b"").await.json();
+    assert_eq!(m["weights_url"], "/weights/tiny.safetensors");
+    assert_eq!(m["config_url"], "/weights/tiny.json");
+    assert_eq!(m["image_shape"], serde_json::json!([1, 8, 8]));
+    assert_eq!(m["num_classes"], 3);
+    let weights_bytes = std::fs::read(weights()).unwrap();
+    let config_bytes = std::fs::read(weights().with_extension("json")).unwrap();
+    assert_eq!(w.body, config_bytes);
+    assert_eq!(m["weights_bytes"], weights_bytes.len());
+    assert_eq!(
+        http(srv.addr, "GET", "/weights/tiny.safetensors", None, b"")
+            .await
+            .body,
+        weights_bytes
+    );
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(&weights_bytes)
+        .chain_update(&config_bytes)
+        .finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(m["sha256"], hex);
+    assert_eq!(m["config"]["unet"]["resolution"], 8);
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
 }
