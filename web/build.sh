@@ -17,5 +17,7 @@ rm -rf pkg.tmp
 wasm-bindgen --target web --out-dir pkg.tmp --out-name web --no-typescript \
   --remove-name-section --remove-producers-section \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/web.wasm"
+# The page runs the sampler in this Web Worker, which imports ./web.js from beside it.
+cp web/worker.js pkg.tmp/worker.js
 rm -rf pkg && mv pkg.tmp pkg
 ls -la pkg

@@ -70,6 +70,33 @@ try {
   for (let i = 0; i < expected.length; i++) maxDiff = Math.max(maxDiff, Math.abs(pixels[4 * i] - toU8(expected[i])));
   console.log(`page canvas vs native golden: max |Δ| = ${maxDiff}/255 over ${expected.length} pixels`);
   if (pixels.length !== 4 * expected.length || maxDiff > 2) throw new Error(`canvas differs from the golden image (max |Δ| ${maxDiff})`);
+  // The settings went into the URL, and the URL gives them back.
+  const url = new URL(page.url());
+  const want = { sampler: pageCase.sampler, steps: String(pageCase.steps), class: String(pageCase.class), seed: String(pageCase.seed), karras: pageCase.karras_sigmas ? "1" : "0" };
+  for (const [k, v] of Object.entries(want)) {
+    if (url.searchParams.get(k) !== v) throw new Error(`URL ${url.search}: ${k} should be ${v}`);
+  }
+  const again = await browser.newPage();
+  await again.goto(url.href);
+  await again.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  const form = await again.evaluate(() => ({ sampler: document.getElementById("sampler").value, steps: document.getElementById("steps").value, class: document.getElementById("class").value, seed: document.getElementById("seed").value, karras: document.getElementById("karras").checked ? "1" : "0" }));
+  if (JSON.stringify(form) !== JSON.stringify(want)) throw new Error(`the URL's settings came back as ${JSON.stringify(form)}`);
+  // A long run is cancelled between steps, while the page thread stays free (sampling runs in
+  // the worker).
+  await again.selectOption("#sampler", "ddim");
+  await again.fill("#steps", "200");
+  await again.click("#generate");
+  await again.waitForFunction(() => Number(document.getElementById("progress").value) >= 3, null, { timeout: 120_000 });
+  const gap = await again.evaluate(() => new Promise((resolve) => {
+    let last = performance.now(), max = 0, n = 0;
+    const tick = () => { const t = performance.now(); max = Math.max(max, t - last); last = t; if (++n < 40) setTimeout(tick, 0); else resolve(max); };
+    setTimeout(tick, 0);
+  }));
+  await again.click("#cancel");
+  await again.waitForFunction(() => document.body.dataset.done, null, { timeout: 120_000 });
+  const cancelled = await again.evaluate(() => [document.body.dataset.done, Number(document.getElementById("progress").value)]);
+  console.log(`cancel: ${await again.textContent("#status")} (page thread's longest pause while sampling: ${gap.toFixed(1)} ms)`);
+  if (cancelled[0] !== "cancelled" || !(cancelled[1] < 200)) throw new Error(`cancel did not stop the run: ${cancelled}`);
   console.log("page test passed");
 } catch (e) {
   console.error(`page test FAILED: ${e.message}`);

@@ -38,6 +38,14 @@ struct SampleOptions {
     /// DPM-Solver++ with Karras noise levels.
     #[serde(default)]
     karras_sigmas: bool,
+    /// Read x̂₀ back for a preview every this many steps (and at the last); 0 = never. Each
+    /// preview is an asynchronous device read, so fewer previews keep WebGPU busier.
+    #[serde(default = "one")]
+    preview_every: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn three() -> f64 {
@@ -165,8 +173,10 @@ impl Sampler {
         Ok(self.config.schedule.build().map_err(js_err)?.alphas_cumprod)
     }
 
-    /// Samples one image. `options`: `{classLabel, guidanceScale, steps, eta, seed, sampler}`.
-    /// `onProgress(step, total, previewRgba)` is called after each step with x̂₀ as RGBA.
+    /// Samples one image. `options`: `{classLabel, guidanceScale, steps, eta, seed, sampler,
+    /// karrasSigmas, previewEvery}`. `onProgress(step, total, previewRgba | null)` is called after
+    /// each step, with x̂₀ as RGBA every `previewEvery` steps; returning `false` cancels the run
+    /// (the call then fails with "cancelled").
     /// Returns `{pixels: Uint8ClampedArray (RGBA), values: Float32Array, width, height,
     /// totalMs, firstStepMs, perStepMs, backend}`.
     pub async fn sample(
@@ -206,16 +216,26 @@ impl Sampler {
         while let Some(out) = sampling.step() {
             yield_to_browser().await?;
             if let Some(cb) = &on_progress {
-                let x0 = read(out.pred_original_sample).await?;
-                let rgba = to_rgba(&x0, [1, shape[0], shape[1], shape[2]]);
-                let preview = js_sys::Uint8ClampedArray::from(rgba.as_slice());
-                cb.call3(
-                    &JsValue::NULL,
-                    &(out.step_index as u32).into(),
-                    &(out.num_steps as u32).into(),
-                    &preview,
-                )
-                .map_err(|e| js_err(format!("onProgress threw: {e:?}")))?;
+                let k = o.preview_every;
+                let last = out.step_index + 1 == out.num_steps;
+                let preview = if k > 0 && ((out.step_index + 1) % k == 0 || last) {
+                    let x0 = read(out.pred_original_sample).await?;
+                    let rgba = to_rgba(&x0, [1, shape[0], shape[1], shape[2]]);
+                    js_sys::Uint8ClampedArray::from(rgba.as_slice()).into()
+                } else {
+                    JsValue::NULL
+                };
+                let verdict = cb
+                    .call3(
+                        &JsValue::NULL,
+                        &(out.step_index as u32).into(),
+                        &(out.num_steps as u32).into(),
+                        &preview,
+                    )
+                    .map_err(|e| js_err(format!("onProgress threw: {e:?}")))?;
+                if verdict == JsValue::FALSE {
+                    return Err(js_err("cancelled"));
+                }
             }
             if out.step_index == 0 {
                 if on_progress.is_none() {
