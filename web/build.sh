@@ -14,7 +14,7 @@ fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo build --release --target wasm32-unknown-unknown -p web
 rm -rf pkg.tmp
-wasm-bindgen --target web --out-dir pkg.tmp --out-name web --no-typescript \
+wasm-bindgen --target web --out-dir pkg.tmp --out-name web \
   --remove-name-section --remove-producers-section \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/web.wasm"
 # The page runs the sampler in this Web Worker, which imports ./web.js from beside it.

@@ -2,6 +2,9 @@
 // Debian's headless Chromium (no browser download) with WebGPU on SwiftShader and the network
 // kept quiet.
 import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { createServer } from "node:http";
+import { extname, join, normalize } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
@@ -16,6 +19,26 @@ export async function startServer(trainer) {
     setTimeout(() => reject(new Error("trainer serve did not start in 60 s")), 60_000);
   });
   return { addr, stop: () => proc.kill("SIGTERM") };
+}
+
+// A plain static file server of the repository root on 127.0.0.1 (no /v1 API): what a user gets
+// from copying index.html, pkg/ and weights/ to any static host.
+export async function startStatic(root = ".") {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
+  const server = createServer(async (req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
+    try {
+      const file = path === "/" ? "index.html" : path;
+      const body = await readFile(join(root, file));
+      res.writeHead(200, { "content-type": types[extname(file)] || "application/octet-stream" });
+      res.end(body);
+    } catch {
+      res.writeHead(404);
+      res.end("not found");
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { addr: `http://127.0.0.1:${server.address().port}`, stop: () => server.close() };
 }
 
 export function launch() {

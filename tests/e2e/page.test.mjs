@@ -4,7 +4,7 @@
 //
 // Usage: node tests/e2e/page.test.mjs <trainer binary> [backend]
 import { readFileSync } from "node:fs";
-import { startServer, launch } from "./harness.mjs";
+import { startServer, startStatic, launch } from "./harness.mjs";
 
 // The backend defaults to the page's own choice ("auto"): it must not pick a software WebGPU
 // adapter (SwiftShader here) over its CPU-wasm path; pass "cpu" or "webgpu" to force one.
@@ -97,6 +97,17 @@ try {
   const cancelled = await again.evaluate(() => [document.body.dataset.done, Number(document.getElementById("progress").value)]);
   console.log(`cancel: ${await again.textContent("#status")} (page thread's longest pause while sampling: ${gap.toFixed(1)} ms)`);
   if (cancelled[0] !== "cancelled" || !(cancelled[1] < 200)) throw new Error(`cancel did not stop the run: ${cancelled}`);
+  // On a plain static host (no /v1/model) the page runs the shipped files.
+  const files = await startStatic();
+  try {
+    const plain = await browser.newPage();
+    await plain.goto(`${files.addr}/?backend=cpu`);
+    await plain.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+    const loaded = await plain.evaluate(() => [document.body.dataset.ready, document.body.dataset.model]);
+    if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
+  } finally {
+    files.stop();
+  }
   console.log("page test passed");
 } catch (e) {
   console.error(`page test FAILED: ${e.message}`);
