@@ -68,18 +68,12 @@ impl PredictionType {
         alpha_cumprod: f64,
     ) -> (Tensor<4>, Tensor<4>) {
         let (a, b) = (alpha_cumprod.sqrt(), (1.0 - alpha_cumprod).sqrt());
-        match self {
-            Self::Epsilon => {
-                // x̂_0 = x_t/√ᾱ − √(1/ᾱ − 1) ε̂  (the same as (x_t − √(1−ᾱ) ε̂)/√ᾱ).
-                let x0 = sample.mul_scalar(1.0 / a) - model_output.clone().mul_scalar(b / a);
-                (x0, model_output)
-            }
-            Self::VPrediction => {
-                let x0 = sample.clone().mul_scalar(a) - model_output.clone().mul_scalar(b);
-                let eps = sample.mul_scalar(b) + model_output.mul_scalar(a);
-                (x0, eps)
-            }
-        }
+        let x0 = self.to_x0_with(model_output.clone(), sample.clone(), a, b);
+        let eps = match self {
+            Self::Epsilon => model_output,
+            Self::VPrediction => sample.mul_scalar(b) + model_output.mul_scalar(a),
+        };
+        (x0, eps)
     }
 
     /// x̂_0 from a model output, given α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) directly (solvers that
@@ -93,7 +87,10 @@ impl PredictionType {
         sigma: f64,
     ) -> Tensor<4> {
         match self {
-            Self::Epsilon => (sample - model_output.mul_scalar(sigma)).mul_scalar(1.0 / alpha),
+            // x̂_0 = x_t/α − (σ/α) ε̂, the same as (x_t − σ ε̂)/α.
+            Self::Epsilon => {
+                sample.mul_scalar(1.0 / alpha) - model_output.mul_scalar(sigma / alpha)
+            }
             Self::VPrediction => sample.mul_scalar(alpha) - model_output.mul_scalar(sigma),
         }
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use training::plot::{line_plot, Series};
 
 use crate::error::{EvalError, Result};
-use crate::evaluate::{EvalReport, Scores};
+use crate::evaluate::{fmt, EvalReport, Scores};
 
 /// One sampler setting's scores.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,10 +130,6 @@ pub fn compare(reports: &[(PathBuf, EvalReport)]) -> Result<Comparison> {
         baseline: first.baseline.clone(),
         rows,
     })
-}
-
-fn fmt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
 }
 
 /// The comparison as Markdown.

@@ -367,7 +367,8 @@ pub fn evaluate(
     Ok((report, samples))
 }
 
-fn fmt(v: Option<f64>, digits: usize) -> String {
+/// `v` with `digits` decimals, or a dash when absent (report tables).
+pub(crate) fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
 }
 

@@ -100,34 +100,38 @@ impl SamplerSettings {
         schedule: &NoiseSchedule,
         prediction_type: PredictionType,
     ) -> Result<AnyScheduler> {
-        let dpm = matches!(
-            self.sampler,
-            SamplerKind::DpmSolverPlusPlus | SamplerKind::SdeDpmSolverPlusPlus
-        );
-        if self.use_karras_sigmas && !dpm {
-            return Err(Error::Sampler(format!(
-                "use_karras_sigmas applies to dpmsolver++ and sde-dpmsolver++, not {}",
-                self.sampler.name()
-            )));
-        }
+        // Only DDIM uses η, but a nonsensical value is still the caller's mistake.
+        super::check_eta(self.eta)?;
+        let no_karras = || {
+            if self.use_karras_sigmas {
+                Err(Error::Sampler(format!(
+                    "use_karras_sigmas applies to dpmsolver++ and sde-dpmsolver++, not {}",
+                    self.sampler.name()
+                )))
+            } else {
+                Ok(())
+            }
+        };
         Ok(match self.sampler {
-            SamplerKind::Ddim => AnyScheduler::Ddim(
-                DdimSchedulerConfig {
-                    num_inference_steps: self.num_inference_steps,
-                    eta: self.eta,
-                    // x̂_0 is clipped to [-1, 1]; re-deriving ε̂ from the clipped x̂_0 keeps
-                    // Eq. 12's two terms consistent (x_t = √ᾱ x̂_0 + √(1−ᾱ) ε̂). Without it a
-                    // guided ε̂ whose x̂_0 lies far outside the range pushes that excess into
-                    // x_{t−1}: noisy backgrounds and broken strokes at w = 3, where DDPM's
-                    // posterior mean (which has this consistency built in) is clean.
-                    use_clipped_model_output: true,
-                    ..Default::default()
-                }
-                .init(schedule, prediction_type)?,
-            ),
+            SamplerKind::Ddim => {
+                no_karras()?;
+                AnyScheduler::Ddim(
+                    DdimSchedulerConfig {
+                        num_inference_steps: self.num_inference_steps,
+                        eta: self.eta,
+                        // x̂_0 is clipped to [-1, 1]; re-deriving ε̂ from the clipped x̂_0 keeps
+                        // Eq. 12's two terms consistent (x_t = √ᾱ x̂_0 + √(1−ᾱ) ε̂). Without
+                        // it a guided ε̂ whose x̂_0 lies far outside the range pushes that
+                        // excess into x_{t−1}: noisy backgrounds and broken strokes at w = 3,
+                        // where DDPM's posterior mean (consistent by construction) is clean.
+                        use_clipped_model_output: true,
+                        ..Default::default()
+                    }
+                    .init(schedule, prediction_type)?,
+                )
+            }
             SamplerKind::Ddpm => {
-                // DDPM ignores η, but a nonsensical value is still the caller's mistake.
-                super::check_eta(self.eta)?;
+                no_karras()?;
                 AnyScheduler::Ddpm(
                     DdpmSchedulerConfig {
                         num_inference_steps: self.num_inference_steps,
@@ -136,17 +140,15 @@ impl SamplerSettings {
                     .init(schedule, prediction_type)?,
                 )
             }
-            SamplerKind::DpmSolverPlusPlus | SamplerKind::SdeDpmSolverPlusPlus => {
-                super::check_eta(self.eta)?;
-                let algorithm_type = if self.sampler == SamplerKind::DpmSolverPlusPlus {
-                    DpmSolverAlgorithm::DpmSolverPlusPlus
-                } else {
-                    DpmSolverAlgorithm::SdeDpmSolverPlusPlus
-                };
+            kind @ (SamplerKind::DpmSolverPlusPlus | SamplerKind::SdeDpmSolverPlusPlus) => {
                 AnyScheduler::DpmSolver(
                     DpmSolverMultistepConfig {
                         num_inference_steps: self.num_inference_steps,
-                        algorithm_type,
+                        algorithm_type: if kind == SamplerKind::DpmSolverPlusPlus {
+                            DpmSolverAlgorithm::DpmSolverPlusPlus
+                        } else {
+                            DpmSolverAlgorithm::SdeDpmSolverPlusPlus
+                        },
                         use_karras_sigmas: self.use_karras_sigmas,
                         // x̂_0 clipped to [-1, 1], as DDIM's: data-prediction steps are
                         // linear in x̂_0, so the clipped estimate stays consistent with x_t.

@@ -155,7 +155,7 @@ impl DpmSolverMultistepConfig {
         let (timesteps, mut sigmas) = self.timesteps_and_sigmas(schedule)?;
         sigmas.push(match self.final_sigmas_type {
             FinalSigmasType::Zero => 0.0,
-            FinalSigmasType::SigmaMin => ve_sigma(schedule.alphas_cumprod[0]),
+            FinalSigmasType::SigmaMin => schedule.sqrt_recipm1_alphas_cumprod[0],
         });
         Ok(DpmSolverMultistep {
             config: self.clone(),
@@ -169,17 +169,10 @@ impl DpmSolverMultistepConfig {
     fn timesteps_and_sigmas(&self, schedule: &NoiseSchedule) -> Result<(Vec<usize>, Vec<f64>)> {
         let t_max = schedule.num_train_timesteps();
         let n = self.num_inference_steps;
-        let train_sigmas: Vec<f64> = schedule
-            .alphas_cumprod
-            .iter()
-            .map(|&a| ve_sigma(a))
-            .collect();
+        // diffusers' `sigmas`, σ^VE = √((1 − ᾱ) / ᾱ).
+        let train_sigmas = &schedule.sqrt_recipm1_alphas_cumprod;
         if self.use_karras_sigmas {
-            if n == 0 {
-                return Err(Error::Sampler(
-                    "num_inference_steps = 0 must be at least 1".into(),
-                ));
-            }
+            check_step_count(t_max, n)?;
             let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| libm::log(s)).collect();
             let sigmas = karras_sigmas(train_sigmas[0], train_sigmas[t_max - 1], n);
             let timesteps = sigmas
@@ -195,17 +188,12 @@ impl DpmSolverMultistepConfig {
             return Err(Error::Sampler(format!(
                 "num_inference_steps = {n} repeats timestep {} with {} spacing: use fewer steps",
                 w[1],
-                format!("{:?}", self.timestep_spacing).to_lowercase()
+                self.timestep_spacing.name()
             )));
         }
         let sigmas = timesteps.iter().map(|&t| train_sigmas[t]).collect();
         Ok((timesteps, sigmas))
     }
-}
-
-/// σ^VE = √((1 − ᾱ) / ᾱ), diffusers' `sigmas`.
-fn ve_sigma(alpha_cumprod: f64) -> f64 {
-    ((1.0 - alpha_cumprod) / alpha_cumprod).sqrt()
 }
 
 /// (α_t, σ_t) = (1 / √(σ² + 1), σ / √(σ² + 1)) for σ^VE = `sigma` (diffusers'
@@ -401,7 +389,13 @@ impl DpmSolverMultistep {
 pub fn dynamic_threshold(x0: Tensor<4>, ratio: f64, max_value: f64) -> Tensor<4> {
     if max_value <= 1.0 {
         let m = max_value as f32;
-        return x0.clamp(-m, m).div_scalar(m);
+        let clipped = x0.clamp(-m, m);
+        // The product's setting (m = 1) runs every step: no division by one.
+        return if m == 1.0 {
+            clipped
+        } else {
+            clipped.div_scalar(m)
+        };
     }
     let dims = x0.dims();
     let [b, n] = [dims[0], dims[1] * dims[2] * dims[3]];

@@ -42,16 +42,25 @@ pub enum TimestepSpacing {
 }
 
 impl TimestepSpacing {
+    /// The name in configs and messages (diffusers' `timestep_spacing`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linspace => "linspace",
+            Self::Leading => "leading",
+            Self::Trailing => "trailing",
+        }
+    }
+
     /// Parses `linspace`, `leading` or `trailing`.
     pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "linspace" => Ok(Self::Linspace),
-            "leading" => Ok(Self::Leading),
-            "trailing" => Ok(Self::Trailing),
-            other => Err(Error::Sampler(format!(
-                "unknown timestep_spacing `{other}` (expected linspace, leading or trailing)"
-            ))),
-        }
+        [Self::Linspace, Self::Leading, Self::Trailing]
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                Error::Sampler(format!(
+                    "unknown timestep_spacing `{name}` (expected linspace, leading or trailing)"
+                ))
+            })
     }
 }
 
