@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use diffusion::sampler::{SamplerKind, SamplerSettings};
+use diffusion::sampler::{AnyScheduler, SamplerKind, SamplerSettings};
+use diffusion::ModelConfig;
 
 /// Largest guidance scale accepted.
 pub const MAX_GUIDANCE: f64 = 30.0;
@@ -185,27 +186,25 @@ pub struct ErrorBody {
 }
 
 /// A validated request, ready for a worker.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Job {
     /// Class or unconditional.
     pub class_label: Option<usize>,
     /// Guidance scale.
     pub guidance_scale: f64,
-    /// Sampler settings.
-    pub settings: SamplerSettings,
+    /// The sampler, built (and so checked) once, when the request is validated.
+    pub scheduler: AnyScheduler,
     /// Seed.
     pub seed: u64,
     /// Images.
     pub num_images: usize,
 }
 
-/// Checks ranges against the model (`num_classes`, `T`); the message names the field.
-pub fn validate(
-    req: &GenerateRequest,
-    num_classes: Option<usize>,
-    num_train_timesteps: usize,
-    seed: u64,
-) -> Result<Job, String> {
+/// Checks ranges against the model (classes, T, the sampler's own rules) and builds the
+/// sampler; the message names the field.
+pub fn validate(req: &GenerateRequest, config: &ModelConfig, seed: u64) -> Result<Job, String> {
+    let num_classes = config.unet.num_classes;
+    let num_train_timesteps = config.schedule.num_train_timesteps;
     if let Some(k) = req.class_label {
         match num_classes {
             None => {
@@ -240,15 +239,20 @@ pub fn validate(
             req.num_images
         ));
     }
+    let settings = SamplerSettings {
+        sampler: req.sampler,
+        num_inference_steps: s,
+        eta: req.eta,
+        use_karras_sigmas: req.use_karras_sigmas,
+    };
+    // The sampler's own rules (e.g. DPM-Solver++'s spacings cannot repeat a timestep).
+    let scheduler = config
+        .scheduler(&settings)
+        .map_err(|e| format!("sampler: {e}"))?;
     Ok(Job {
         class_label: req.class_label.map(|k| k as usize),
         guidance_scale: w,
-        settings: SamplerSettings {
-            sampler: req.sampler,
-            num_inference_steps: s,
-            eta: req.eta,
-            use_karras_sigmas: req.use_karras_sigmas,
-        },
+        scheduler,
         seed,
         num_images: req.num_images as usize,
     })
@@ -260,11 +264,13 @@ mod tests {
 
     #[test]
     fn validation_names_fields() {
+        // The MNIST preset: 10 classes, T = 1000.
+        let config = ModelConfig::new(diffusion::UNetConfig::mnist());
         let ok = GenerateRequest {
             class_label: Some(3),
             ..Default::default()
         };
-        assert!(validate(&ok, Some(10), 1000, 1).is_ok());
+        assert!(validate(&ok, &config, 1).is_ok());
         let cases = [
             (
                 GenerateRequest {
@@ -324,7 +330,7 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            let e = validate(&req, Some(10), 1000, 1).unwrap_err();
+            let e = validate(&req, &config, 1).unwrap_err();
             assert!(e.starts_with(field), "{e}");
         }
     }

@@ -71,7 +71,6 @@ fn run_job(
 ) -> Result<JobOutput, String> {
     let started = Instant::now();
     let job = &task.job;
-    let scheduler = config.scheduler(&job.settings).map_err(|e| e.to_string())?;
     let shape = config.unet.image_shape();
     let request = SampleRequest {
         image_shape: shape,
@@ -80,7 +79,7 @@ fn run_job(
         seed: job.seed,
     };
     let mut sampling =
-        Sampling::new(model, &scheduler, &request, device).map_err(|e| e.to_string())?;
+        Sampling::new(model, &job.scheduler, &request, device).map_err(|e| e.to_string())?;
     while sampling.step().is_some() {
         if task.cancelled.load(Ordering::Relaxed) {
             return Err("cancelled".into());
