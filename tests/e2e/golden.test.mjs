@@ -1,6 +1,6 @@
-// Browser vs native, in headless Chromium: the wasm package (pkg/) samples the shipped weights
-// on WebGPU (SwiftShader here) and on the CPU (flex compiled to wasm) for three
-// (class, guidance, seed) cases and must match the native golden samples made by
+// Browser vs native, in headless Chromium: the wasm bundles (pkg/web.js for the CPU, flex
+// compiled to wasm; pkg/webgpu/web.js for WebGPU, SwiftShader here) sample the shipped weights
+// for every golden case (a batch each: classes, count, guidance, seed, sampler) and must match the native golden samples made by
 // tests/make-golden.sh within max |Δ| ≤ 2/255 per pixel; ᾱ and the DDIM timesteps computed in
 // the browser must equal the native ones exactly. Prints timings for the README/notes.
 //
@@ -21,7 +21,7 @@ const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
 // The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
 const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
-  classLabel: c.class, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karras_sigmas, steps: c.steps, backends: c.backends,
+  classLabel: c.class, numImages: c.num, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karras_sigmas, steps: c.steps, backends: c.backends,
   file: `${c.name}.npy`, golden: npyValues(`tests/golden/${c.name}.npy`),
 }));
 const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
@@ -38,7 +38,7 @@ try {
   await page.goto(`${server.addr}/healthz`);
   for (const backend of backends) {
     const result = await page.evaluate(async ({ backend, cases }) => {
-      const m = await import("/pkg/web.js");
+      const m = await import(backend === "webgpu" ? "/pkg/webgpu/web.js" : "/pkg/web.js");
       await m.default();
       const weights = new Uint8Array(await (await fetch("/weights/mnist.safetensors")).arrayBuffer());
       const config = await (await fetch("/weights/mnist.json")).text();
@@ -47,7 +47,7 @@ try {
       const createMs = performance.now() - t0;
       const out = [];
       for (const c of cases) {
-        const r = await s.sample({ classLabel: c.classLabel, guidanceScale: c.guidanceScale, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karrasSigmas, steps: c.steps }, null);
+        const r = await s.sample({ classLabel: c.classLabel, numImages: c.numImages, guidanceScale: c.guidanceScale, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karrasSigmas, steps: c.steps }, null);
         out.push({ values: Array.from(r.values), pixels: Array.from(r.pixels), totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
       }
       return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)), dpm10: Array.from(s.timesteps("dpmsolver++", 10)) };
@@ -60,7 +60,7 @@ try {
         maxPx = Math.max(maxPx, Math.abs(r.pixels[4 * j] - toU8(g)));
         maxVal = Math.max(maxVal, Math.abs(r.values[j] - g));
       });
-      console.log(`${backend} class ${c.classLabel} w ${c.guidanceScale} seed ${c.seed} ${c.sampler}${c.karrasSigmas ? " karras" : ""} steps ${c.steps}: ` +
+      console.log(`${backend} class ${c.classLabel} × ${c.numImages} w ${c.guidanceScale} seed ${c.seed} ${c.sampler}${c.karrasSigmas ? " karras" : ""} steps ${c.steps}: ` +
         `max |Δpixel| ${maxPx}/255, max |Δvalue| ${maxVal.toExponential(2)}; ` +
         `total ${r.totalMs.toFixed(0)} ms, first step ${r.firstStepMs.toFixed(0)} ms, ${r.perStepMs.toFixed(1)} ms/step`);
       if (r.values.length !== c.golden.length || maxPx > 2) fail(`${backend} case ${c.file}: max pixel difference ${maxPx}`);

@@ -8,17 +8,20 @@ import { extname, join, normalize } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
-export async function startServer(trainer) {
-  const proc = spawn(trainer, ["serve", "--weights", "weights/mnist.safetensors", "--addr", "127.0.0.1:0", "--timeout", "1800"], {
+// `trainer serve --weights <weights>` on `addr` (a free port by default). `stop()` resolves once
+// the process has exited (its port is free again).
+export async function startServer(trainer, { weights = "weights/mnist.safetensors", addr: listen = "127.0.0.1:0" } = {}) {
+  const proc = spawn(trainer, ["serve", "--weights", weights, "--addr", listen, "--timeout", "1800"], {
     stdio: ["ignore", "ignore", "pipe"],
   });
+  const exited = new Promise((resolve) => proc.on("exit", resolve));
   const addr = await new Promise((resolve, reject) => {
     const rl = createInterface({ input: proc.stderr });
     rl.on("line", (l) => { const m = l.match(/listening on (http:\/\/\S+)/); if (m) resolve(m[1]); });
     proc.on("exit", (c) => reject(new Error(`trainer serve exited with ${c}`)));
     setTimeout(() => reject(new Error("trainer serve did not start in 60 s")), 60_000);
   });
-  return { addr, stop: () => proc.kill("SIGTERM") };
+  return { addr, stop: () => { proc.kill("SIGTERM"); return exited; } };
 }
 
 // A plain static file server of the repository root on 127.0.0.1 (no /v1 API): what a user gets

@@ -1,9 +1,14 @@
 // End-to-end: `trainer serve` serves index.html, pkg/ and the weights on 127.0.0.1; headless
-// Chromium opens the page, picks a class and seed, clicks Generate, and the canvas pixels must
-// match the native golden sample (max |Δ| ≤ 2/255).
+// Chromium opens the page, sets the golden `page` case (a 16-image grid), clicks Generate, and
+// the canvas must be that batch laid out as `trainer sample` lays out grids (max |Δ| ≤ 2/255);
+// then: another zoom, the PNG download, the URL round trip, Cancel, a plain static host, and a
+// retrained model (new content hash) that must replace the cached weights.
 //
 // Usage: node tests/e2e/page.test.mjs <trainer binary> [backend]
-import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startServer, startStatic, launch } from "./harness.mjs";
 
 // The backend defaults to the page's own choice ("auto"): it must not pick a software WebGPU
@@ -22,7 +27,41 @@ function npyValues(path) {
 }
 const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
-const server = await startServer(trainer);
+// The grid `trainer sample --scale <zoom> --pad 2` writes for a batch of 28×28 images, in grey
+// levels: `cols` columns, 2 grey (96) pixels between and around the cells.
+function expectedGrid(values, cols, zoom, pad = 2, size = 28) {
+  const n = values.length / (size * size);
+  const cell = size * zoom;
+  const width = cols * (cell + pad) + pad, height = Math.ceil(n / cols) * (cell + pad) + pad;
+  const grey = new Uint8Array(width * height).fill(96);
+  for (let k = 0; k < n; k++) {
+    const x0 = pad + (k % cols) * (cell + pad), y0 = pad + Math.floor(k / cols) * (cell + pad);
+    for (let y = 0; y < cell; y++) {
+      for (let x = 0; x < cell; x++) {
+        grey[(y0 + y) * width + x0 + x] = toU8(values[k * size * size + Math.floor(y / zoom) * size + Math.floor(x / zoom)]);
+      }
+    }
+  }
+  return { width, height, grey };
+}
+
+// Max |Δ| between the page's final canvas and the expected grid (Infinity if the sizes differ).
+async function canvasDiff(page, values, cols, zoom) {
+  const want = expectedGrid(values, cols, zoom);
+  const got = await page.evaluate(() => {
+    const c = document.getElementById("final");
+    return { width: c.width, height: c.height, rgba: Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data) };
+  });
+  if (got.width !== want.width || got.height !== want.height) {
+    console.log(`canvas ${got.width}×${got.height}, expected ${want.width}×${want.height}`);
+    return Infinity;
+  }
+  let max = 0;
+  want.grey.forEach((g, i) => { for (let ch = 0; ch < 3; ch++) max = Math.max(max, Math.abs(got.rgba[4 * i + ch] - g)); });
+  return max;
+}
+
+let server = await startServer(trainer);
 const browser = await launch();
 let failed = false;
 try {
@@ -51,6 +90,7 @@ try {
     if (adapter && software && !ready.includes("software")) throw new Error(`the page does not say why it chose the CPU: ${ready}`);
   }
   await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
+  await page.fill("#num", String(pageCase.num));
   await page.fill("#seed", String(pageCase.seed));
   await page.selectOption("#sampler", pageCase.sampler);
   await page.setChecked("#karras", pageCase.karras_sigmas);
@@ -61,29 +101,45 @@ try {
   const statusText = await page.textContent("#status");
   console.log(statusText);
   if (await page.evaluate(() => document.body.dataset.done) !== "1") throw new Error(statusText);
-  const pixels = await page.evaluate(() => {
-    const c = document.getElementById("final");
-    return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data);
-  });
+  // One row per class for "all", else at most 8 columns (trainer sample's layout).
   const expected = npyValues(golden);
-  let maxDiff = 0;
-  for (let i = 0; i < expected.length; i++) maxDiff = Math.max(maxDiff, Math.abs(pixels[4 * i] - toU8(expected[i])));
-  console.log(`page canvas vs native golden: max |Δ| = ${maxDiff}/255 over ${expected.length} pixels`);
-  if (pixels.length !== 4 * expected.length || maxDiff > 2) throw new Error(`canvas differs from the golden image (max |Δ| ${maxDiff})`);
+  const cols = pageCase.class === "all" ? pageCase.num : Math.min(pageCase.num, 8);
+  const zoom = Number(await page.inputValue("#zoom"));
+  const maxDiff = await canvasDiff(page, expected, cols, zoom);
+  console.log(`page canvas (${expected.length / 784} images, zoom ${zoom}) vs native golden: max |Δ| = ${maxDiff}/255`);
+  if (maxDiff > 2) throw new Error(`canvas differs from the golden grid (max |Δ| ${maxDiff})`);
+  // Another zoom redraws the same grid without sampling again.
+  await page.evaluate(() => { document.body.dataset.done = ""; });
+  await page.selectOption("#zoom", "2");
+  await page.waitForFunction(() => document.getElementById("final").width === 8 * (56 + 2) + 2, null, { timeout: 60_000 });
+  const zoomDiff = await canvasDiff(page, expected, cols, 2);
+  if (zoomDiff > 2) throw new Error(`the zoom-2 grid differs from the golden grid (max |Δ| ${zoomDiff})`);
+  // "Download PNG" saves the canvas: a PNG of the grid's size.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+  const png = readFileSync(await download.path());
+  const [pw, ph] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+  console.log(`download: ${download.suggestedFilename()} (${pw}×${ph}, ${png.length} bytes)`);
+  if (png.toString("latin1", 1, 4) !== "PNG" || pw !== 8 * (56 + 2) + 2 || !download.suggestedFilename().endsWith(".png")) {
+    throw new Error(`the download is not the grid's PNG (${download.suggestedFilename()}, ${pw}×${ph})`);
+  }
   // The settings went into the URL, and the URL gives them back.
   const url = new URL(page.url());
-  const want = { sampler: pageCase.sampler, steps: String(pageCase.steps), class: String(pageCase.class), seed: String(pageCase.seed), karras: pageCase.karras_sigmas ? "1" : "0" };
+  const want = { sampler: pageCase.sampler, steps: String(pageCase.steps), class: String(pageCase.class), num: String(pageCase.num), seed: String(pageCase.seed), karras: pageCase.karras_sigmas ? "1" : "0", zoom: "2" };
   for (const [k, v] of Object.entries(want)) {
     if (url.searchParams.get(k) !== v) throw new Error(`URL ${url.search}: ${k} should be ${v}`);
   }
   const again = await browser.newPage();
   await again.goto(url.href);
   await again.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
-  const form = await again.evaluate(() => ({ sampler: document.getElementById("sampler").value, steps: document.getElementById("steps").value, class: document.getElementById("class").value, seed: document.getElementById("seed").value, karras: document.getElementById("karras").checked ? "1" : "0" }));
+  const form = await again.evaluate(() => {
+    const v = (id) => document.getElementById(id).value;
+    return { sampler: v("sampler"), steps: v("steps"), class: v("class"), num: v("num"), seed: v("seed"), karras: document.getElementById("karras").checked ? "1" : "0", zoom: v("zoom") };
+  });
   if (JSON.stringify(form) !== JSON.stringify(want)) throw new Error(`the URL's settings came back as ${JSON.stringify(form)}`);
   // A long run is cancelled between steps, while the page thread stays free (sampling runs in
   // the worker).
   await again.selectOption("#sampler", "ddim");
+  await again.fill("#num", "1");
   await again.fill("#steps", "200");
   await again.click("#generate");
   await again.waitForFunction(() => Number(document.getElementById("progress").value) >= 3, null, { timeout: 120_000 });
@@ -107,6 +163,38 @@ try {
     if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
   } finally {
     files.stop();
+  }
+  // A retrained model under the same URL: the server's content hash changes, so the page must
+  // fetch the new weights and drop the cached old ones. Same port = same origin = same cache.
+  const dir = mkdtempSync(join(tmpdir(), "rust-ddpm-page-"));
+  const retrained = readFileSync("weights/mnist.safetensors");
+  const dataStart = 8 + Number(retrained.readBigUInt64LE(0));
+  retrained[dataStart] ^= 1; // the lowest mantissa bit of the first weight
+  writeFileSync(join(dir, "mnist.safetensors"), retrained);
+  copyFileSync("weights/mnist.json", join(dir, "mnist.json"));
+  const oldHash = served.sha256;
+  const { port } = new URL(server.addr);
+  await server.stop();
+  server = await startServer(trainer, { weights: join(dir, "mnist.safetensors"), addr: `127.0.0.1:${port}` });
+  const fresh = await (await fetch(`${server.addr}/v1/model`)).json();
+  if (fresh.sha256 === oldHash) throw new Error("the retrained weights kept the old hash");
+  await page.goto(`${server.addr}/?backend=cpu`);
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  const cached = await page.evaluate(async () => {
+    const cache = await caches.open("rust-ddpm-weights-v1");
+    const entries = [];
+    for (const req of await cache.keys()) {
+      const body = await (await cache.match(req)).arrayBuffer();
+      const digest = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", body)), (b) => b.toString(16).padStart(2, "0")).join("");
+      entries.push({ url: req.url, digest });
+    }
+    return { model: document.body.dataset.model, entries };
+  });
+  const wantDigest = createHash("sha256").update(retrained).digest("hex");
+  console.log(`retrained model: page runs ${cached.model.slice(0, 12)}…, cache ${JSON.stringify(cached.entries.map((e) => [new URL(e.url).search.slice(0, 20), e.digest.slice(0, 12)]))}`);
+  if (cached.model !== fresh.sha256) throw new Error(`after the model changed the page runs ${cached.model}, the server serves ${fresh.sha256}`);
+  if (cached.entries.length !== 1 || cached.entries[0].digest !== wantDigest || !cached.entries[0].url.includes(fresh.sha256)) {
+    throw new Error(`the weight cache should hold the retrained weights only: ${JSON.stringify(cached.entries)}`);
   }
   console.log("page test passed");
 } catch (e) {

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use crate::flags::SamplerFlags;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Result};
 use artifacts::{grid, save_npy, save_png};
 use clap::Args;
+use diffusion::sampler::{ClassChoice, GridLabels};
 use diffusion::weights::load_model;
 use training::generate::{generate, generate_trajectory};
 
@@ -53,30 +54,9 @@ pub(crate) struct SampleArgs {
 pub(crate) fn cmd_sample(a: SampleArgs) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
-    let n_classes = config.unet.num_classes;
-    if a.num == 0 {
-        bail!("--num must be at least 1");
-    }
-    let (labels, cols) = match a.class.as_str() {
-        "all" => match n_classes {
-            Some(n) => (training::generate::class_rows(n, a.num), a.num),
-            None => (vec![None; a.num], a.num.min(8)),
-        },
-        "none" => (vec![None; a.num], a.num.min(8)),
-        k => {
-            let k: usize = k.parse().with_context(|| {
-                format!("--class must be a class index, `none` or `all`, not `{k}`")
-            })?;
-            match n_classes {
-                Some(n) if k < n => (vec![Some(k); a.num], a.num.min(8)),
-                Some(n) => bail!(
-                    "--class {k} is out of range: the model has classes 0..={}",
-                    n - 1
-                ),
-                None => bail!("--class {k}: the model is unconditional (use --class none)"),
-            }
-        }
-    };
+    let GridLabels { labels, cols } = ClassChoice::parse(&a.class)
+        .and_then(|c| c.grid(a.num, config.unet.num_classes))
+        .map_err(|e| anyhow!("--class {} --num {}: {e}", a.class, a.num))?;
     let settings = a.sampler.settings(&config)?;
     let started = std::time::Instant::now();
     let (values, shape) = if let Some(traj) = &a.trajectory {

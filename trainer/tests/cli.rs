@@ -278,7 +278,7 @@ fn bad_flags() {
             "--out",
             png.to_str().unwrap(),
         ]),
-        "--class 12 is out of range",
+        "--class 12 --num 8: invalid sampler setting: class 12 is out of range",
     );
     fails_with(
         &trainer(&[

@@ -5,21 +5,36 @@
 //! WebGPU).
 #![cfg(target_arch = "wasm32")]
 
-use artifacts::pixels::to_rgba;
+use artifacts::pixels::{grid_rgb, to_rgba, GridPixels};
 use burn::tensor::{Device, Tensor};
-use diffusion::sampler::{SamplerKind, SamplerSettings};
+use diffusion::sampler::{ClassChoice, GridLabels, SamplerKind, SamplerSettings};
 use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
+/// The most images one call samples (the page offers 1–64).
+pub const MAX_IMAGES: usize = 256;
+
+/// A class as JavaScript gives it: an index, or `"all"` / `"none"` / `"3"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ClassOption {
+    Index(usize),
+    Name(String),
+}
+
 /// Sampling options from JavaScript (camelCase).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SampleOptions {
-    /// Class, or null/absent for unconditional.
+    /// Class index, `"all"` (one row per class), or null/absent/`"none"` for unconditional:
+    /// `trainer sample --class`.
     #[serde(default)]
-    class_label: Option<usize>,
+    class_label: Option<ClassOption>,
+    /// Images (per class with `"all"`): `trainer sample --num`.
+    #[serde(default = "one")]
+    num_images: usize,
     /// Guidance scale w (1 = conditional, 0 = unconditional).
     #[serde(default = "three")]
     guidance_scale: f64,
@@ -58,8 +73,19 @@ fn ddim() -> String {
     "ddim".into()
 }
 
+/// The padding between cells of a preview grid.
+const PREVIEW_PAD: u32 = 1;
+
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// A backend this bundle was built without (see web/build.sh).
+#[allow(dead_code)] // a bundle with both backends never calls it
+fn not_in_bundle(backend: &str) -> JsError {
+    js_err(format!(
+        "backend `{backend}` is not in this bundle (pkg/web.js has cpu, pkg/webgpu/web.js both)"
+    ))
 }
 
 fn now_ms() -> f64 {
@@ -86,6 +112,52 @@ pub async fn yield_to_browser() -> Result<(), JsError> {
         .await
         .map(|_| ())
         .map_err(|e| js_err(format!("yield failed: {e:?}")))
+}
+
+/// Sets `key` on a plain object.
+fn set(o: &js_sys::Object, key: &str, value: JsValue) -> Result<(), JsError> {
+    js_sys::Reflect::set(o, &key.into(), &value)
+        .map(|_| ())
+        .map_err(|_| js_err(format!("setting `{key}` on the result failed")))
+}
+
+/// `{width, height, pixels: Uint8ClampedArray (RGBA)}` for a canvas.
+fn grid_object(g: &GridPixels) -> Result<JsValue, JsError> {
+    let o = js_sys::Object::new();
+    set(&o, "width", g.width.into())?;
+    set(&o, "height", g.height.into())?;
+    let rgba = js_sys::Uint8ClampedArray::from(g.to_rgba().as_slice());
+    set(&o, "pixels", rgba.into())?;
+    Ok(o.into())
+}
+
+/// Lays out sampled `values` (`[count, channels, size, size]`, as `sample` returns them) as
+/// the grid `trainer sample` writes: `cols` columns, `pad` grey pixels between cells, each
+/// pixel drawn `scale × scale`. Returns `{width, height, pixels: Uint8ClampedArray (RGBA)}`.
+#[wasm_bindgen(js_name = gridRgba)]
+pub fn grid_rgba(
+    values: &[f32],
+    channels: usize,
+    size: usize,
+    cols: usize,
+    pad: u32,
+    scale: u32,
+) -> Result<JsValue, JsError> {
+    let per = channels * size * size;
+    if !(channels == 1 || channels == 3) || per == 0 || values.is_empty() || values.len() % per != 0
+    {
+        return Err(js_err(format!(
+            "{} values are not whole {channels}×{size}×{size} images",
+            values.len()
+        )));
+    }
+    if scale == 0 || scale > 64 || pad > 64 {
+        return Err(js_err(format!(
+            "scale {scale} / pad {pad}: expected scale 1..=64, pad 0..=64"
+        )));
+    }
+    let shape = [values.len() / per, channels, size, size];
+    grid_object(&grid_rgb(values, shape, cols, pad, scale))
 }
 
 async fn read(t: Tensor<4>) -> Result<Vec<f32>, JsError> {
@@ -116,12 +188,18 @@ impl Sampler {
         console_error_panic_hook::set_once();
         let config = ModelConfig::from_json(&config_json, "config").map_err(js_err)?;
         let device = match backend.as_str() {
+            #[cfg(feature = "webgpu")]
             "webgpu" => Device::wgpu_options()
                 .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
                 .init_async()
                 .await
                 .map_err(|e| js_err(format!("WebGPU is not available: {e}")))?,
+            #[cfg(feature = "cpu")]
             "cpu" => Device::flex(),
+            #[cfg(not(feature = "webgpu"))]
+            "webgpu" => return Err(not_in_bundle("webgpu")),
+            #[cfg(not(feature = "cpu"))]
+            "cpu" => return Err(not_in_bundle("cpu")),
             other => {
                 return Err(js_err(format!(
                     "unknown backend `{other}` (expected webgpu or cpu)"
@@ -173,12 +251,14 @@ impl Sampler {
         Ok(self.config.schedule.build().map_err(js_err)?.alphas_cumprod)
     }
 
-    /// Samples one image. `options`: `{classLabel, guidanceScale, steps, eta, seed, sampler,
-    /// karrasSigmas, previewEvery}`. `onProgress(step, total, previewRgba | null)` is called after
-    /// each step, with x̂₀ as RGBA every `previewEvery` steps; returning `false` cancels the run
-    /// (the call then fails with "cancelled").
-    /// Returns `{pixels: Uint8ClampedArray (RGBA), values: Float32Array, width, height,
-    /// totalMs, firstStepMs, perStepMs, backend}`.
+    /// Samples a batch in one run, as `trainer sample` does for the same settings. `options`:
+    /// `{classLabel, numImages, guidanceScale, steps, eta, seed, sampler, karrasSigmas,
+    /// previewEvery}`. `onProgress(step, total, preview | null)` is called after each step, with
+    /// x̂₀ as a grid (`{width, height, pixels}`, 1 pixel apart) every `previewEvery` steps;
+    /// returning `false` cancels the run (the call then fails with "cancelled").
+    /// Returns `{pixels: Uint8ClampedArray (RGBA, image after image), values: Float32Array
+    /// ([count, channels, height, width]), count, cols, channels, width, height, totalMs,
+    /// firstStepMs, perStepMs, backend}`.
     pub async fn sample(
         &self,
         options: JsValue,
@@ -202,10 +282,31 @@ impl Sampler {
             use_karras_sigmas: o.karras_sigmas,
         };
         let scheduler = self.config.scheduler(&settings).map_err(js_err)?;
+        if o.num_images > MAX_IMAGES {
+            return Err(js_err(format!(
+                "numImages {}: at most {MAX_IMAGES}",
+                o.num_images
+            )));
+        }
+        let choice = match &o.class_label {
+            None => ClassChoice::Unconditional,
+            Some(ClassOption::Index(k)) => ClassChoice::Class(*k),
+            Some(ClassOption::Name(name)) => ClassChoice::parse(name).map_err(js_err)?,
+        };
+        let GridLabels { labels, cols } = choice
+            .grid(o.num_images, self.config.unet.num_classes)
+            .map_err(js_err)?;
+        if labels.len() > MAX_IMAGES {
+            return Err(js_err(format!(
+                "{} images in one call: at most {MAX_IMAGES}",
+                labels.len()
+            )));
+        }
         let shape = self.config.unet.image_shape();
+        let batch = [labels.len(), shape[0], shape[1], shape[2]];
         let request = SampleRequest {
             image_shape: shape,
-            class_labels: vec![o.class_label],
+            class_labels: labels,
             guidance_scale: o.guidance_scale,
             seed: o.seed as u64,
         };
@@ -220,8 +321,7 @@ impl Sampler {
                 let last = out.step_index + 1 == out.num_steps;
                 let preview = if k > 0 && ((out.step_index + 1) % k == 0 || last) {
                     let x0 = read(out.pred_original_sample).await?;
-                    let rgba = to_rgba(&x0, [1, shape[0], shape[1], shape[2]]);
-                    js_sys::Uint8ClampedArray::from(rgba.as_slice()).into()
+                    grid_object(&grid_rgb(&x0, batch, cols, PREVIEW_PAD, 1))?
                 } else {
                     JsValue::NULL
                 };
@@ -248,29 +348,22 @@ impl Sampler {
         let values = read(sampling.sample().clone()).await?;
         let total_ms = now_ms() - started;
         let steps = scheduler.timesteps().len();
-        let rgba = to_rgba(&values, [1, shape[0], shape[1], shape[2]]);
+        let rgba = to_rgba(&values, batch);
         let result = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &k.into(), &v).map(|_| ());
-        set(
-            "pixels",
-            js_sys::Uint8ClampedArray::from(rgba.as_slice()).into(),
-        )
-        .map_err(|_| js_err("reflect"))?;
-        set(
-            "values",
-            js_sys::Float32Array::from(values.as_slice()).into(),
-        )
-        .map_err(|_| js_err("reflect"))?;
-        set("width", (shape[2] as u32).into()).map_err(|_| js_err("reflect"))?;
-        set("height", (shape[1] as u32).into()).map_err(|_| js_err("reflect"))?;
-        set("totalMs", total_ms.into()).map_err(|_| js_err("reflect"))?;
-        set("firstStepMs", first_step_ms.into()).map_err(|_| js_err("reflect"))?;
-        set(
-            "perStepMs",
-            ((total_ms - first_step_ms) / (steps.max(2) - 1) as f64).into(),
-        )
-        .map_err(|_| js_err("reflect"))?;
-        set("backend", self.backend.clone().into()).map_err(|_| js_err("reflect"))?;
+        let pixels = js_sys::Uint8ClampedArray::from(rgba.as_slice());
+        set(&result, "pixels", pixels.into())?;
+        let values = js_sys::Float32Array::from(values.as_slice());
+        set(&result, "values", values.into())?;
+        set(&result, "count", (batch[0] as u32).into())?;
+        set(&result, "cols", (cols as u32).into())?;
+        set(&result, "channels", (shape[0] as u32).into())?;
+        set(&result, "width", (shape[2] as u32).into())?;
+        set(&result, "height", (shape[1] as u32).into())?;
+        set(&result, "totalMs", total_ms.into())?;
+        set(&result, "firstStepMs", first_step_ms.into())?;
+        let per_step_ms = (total_ms - first_step_ms) / (steps.max(2) - 1) as f64;
+        set(&result, "perStepMs", per_step_ms.into())?;
+        set(&result, "backend", self.backend.clone().into())?;
         Ok(result.into())
     }
 }

@@ -5,43 +5,13 @@ use std::path::Path;
 use image::{ImageEncoder, RgbImage};
 
 use crate::atomic::{ensure_parent, write_atomic, IoError};
-use crate::pixels::to_u8;
+use crate::pixels::grid_rgb;
 
 /// Lays out a batch `[n, c, h, w]` (values in [-1, 1]) as a grid with `cols` columns, `pad`
-/// pixels of grey between cells, each pixel drawn `scale × scale`.
-pub fn grid(
-    values: &[f32],
-    [n, c, h, w]: [usize; 4],
-    cols: usize,
-    pad: u32,
-    scale: u32,
-) -> RgbImage {
-    assert_eq!(values.len(), n * c * h * w);
-    let cols = cols.clamp(1, n.max(1));
-    let rows = n.div_ceil(cols);
-    let (cw, ch) = (w as u32 * scale, h as u32 * scale);
-    let width = cols as u32 * (cw + pad) + pad;
-    let height = rows as u32 * (ch + pad) + pad;
-    let mut img = RgbImage::from_pixel(width, height, image::Rgb([96, 96, 96]));
-    let hw = h * w;
-    for (k, cell) in values.chunks_exact(c * hw).enumerate() {
-        let (x0, y0) = (
-            pad + (k % cols) as u32 * (cw + pad),
-            pad + (k / cols) as u32 * (ch + pad),
-        );
-        for y in 0..h {
-            for x in 0..w {
-                let px = |ch_: usize| to_u8(cell[(if c == 1 { 0 } else { ch_ }) * hw + y * w + x]);
-                let rgb = image::Rgb([px(0), px(1), px(2)]);
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        img.put_pixel(x0 + x as u32 * scale + dx, y0 + y as u32 * scale + dy, rgb);
-                    }
-                }
-            }
-        }
-    }
-    img
+/// pixels of grey between cells, each pixel drawn `scale × scale` ([`grid_rgb`] as an image).
+pub fn grid(values: &[f32], shape: [usize; 4], cols: usize, pad: u32, scale: u32) -> RgbImage {
+    let g = grid_rgb(values, shape, cols, pad, scale);
+    RgbImage::from_raw(g.width, g.height, g.rgb).expect("grid_rgb sizes its buffer")
 }
 
 /// Encodes an RGB image as PNG bytes.

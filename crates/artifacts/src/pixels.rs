@@ -21,6 +21,75 @@ pub fn to_rgba(values: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<u8> {
     out
 }
 
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GridPixels {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width · height · 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
+impl GridPixels {
+    /// The same pixels as RGBA (alpha 255), as a canvas takes them.
+    pub fn to_rgba(&self) -> Vec<u8> {
+        self.rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect()
+    }
+}
+
+/// Grey of the padding between grid cells.
+pub const GRID_PAD_GREY: u8 = 96;
+
+/// Lays out a batch `[n, c, h, w]` (values in [-1, 1]) as a grid with `cols` columns (clamped
+/// to 1..=n), `pad` pixels of grey between and around the cells, each pixel drawn
+/// `scale × scale` (at least 1). `trainer sample`'s PNG and the browser page's canvas are this
+/// image.
+pub fn grid_rgb(
+    values: &[f32],
+    [n, c, h, w]: [usize; 4],
+    cols: usize,
+    pad: u32,
+    scale: u32,
+) -> GridPixels {
+    assert_eq!(values.len(), n * c * h * w, "values do not match the shape");
+    assert!(c == 1 || c == 3, "1 or 3 channels");
+    let scale = scale.max(1) as usize;
+    let pad = pad as usize;
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let (cw, ch) = (w * scale, h * scale);
+    let width = cols * (cw + pad) + pad;
+    let height = rows * (ch + pad) + pad;
+    let mut rgb = vec![GRID_PAD_GREY; width * height * 3];
+    let hw = h * w;
+    for (k, cell) in values.chunks_exact(c * hw).enumerate() {
+        let (x0, y0) = (pad + (k % cols) * (cw + pad), pad + (k / cols) * (ch + pad));
+        for y in 0..h {
+            for x in 0..w {
+                let px = |ch_: usize| to_u8(cell[(if c == 1 { 0 } else { ch_ }) * hw + y * w + x]);
+                let p = [px(0), px(1), px(2)];
+                for dy in 0..scale {
+                    let row = (y0 + y * scale + dy) * width;
+                    for dx in 0..scale {
+                        let i = 3 * (row + x0 + x * scale + dx);
+                        rgb[i..i + 3].copy_from_slice(&p);
+                    }
+                }
+            }
+        }
+    }
+    GridPixels {
+        width: width as u32,
+        height: height as u32,
+        rgb,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +102,22 @@ mod tests {
         );
         let rgba = to_rgba(&[-1.0, 1.0], [1, 1, 1, 2]);
         assert_eq!(rgba, vec![0, 0, 0, 255, 255, 255, 255, 255]);
+    }
+
+    #[test]
+    fn lays_out_a_grid() {
+        // Three 1×2 images in 2 columns, pad 1, scale 2: 2·(4+1)+1 = 11 wide, 2·(2+1)+1 = 7 high.
+        let g = grid_rgb(&[-1.0, 1.0, 0.0, 0.0, 1.0, -1.0], [3, 1, 1, 2], 2, 1, 2);
+        assert_eq!((g.width, g.height, g.rgb.len()), (11, 7, 11 * 7 * 3));
+        let at = |x: usize, y: usize| g.rgb[3 * (y * 11 + x)];
+        assert_eq!(
+            [at(0, 0), at(1, 1), at(2, 2), at(3, 1), at(5, 1)],
+            [96, 0, 0, 255, 96]
+        );
+        assert_eq!(
+            [at(6, 1), at(8, 2), at(1, 4), at(3, 5), at(6, 4)],
+            [128, 128, 255, 0, 96]
+        );
+        assert_eq!(g.to_rgba()[..8], [96, 96, 96, 255, 96, 96, 96, 255]);
     }
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use diffusion::sampler::{to_host, SamplerKind, SamplerSettings};
+use diffusion::sampler::{to_host, ClassChoice, SamplerKind, SamplerSettings};
 use diffusion::weights::load_model;
 use diffusion::{SampleRequest, Sampling};
 
@@ -42,7 +42,18 @@ fn native_sampling_reproduces_every_golden_case() {
     let cases = list["cases"].as_array().unwrap();
     assert!(cases.len() >= 3, "the golden list is nearly empty");
     for case in cases {
-        let class = case["class"].as_u64().map(|c| c as usize);
+        // `trainer sample --class`'s values: an index, null (`none`) or "all".
+        let class = match &case["class"] {
+            serde_json::Value::Null => "none".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            k => k.to_string(),
+        };
+        let num = case["num"].as_u64().unwrap() as usize;
+        let labels = ClassChoice::parse(&class)
+            .unwrap()
+            .grid(num, config.unet.num_classes)
+            .unwrap()
+            .labels;
         let guidance = case["guidance"].as_f64().unwrap();
         let (seed, steps) = (
             case["seed"].as_u64().unwrap(),
@@ -57,7 +68,7 @@ fn native_sampling_reproduces_every_golden_case() {
         let scheduler = config.scheduler(&settings).unwrap();
         let request = SampleRequest {
             image_shape: config.unet.image_shape(),
-            class_labels: vec![class],
+            class_labels: labels,
             guidance_scale: guidance,
             seed,
         };

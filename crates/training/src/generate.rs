@@ -42,13 +42,6 @@ pub fn generate(
     Ok((to_host(out), shape))
 }
 
-/// Labels for a grid with one row per class and `cols` columns.
-pub fn class_rows(num_classes: usize, cols: usize) -> Vec<Option<usize>> {
-    (0..num_classes)
-        .flat_map(|k| std::iter::repeat_n(Some(k), cols))
-        .collect()
-}
-
 /// Samples like [`generate`] and also records x_t and x̂_0 after every `every`-th step
 /// (and the last), for trajectory plots. Returns (final, frames of (x_t, x̂_0), shape).
 #[allow(clippy::too_many_arguments)]

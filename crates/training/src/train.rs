@@ -29,9 +29,10 @@ use diffusion::UNet;
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::error::{Result, TrainError};
-use crate::generate::{class_rows, generate};
+use crate::generate::generate;
 use crate::run_log::{plot_loss, read_history};
 use crate::step::{train_step, StepOutcome};
+use diffusion::sampler::class_rows;
 
 pub use crate::config::TrainConfig;
 pub use crate::observer::{Quiet, StepMetrics, TrainObserver, TrainSummary};

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 use datasets::{Dataset, DatasetSpec, Split};
+use diffusion::sampler::class_rows;
 use diffusion::sampler::SamplerSettings;
 use diffusion::weights::load_model;
 use diffusion::{ModelConfig, UNetConfig};
-use training::generate::{class_rows, generate};
+use training::generate::generate;
 use training::train::{train, Quiet, TrainConfig};
 
 /// Burn's CPU RNG (parameter init, dropout masks) is process-global, so two trainings in one

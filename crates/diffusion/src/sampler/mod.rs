@@ -5,6 +5,7 @@
 //! so the same seed gives the same image on every backend.
 
 mod any;
+mod class_choice;
 mod ddim;
 mod ddpm;
 mod dpm_solver;
@@ -12,6 +13,7 @@ mod karras;
 mod sampling;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
+pub use class_choice::{class_rows, ClassChoice, GridLabels, MAX_GRID_COLS};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
 pub use dpm_solver::{

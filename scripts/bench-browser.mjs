@@ -1,0 +1,73 @@
+// Times sampling in headless Chromium (Debian's, through tests/e2e/harness.mjs): for each
+// bundle directory given, a fresh page loads `<dir>/web.js`, creates a sampler on `--backend`
+// and runs 50-step DDIM + guidance (w = 3) at each batch size, rounds interleaved across the
+// bundles so drift hits them alike. Prints one line per run and the medians. Not a test.
+//
+// Usage: node scripts/bench-browser.mjs [--backend cpu|webgpu] [--batches 1,16] [--steps 50]
+//          [--rounds 3] DIR...   (DIR: a wasm-bindgen --target web output, e.g. pkg, pkg/webgpu)
+import { resolve } from "node:path";
+import { launch, startStatic } from "../tests/e2e/harness.mjs";
+
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  if (i < 0) return dflt;
+  const [v] = args.splice(i, 2).slice(1);
+  return v;
+};
+const backend = opt("backend", "cpu");
+const batches = opt("batches", "1,16").split(",").map(Number);
+const steps = Number(opt("steps", "50"));
+const rounds = Number(opt("rounds", "3"));
+const dirs = args.map((d) => resolve(d));
+if (!dirs.length) {
+  console.error("usage: node scripts/bench-browser.mjs [--backend cpu|webgpu] [--batches 1,16] [--steps 50] [--rounds 3] DIR...");
+  process.exit(2);
+}
+const weights = resolve("weights/mnist.safetensors");
+const config = resolve("weights/mnist.json");
+
+const files = await startStatic("/");
+const browser = await launch();
+const runs = [];
+try {
+  for (let round = 0; round < rounds; round++) {
+    for (const dir of dirs) {
+      const page = await browser.newPage();
+      await page.goto(`${files.addr}/`); // any page of the server's origin (a 404 is fine)
+      const r = await page.evaluate(async ({ dir, weights, config, backend, batches, steps }) => {
+        const t0 = performance.now();
+        const m = await import(`${dir}/web.js`);
+        await m.default();
+        const w = new Uint8Array(await (await fetch(weights)).arrayBuffer());
+        const c = await (await fetch(config)).text();
+        const s = await m.Sampler.create(w, c, backend);
+        const loadMs = performance.now() - t0;
+        const out = [];
+        for (const b of batches) {
+          const r = await s.sample({ classLabel: 7, numImages: b, guidanceScale: 3, seed: 42, sampler: "ddim", steps }, null);
+          out.push({ batch: b, totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
+        }
+        return { loadMs, out };
+      }, { dir, weights, config, backend, batches, steps });
+      await page.close();
+      for (const o of r.out) {
+        runs.push({ dir, ...o });
+        console.log(`round ${round} ${dir} ${backend} batch ${o.batch}: load ${r.loadMs.toFixed(0)} ms, total ${o.totalMs.toFixed(0)} ms, first step ${o.firstStepMs.toFixed(0)} ms, ${o.perStepMs.toFixed(1)} ms/step`);
+      }
+    }
+  }
+} finally {
+  await browser.close();
+  files.stop();
+}
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+console.log(`\nmedians over ${rounds} rounds (${steps}-step DDIM + guidance, ${backend}):`);
+for (const b of batches) {
+  const base = median(runs.filter((r) => r.dir === dirs[0] && r.batch === b).map((r) => r.perStepMs));
+  for (const dir of dirs) {
+    const mine = runs.filter((r) => r.dir === dir && r.batch === b);
+    const per = median(mine.map((r) => r.perStepMs));
+    console.log(`  batch ${b} ${dir}: ${per.toFixed(1)} ms/step, total ${median(mine.map((r) => r.totalMs)).toFixed(0)} ms, first step ${median(mine.map((r) => r.firstStepMs)).toFixed(0)} ms (${(per / base).toFixed(2)}× ${dirs[0]})`);
+  }
+}
