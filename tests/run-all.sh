@@ -47,7 +47,7 @@ step "browser vs native golden samples (wasm-pack test: WebGPU and CPU-wasm in h
 # compiles. wasm-pack finds Debian's chromedriver on PATH; Chromium's flags are in
 # web/webdriver.json.
 WASM_BINDGEN_TEST_TIMEOUT=1800 \
-  wasm-pack test --headless --chrome --release --mode no-install web -- --test browser
+  wasm-pack test --headless --chrome --release --mode no-install web --test browser
 
 step "end-to-end page test (index.html served by trainer serve)"
 node tests/e2e/page.test.mjs "$CARGO_TARGET_DIR/release/trainer"

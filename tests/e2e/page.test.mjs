@@ -4,7 +4,7 @@
 // then: another zoom, the PNG download, the URL round trip, Cancel, a plain static host, and a
 // retrained model (new content hash) that must replace the cached weights.
 //
-// Usage: node tests/e2e/page.test.mjs <trainer binary> [backend]
+// Usage: [PAGE_SCREENSHOT=out.png] node tests/e2e/page.test.mjs <trainer binary> [backend]
 import { createHash } from "node:crypto";
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -108,6 +108,8 @@ try {
   const maxDiff = await canvasDiff(page, expected, cols, zoom);
   console.log(`page canvas (${expected.length / 784} images, zoom ${zoom}) vs native golden: max |Δ| = ${maxDiff}/255`);
   if (maxDiff > 2) throw new Error(`canvas differs from the golden grid (max |Δ| ${maxDiff})`);
+  // PAGE_SCREENSHOT=docs/page-16-grid.png: the README's picture of the page after this run.
+  if (process.env.PAGE_SCREENSHOT) await page.screenshot({ path: process.env.PAGE_SCREENSHOT, fullPage: true });
   // Another zoom redraws the same grid without sampling again.
   await page.evaluate(() => { document.body.dataset.done = ""; });
   await page.selectOption("#zoom", "2");

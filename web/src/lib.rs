@@ -13,6 +13,60 @@ use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
+// TypeScript shapes of the options and results passed as plain objects (pkg/web.d.ts).
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &str = r#"
+/** Options of `Sampler.sample` (camelCase; absent fields take the defaults shown). */
+export interface SampleOptions {
+  /** A class index, `"all"` (one row per class) or `null`/`"none"` (unconditional). Default null. */
+  classLabel?: number | "all" | "none" | null;
+  /** Images (per class for `"all"`). Default 1. */
+  numImages?: number;
+  /** Classifier-free guidance scale w. Default 3. */
+  guidanceScale?: number;
+  /** Denoising steps. Default 50. */
+  steps?: number;
+  /** DDIM η. Default 0. */
+  eta?: number;
+  /** Seed, a whole number up to 2^53 − 1. Default 0. */
+  seed?: number;
+  /** Default "ddim". */
+  sampler?: "ddim" | "ddpm" | "dpmsolver++" | "sde-dpmsolver++";
+  /** DPM-Solver++ with Karras noise levels. Default false. */
+  karrasSigmas?: boolean;
+  /** x̂₀ preview every this many steps (0 = never). Default 1. */
+  previewEvery?: number;
+}
+
+/** An RGBA image for a canvas (`new ImageData(pixels, width, height)`). */
+export interface RgbaImage {
+  width: number;
+  height: number;
+  pixels: Uint8ClampedArray;
+}
+
+/** What `Sampler.sample` returns. */
+export interface SampleResult {
+  /** RGBA, image after image (count · height · width · 4 bytes). */
+  pixels: Uint8ClampedArray;
+  /** Values in [-1, 1], shape [count, channels, height, width]. */
+  values: Float32Array;
+  count: number;
+  /** Columns of the grid `trainer sample` draws this batch in. */
+  cols: number;
+  channels: number;
+  width: number;
+  height: number;
+  totalMs: number;
+  firstStepMs: number;
+  perStepMs: number;
+  backend: "webgpu" | "cpu";
+}
+
+/** Called after each step; return `false` to cancel. */
+export type SampleProgress = (step: number, total: number, preview: RgbaImage | null) => boolean | void;
+"#;
+
 /// The most images one call samples (the page offers 1–64).
 pub const MAX_IMAGES: usize = 256;
 
@@ -134,7 +188,7 @@ fn grid_object(g: &GridPixels) -> Result<JsValue, JsError> {
 /// Lays out sampled `values` (`[count, channels, size, size]`, as `sample` returns them) as
 /// the grid `trainer sample` writes: `cols` columns, `pad` grey pixels between cells, each
 /// pixel drawn `scale × scale`. Returns `{width, height, pixels: Uint8ClampedArray (RGBA)}`.
-#[wasm_bindgen(js_name = gridRgba)]
+#[wasm_bindgen(js_name = gridRgba, unchecked_return_type = "RgbaImage")]
 pub fn grid_rgba(
     values: &[f32],
     channels: usize,
@@ -259,9 +313,11 @@ impl Sampler {
     /// Returns `{pixels: Uint8ClampedArray (RGBA, image after image), values: Float32Array
     /// ([count, channels, height, width]), count, cols, channels, width, height, totalMs,
     /// firstStepMs, perStepMs, backend}`.
+    #[wasm_bindgen(unchecked_return_type = "SampleResult")]
     pub async fn sample(
         &self,
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "SampleOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "SampleProgress | null | undefined")]
         on_progress: Option<js_sys::Function>,
     ) -> Result<JsValue, JsError> {
         let o: SampleOptions = serde_wasm_bindgen::from_value(options).map_err(js_err)?;
