@@ -1,5 +1,6 @@
 // Times sampling in headless Chromium (Debian's, through tests/e2e/harness.mjs): for each
-// bundle directory given, a fresh page loads `<dir>/web.js`, creates a sampler on `--backend`
+// bundle directory given, a fresh page starts a module Web Worker that loads `<dir>/web.js`
+// (and, for a threads bundle, starts its thread pool), creates a sampler on `--backend`
 // and runs 50-step DDIM + guidance (w = 3) at each batch size, rounds interleaved across the
 // bundles so drift hits them alike. Prints one line per run and the medians. Not a test.
 //
@@ -27,7 +28,8 @@ if (!dirs.length) {
 const weights = resolve("weights/mnist.safetensors");
 const config = resolve("weights/mnist.json");
 
-const files = await startStatic("/");
+// Cross-origin isolated, so a threads bundle (pkg/threads) can start its Web Workers.
+const files = await startStatic("/", { isolated: true });
 const browser = await launch();
 const runs = [];
 try {
@@ -35,25 +37,40 @@ try {
     for (const dir of dirs) {
       const page = await browser.newPage();
       await page.goto(`${files.addr}/`); // any page of the server's origin (a 404 is fine)
-      const r = await page.evaluate(async ({ dir, weights, config, backend, batches, steps }) => {
-        const t0 = performance.now();
-        const m = await import(`${dir}/web.js`);
-        await m.default();
-        const w = new Uint8Array(await (await fetch(weights)).arrayBuffer());
-        const c = await (await fetch(config)).text();
-        const s = await m.Sampler.create(w, c, backend);
-        const loadMs = performance.now() - t0;
-        const out = [];
-        for (const b of batches) {
-          const r = await s.sample({ classLabel: 7, numImages: b, guidanceScale: 3, seed: 42, sampler: "ddim", steps }, null);
-          out.push({ batch: b, totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
-        }
-        return { loadMs, out };
+      // In a module Web Worker, as the page samples (a threads bundle can block there; the
+      // page thread may only spin).
+      const r = await page.evaluate(async (params) => {
+        const code = `self.onmessage = async ({ data: { dir, weights, config, backend, batches, steps } }) => {
+          try {
+            const t0 = performance.now();
+            const m = await import(location.origin + dir + "/web.js");
+            await m.default();
+            const threads = m.initThreadPool ? navigator.hardwareConcurrency : 1;
+            if (m.initThreadPool) await m.initThreadPool(threads);
+            const w = new Uint8Array(await (await fetch(location.origin + weights)).arrayBuffer());
+            const c = await (await fetch(location.origin + config)).text();
+            const s = await m.Sampler.create(w, c, backend);
+            const loadMs = performance.now() - t0;
+            const out = [];
+            for (const b of batches) {
+              const r = await s.sample({ classLabel: 7, numImages: b, guidanceScale: 3, seed: 42, sampler: "ddim", steps }, null);
+              out.push({ batch: b, totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
+            }
+            self.postMessage({ loadMs, out, threads });
+          } catch (e) {
+            self.postMessage({ error: String(e && e.stack || e) });
+          }
+        };`;
+        const worker = new Worker(URL.createObjectURL(new Blob([code], { type: "text/javascript" })), { type: "module" });
+        const result = await new Promise((resolve) => { worker.onmessage = ({ data }) => resolve(data); worker.onerror = (e) => resolve({ error: e.message }); worker.postMessage(params); });
+        worker.terminate();
+        if (result.error) throw new Error(result.error);
+        return result;
       }, { dir, weights, config, backend, batches, steps });
       await page.close();
       for (const o of r.out) {
         runs.push({ dir, ...o });
-        console.log(`round ${round} ${dir} ${backend} batch ${o.batch}: load ${r.loadMs.toFixed(0)} ms, total ${o.totalMs.toFixed(0)} ms, first step ${o.firstStepMs.toFixed(0)} ms, ${o.perStepMs.toFixed(1)} ms/step`);
+        console.log(`round ${round} ${dir} ${backend} (${r.threads} thread${r.threads > 1 ? "s" : ""}) batch ${o.batch}: load ${r.loadMs.toFixed(0)} ms, total ${o.totalMs.toFixed(0)} ms, first step ${o.firstStepMs.toFixed(0)} ms, ${o.perStepMs.toFixed(1)} ms/step`);
       }
     }
   }

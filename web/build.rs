@@ -5,6 +5,21 @@
 use std::path::Path;
 
 fn main() {
+    // The threads bundle (web/build.sh: nightly std with atomics): a shared, imported memory
+    // and the TLS exports wasm-bindgen's thread transform needs (rustc does not ask the linker
+    // for them by itself); web/build.sh sets the maximum memory (4 GiB).
+    if std::env::var_os("CARGO_FEATURE_THREADS").is_some() {
+        for arg in [
+            "--shared-memory",
+            "--import-memory",
+            "--export=__wasm_init_tls",
+            "--export=__tls_size",
+            "--export=__tls_align",
+            "--export=__tls_base",
+        ] {
+            println!("cargo:rustc-link-arg-cdylib={arg}");
+        }
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let list = root.join("tests/golden/cases.json");
     println!("cargo:rerun-if-changed={}", list.display());

@@ -3,6 +3,8 @@
 # `wasm-pack build --target web` lays them out:
 #   pkg/web.js + web_bg.wasm         the CPU bundle (Burn's flex compiled to wasm): the page's
 #                                    first and usually only download
+#   pkg/threads/web.js + web_bg.wasm the CPU bundle with WebAssembly threads, for
+#                                    cross-origin-isolated pages (trainer serve's)
 #   pkg/webgpu/web.js + web_bg.wasm  WebGPU (with the CPU backend as its fallback), fetched by
 #                                    the worker only where a hardware adapter exists
 #   pkg/worker.js                    the Web Worker that imports one of them
@@ -33,11 +35,29 @@ wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../p
   --profile wasm-release -- --no-default-features --features cpu
 wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../pkg.tmp/webgpu --out-name web \
   --release
+# pkg/threads/: the CPU bundle with WebAssembly threads (rayon on Web Workers through
+# wasm-bindgen-rayon), for cross-origin-isolated pages. Threads need a std built with atomics,
+# so a nightly toolchain with rust-src (-Z build-std); its own target dir (other RUSTFLAGS).
+# Without a nightly toolchain it is skipped and the page runs the single-threaded bundle.
+NIGHTLY="${RUST_DDPM_NIGHTLY:-nightly}"
+if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+  rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src' || rustup component add rust-src --toolchain "$NIGHTLY"
+  rustup target list --toolchain "$NIGHTLY" --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown --toolchain "$NIGHTLY"
+  echo "threads bundle: $(rustup run "$NIGHTLY" rustc --version)"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" \
+    RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 -C link-arg=--max-memory=4294967296" \
+    rustup run "$NIGHTLY" wasm-pack build web --target web --mode no-install --no-gitignore \
+      --out-dir ../pkg.tmp/threads --out-name web --profile wasm-release \
+      -- --no-default-features --features threads -Z build-std=panic_abort,std
+else
+  echo "threads bundle skipped: no $NIGHTLY toolchain (rustup toolchain install $NIGHTLY)" >&2
+fi
 # The page runs the sampler in this Web Worker, which imports ./web.js or ./webgpu/web.js.
 cp web/worker.js pkg.tmp/worker.js
 rm -rf pkg && mv pkg.tmp pkg
 # What the page downloads: raw and gzip -9 bytes of each file.
 printf '%-28s %12s %12s\n' file bytes gzip
-for f in pkg/worker.js pkg/web.js pkg/web_bg.wasm pkg/webgpu/web.js pkg/webgpu/web_bg.wasm; do
+for f in pkg/worker.js pkg/web.js pkg/web_bg.wasm pkg/threads/web.js pkg/threads/web_bg.wasm pkg/webgpu/web.js pkg/webgpu/web_bg.wasm; do
+  [ -f "$f" ] || continue
   printf '%-28s %12d %12d\n' "$f" "$(stat -c %s "$f")" "$(gzip -9 -c "$f" | wc -c)"
 done

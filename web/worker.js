@@ -1,17 +1,34 @@
 // The sampler in a Web Worker (copied into pkg/ by web/build.sh): the page thread stays free
 // for input and painting while the model runs here. Each backend is its own bundle, imported
 // only when chosen: the CPU one (./web.js) is small; the WebGPU one (./webgpu/web.js) is
-// fetched only where a hardware adapter exists.
+// fetched only where a hardware adapter exists. On a cross-origin-isolated page (trainer serve
+// sends COOP/COEP) the CPU backend uses ./threads/web.js, the same CPU bundle built with
+// WebAssembly threads, on navigator.hardwareConcurrency threads; without isolation, or if
+// that bundle is absent or fails to start, the single-threaded one.
 //
 // Messages in:  {type: "load", weights: Uint8Array, config: string, backend: "webgpu"|"cpu"}
 //               {type: "sample", options, grid: {pad, scale}}  (options as Sampler.sample takes them)
 //               {type: "grid", pad, scale}  (the last result drawn again at another zoom)
 //               {type: "cancel"}            (stops the running sample between two steps)
-// Messages out: {type: "ready", backend, numClasses, imageSize}
+// Messages out: {type: "ready", backend, threads, numClasses, imageSize}
 //               {type: "progress", step, total, preview: {width, height, pixels} | null}
 //               {type: "done", result, grid} | {type: "grid", grid} | {type: "cancelled"}
 //               {type: "error", message}
 const BUNDLES = { cpu: "./web.js", webgpu: "./webgpu/web.js" };
+
+// The threads bundle with its pool started, or null (then the caller takes BUNDLES.cpu).
+async function threadsBundle() {
+  const threads = navigator.hardwareConcurrency || 1;
+  if (!self.crossOriginIsolated || threads < 2) return null;
+  try {
+    const m = await import("./threads/web.js");
+    await m.default();
+    await m.initThreadPool(threads);
+    return { m, threads };
+  } catch {
+    return null;
+  }
+}
 
 let bundle = null;
 let sampler = null;
@@ -25,10 +42,16 @@ self.onmessage = async ({ data }) => {
     if (data.type === "load") {
       const url = BUNDLES[data.backend];
       if (!url) throw new Error(`unknown backend \`${data.backend}\` (expected webgpu or cpu)`);
-      bundle = await import(url);
-      await bundle.default();
+      const parallel = data.backend === "cpu" ? await threadsBundle() : null;
+      let threads = 1;
+      if (parallel) {
+        ({ m: bundle, threads } = parallel);
+      } else {
+        bundle = await import(url);
+        await bundle.default();
+      }
       sampler = await bundle.Sampler.create(data.weights, data.config, data.backend);
-      self.postMessage({ type: "ready", backend: sampler.backend, numClasses: sampler.numClasses, imageSize: sampler.imageSize });
+      self.postMessage({ type: "ready", backend: sampler.backend, threads, numClasses: sampler.numClasses, imageSize: sampler.imageSize });
     } else if (data.type === "sample") {
       cancelled = false;
       // Returning false from the progress callback ends the run; the sampler yields to this

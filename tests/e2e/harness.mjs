@@ -26,17 +26,20 @@ export async function startServer(trainer, { weights = "weights/mnist.safetensor
 
 // A plain static file server of the repository root on 127.0.0.1 (no /v1 API): what a user gets
 // from copying index.html, pkg/ and weights/ to any static host.
-export async function startStatic(root = ".") {
+// With `isolated`, every answer carries COOP/COEP, so the page is cross-origin isolated
+// (SharedArrayBuffer, WebAssembly threads), as `trainer serve` serves it.
+export async function startStatic(root = ".", { isolated = false } = {}) {
   const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
   const server = createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
     try {
       const file = path === "/" ? "index.html" : path;
       const body = await readFile(join(root, file));
-      res.writeHead(200, { "content-type": types[extname(file)] || "application/octet-stream" });
+      const isolation = isolated ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {};
+      res.writeHead(200, { "content-type": types[extname(file)] || "application/octet-stream", ...isolation });
       res.end(body);
     } catch {
-      res.writeHead(404);
+      res.writeHead(404, isolated ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {});
       res.end("not found");
     }
   });

@@ -6,7 +6,7 @@
 //
 // Usage: [PAGE_SCREENSHOT=out.png] node tests/e2e/page.test.mjs <trainer binary> [backend]
 import { createHash } from "node:crypto";
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startServer, startStatic, launch } from "./harness.mjs";
@@ -76,6 +76,12 @@ try {
   const served = await (await fetch(`${server.addr}/v1/model`)).json();
   const used = await page.evaluate(() => document.body.dataset.model);
   if (used !== served.sha256) throw new Error(`the page loaded ${used}, the server serves ${served.sha256}`);
+  // trainer serve sends COOP/COEP: an isolated page runs the threads bundle (when built) on
+  // every core.
+  const [threads, cores] = await page.evaluate(() => [Number(document.body.dataset.threads), navigator.hardwareConcurrency]);
+  const threadsBuilt = existsSync("pkg/threads/web.js");
+  console.log(`page: ${threads} thread(s), ${cores} core(s), threads bundle ${threadsBuilt ? "built" : "not built"}`);
+  if (!backend && threadsBuilt && cores > 1 && threads !== cores) throw new Error(`the isolated page runs ${threads} thread(s), not ${cores}`);
   if (!backend) {
     // What the browser offers: a software adapter must have sent the page to CPU-wasm, saying why.
     const adapter = await page.evaluate(async () => {
@@ -86,7 +92,7 @@ try {
     const ready = await page.textContent("#status");
     console.log(`adapter: ${JSON.stringify(adapter)}; page: ${ready}`);
     const software = !adapter || adapter.fallback || /swiftshader|llvmpipe|lavapipe|software/i.test(adapter.name);
-    if (software && !/Ready on cpu\./.test(ready)) throw new Error(`a software or missing adapter must give CPU-wasm: ${ready}`);
+    if (software && !/Ready on cpu( \(\d+ threads\))?\./.test(ready)) throw new Error(`a software or missing adapter must give CPU-wasm: ${ready}`);
     if (adapter && software && !ready.includes("software")) throw new Error(`the page does not say why it chose the CPU: ${ready}`);
   }
   await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
@@ -161,8 +167,10 @@ try {
     const plain = await browser.newPage();
     await plain.goto(`${files.addr}/?backend=cpu`);
     await plain.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
-    const loaded = await plain.evaluate(() => [document.body.dataset.ready, document.body.dataset.model]);
+    const loaded = await plain.evaluate(() => [document.body.dataset.ready, document.body.dataset.model, document.body.dataset.threads]);
     if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
+    // Not cross-origin isolated: the single-threaded bundle.
+    if (loaded[2] !== "1") throw new Error(`static host without COOP/COEP runs ${loaded[2]} threads`);
   } finally {
     files.stop();
   }

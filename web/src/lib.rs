@@ -67,6 +67,10 @@ export interface SampleResult {
 export type SampleProgress = (step: number, total: number, preview: RgbaImage | null) => boolean | void;
 "#;
 
+/// `initThreadPool(n)` (a Promise): starts n − 1 Web Workers for rayon, in the threads bundle only.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 /// The most images one call samples (the page offers 1–64).
 pub const MAX_IMAGES: usize = 256;
 

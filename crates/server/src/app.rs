@@ -296,6 +296,22 @@ async fn model(State(state): State<Arc<AppState>>) -> Json<ModelInfo> {
     Json(state.model_info.clone())
 }
 
+/// Cross-origin isolation (COOP + COEP) on every answer: it gives the page SharedArrayBuffer,
+/// so the CPU bundle can sample on several threads (`pkg/threads/`). Everything the page loads
+/// is same-origin, which `require-corp` allows.
+async fn isolate(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-embedder-policy",
+        HeaderValue::from_static("require-corp"),
+    );
+    res
+}
+
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     let index = ServeFile::new(state.static_dir.join("index.html"));
@@ -312,6 +328,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest_service("/weights", ServeDir::new(&state.weights_dir))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::map_response(isolate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -334,6 +334,13 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
     let i = http(srv.addr, "GET", "/", None, b"").await;
     assert_eq!(i.status, 200);
     assert!(String::from_utf8_lossy(&i.body).contains("<title>t</title>"));
+    // Cross-origin isolated, so the page may run the threads bundle.
+    let h = i.headers.to_ascii_lowercase();
+    assert!(h.contains("cross-origin-opener-policy: same-origin"), "{h}");
+    assert!(
+        h.contains("cross-origin-embedder-policy: require-corp"),
+        "{h}"
+    );
     let w = http(srv.addr, "GET", "/weights/tiny.json", None, b"").await;
     assert_eq!(w.status, 200);
     // The served model: its URLs fetch the very files, and the hash covers both.
