@@ -131,6 +131,9 @@ fn ddim() -> String {
     "ddim".into()
 }
 
+/// The largest RGBA grid `gridRgba` draws, bytes.
+const MAX_GRID_BYTES: f64 = (1u64 << 28) as f64;
+
 /// The padding between cells of a preview grid.
 const PREVIEW_PAD: u32 = 1;
 
@@ -201,20 +204,35 @@ pub fn grid_rgba(
     pad: u32,
     scale: u32,
 ) -> Result<JsValue, JsError> {
-    let per = channels * size * size;
-    if !(channels == 1 || channels == 3) || per == 0 || values.is_empty() || values.len() % per != 0
-    {
+    let per = size.checked_mul(size).and_then(|p| p.checked_mul(channels));
+    let per = match per {
+        Some(per) if (channels == 1 || channels == 3) && per > 0 && values.len() % per == 0 => per,
+        _ => {
+            return Err(js_err(format!(
+                "{} values are not whole {channels}×{size}×{size} images",
+                values.len()
+            )))
+        }
+    };
+    if values.is_empty() || scale == 0 || scale > 64 || pad > 64 {
         return Err(js_err(format!(
-            "{} values are not whole {channels}×{size}×{size} images",
+            "{} values, scale {scale}, pad {pad}: expected some images, scale 1..=64, pad 0..=64",
             values.len()
         )));
     }
-    if scale == 0 || scale > 64 || pad > 64 {
+    let n = values.len() / per;
+    let cols = cols.clamp(1, n);
+    // The grid's bytes (f64: no overflow), capped well below wasm's 4 GiB.
+    let side = |cells: usize| cells as f64 * (size as f64 * scale as f64 + pad as f64) + pad as f64;
+    let bytes = side(cols) * side(n.div_ceil(cols)) * 4.0;
+    if bytes > MAX_GRID_BYTES {
         return Err(js_err(format!(
-            "scale {scale} / pad {pad}: expected scale 1..=64, pad 0..=64"
+            "a {n}-image grid at scale {scale} needs {:.0} MB: at most {:.0} MB",
+            bytes / 1e6,
+            MAX_GRID_BYTES / 1e6
         )));
     }
-    let shape = [values.len() / per, channels, size, size];
+    let shape = [n, channels, size, size];
     grid_object(&grid_rgb(values, shape, cols, pad, scale))
 }
 
