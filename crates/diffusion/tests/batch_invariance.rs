@@ -3,9 +3,13 @@
 //! runs different requests in one forward and promises the same pixels as serving each alone;
 //! this is the property that promise rests on.
 //!
-//! Not yet: measured 2026-12-01, sample 0 alone and at position 0 of a batch of 40 differ by
-//! up to 9.5e-7 (the convolutions group images into one matrix product, whose blocking depends
-//! on the batch). Ignored until the kernels are batch-invariant; run it with
+//! Not yet (measured 2026-12-01, shipped MNIST model): sample 0 alone and at position 0 of a
+//! batch differ by up to 6.0e-7, the same for every batch of 2 to 40, so only a batch of one
+//! takes other arithmetic somewhere in the CPU kernels. It is not the matrix products'
+//! parallelism (the same with `RAYON_NUM_THREADS=1`), and Burn's own ops (`with_burn_ops`) are
+//! batch-invariant (0 at every batch size). The convolution's one-image path used to seed the
+//! product with the bias (9.5e-7); it now adds the bias afterwards like the batched path.
+//! Ignored until the kernels are batch-invariant; run it with
 //! `cargo test --release -p diffusion --test batch_invariance -- --ignored`.
 
 use std::path::Path;

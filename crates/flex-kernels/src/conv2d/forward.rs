@@ -53,13 +53,19 @@ pub(super) fn forward_im2col(
                     cs: 1,
                 };
                 if n == p {
-                    // One image: the product is the output; start from the bias.
+                    // One image: the product is the output, then the bias is added, exactly
+                    // as below (seeding the product with the bias would round differently, and
+                    // an image's output must not depend on how many share its batch).
+                    matmul((co, n, k), y, false, w, cols, parallelism);
                     if let Some(bias) = bias {
                         for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
-                            row.fill(MaybeUninit::new(b));
+                            for d in row {
+                                // SAFETY: `matmul` (accumulate = false) wrote every element.
+                                let v = unsafe { d.assume_init() };
+                                d.write(v + b);
+                            }
                         }
                     }
-                    matmul((co, n, k), y, bias.is_some(), w, cols, parallelism);
                     return;
                 }
                 // [C_out, nb·P] → [nb, C_out, P], adding the bias.
