@@ -8,7 +8,11 @@
 //! takes other arithmetic somewhere in the CPU kernels. It is not the matrix products'
 //! parallelism (the same with `RAYON_NUM_THREADS=1`), and Burn's own ops (`with_burn_ops`) are
 //! batch-invariant (0 at every batch size). The convolution's one-image path used to seed the
-//! product with the bias (9.5e-7); it now adds the bias afterwards like the batched path.
+//! product with the bias (9.5e-7); it now adds the bias afterwards like the batched path. With
+//! the direct convolution switched off the gap grows to 1.4e-6, so the im2col products
+//! themselves round differently when more images share one (`gemm` with n = P columns against
+//! n = group · P): a fix has to keep every image's columns in products of a shape that does not
+//! depend on the batch.
 //! Ignored until the kernels are batch-invariant; run it with
 //! `cargo test --release -p diffusion --test batch_invariance -- --ignored`.
 
