@@ -30,11 +30,14 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 [ -x web/node_modules/.bin/wasm-opt ] || (cd web && npm ci --no-audit --no-fund)
 export PATH="$PWD/web/node_modules/.bin:$PATH"
 rm -rf pkg.tmp
+# One bundle into pkg.tmp/<dir> (then wasm-pack's own flags; cargo's after `--`).
 # --mode no-install: use the wasm-bindgen above, never download one.
-wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../pkg.tmp --out-name web \
-  --profile wasm-release -- --no-default-features --features cpu
-wasm-pack build web --target web --mode no-install --no-gitignore --out-dir ../pkg.tmp/webgpu --out-name web \
-  --release
+pack() {
+  local dir="$1"; shift
+  wasm-pack build web --target web --mode no-install --no-gitignore --out-dir "../pkg.tmp/$dir" --out-name web "$@"
+}
+pack . --profile wasm-release -- --no-default-features --features cpu
+pack webgpu --release
 # pkg/threads/: the CPU bundle with WebAssembly threads (rayon on Web Workers through
 # wasm-bindgen-rayon), for cross-origin-isolated pages. Threads need a std built with atomics,
 # so a nightly toolchain with rust-src (-Z build-std); its own target dir (other RUSTFLAGS).
@@ -46,9 +49,8 @@ if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
   echo "threads bundle: $(rustup run "$NIGHTLY" rustc --version)"
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" \
     RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 -C link-arg=--max-memory=4294967296" \
-    rustup run "$NIGHTLY" wasm-pack build web --target web --mode no-install --no-gitignore \
-      --out-dir ../pkg.tmp/threads --out-name web --profile wasm-release \
-      -- --no-default-features --features threads -Z build-std=panic_abort,std
+    RUSTUP_TOOLCHAIN="$NIGHTLY" \
+    pack threads --profile wasm-release -- --no-default-features --features threads -Z build-std=panic_abort,std
 else
   echo "threads bundle skipped: no $NIGHTLY toolchain (rustup toolchain install $NIGHTLY)" >&2
 fi

@@ -30,16 +30,16 @@ export async function startServer(trainer, { weights = "weights/mnist.safetensor
 // (SharedArrayBuffer, WebAssembly threads), as `trainer serve` serves it.
 export async function startStatic(root = ".", { isolated = false } = {}) {
   const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
+  const isolation = isolated ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {};
   const server = createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
     try {
       const file = path === "/" ? "index.html" : path;
       const body = await readFile(join(root, file));
-      const isolation = isolated ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {};
       res.writeHead(200, { "content-type": types[extname(file)] || "application/octet-stream", ...isolation });
       res.end(body);
     } catch {
-      res.writeHead(404, isolated ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {});
+      res.writeHead(404, isolation);
       res.end("not found");
     }
   });

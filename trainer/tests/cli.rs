@@ -617,24 +617,28 @@ fn eval_writes_a_report() {
     let out = dir.join("report");
     let w = shipped();
     let cls = w.replace("mnist.safetensors", "classifier-mnist10k.safetensors");
-    let stdout = trainer(&[
-        "eval",
-        "--weights",
-        &w,
-        "--classifier",
-        &cls,
-        "--n",
-        "10",
-        "--batch",
-        "10",
-        "--steps",
-        "4",
-        "--guidance",
-        "2",
-        "--no-inception",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // A small evaluation at w = 2 into `out`, with the sampler settings in `sampler`.
+    let eval = |out: &Path, sampler: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--weights",
+            &w,
+            "--classifier",
+            &cls,
+            "--n",
+            "10",
+            "--batch",
+            "10",
+            "--guidance",
+            "2",
+            "--no-inception",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(sampler);
+        trainer(&args)
+    };
+    let stdout = eval(&out, &["--steps", "4"]);
     ok(&stdout);
     let md = String::from_utf8_lossy(&stdout.stdout);
     assert!(md.contains("| samples, w = 2 |"), "{md}");
@@ -643,27 +647,16 @@ fn eval_writes_a_report() {
     }
     // The same evaluation with DPM-Solver++ (Karras), then both side by side.
     let out2 = dir.join("report-dpm");
-    ok(&trainer(&[
-        "eval",
-        "--weights",
-        &w,
-        "--classifier",
-        &cls,
-        "--n",
-        "10",
-        "--batch",
-        "10",
-        "--sampler",
-        "dpmsolver++",
-        "--karras-sigmas",
-        "--steps",
-        "3",
-        "--guidance",
-        "2",
-        "--no-inception",
-        "--out",
-        out2.to_str().unwrap(),
-    ]));
+    ok(&eval(
+        &out2,
+        &[
+            "--sampler",
+            "dpmsolver++",
+            "--karras-sigmas",
+            "--steps",
+            "3",
+        ],
+    ));
     let cmp = dir.join("compare");
     let stdout = trainer(&[
         "eval-compare",
