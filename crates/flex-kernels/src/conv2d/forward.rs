@@ -8,7 +8,6 @@ use super::geometry::Geometry;
 use super::im2col::im2col;
 use super::scratch::{sized, uninit, Scratch};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 
 /// The convolution: `[B, C_out, H_out, W_out]` from `x` `[B, C_in, H, W]`,
 /// `weight` `[C_out, C_in, k_h, k_w]` and `bias` `[C_out]`.
