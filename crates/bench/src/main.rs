@@ -21,9 +21,11 @@ use serde_json::{json, Map, Value};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Sections: any of `matmul,forward,train,ddim,dpm,cifar` and `cifar-train` (the
-    /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs). Single kernels
-    /// against Burn's ops: `cargo bench -p flex-kernels`.
+    /// Sections: any of `matmul,forward,train,ddim,dpm,cifar`, `cifar-train` (the
+    /// `cifar10_ddpm` training step at `--cifar-train-batch`; for GPUs) and `inception` (the
+    /// FID Inception's features of 28×28 images, fast kernels against Burn's ops, CPU only;
+    /// needs `python3 scripts/fetch-inception.py`). Single kernels against Burn's ops:
+    /// `cargo bench -p flex-kernels`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -241,5 +243,49 @@ fn main() -> Result<()> {
         res.insert("train".into(), Value::Object(tr));
         save(&res)?;
     }
+    if has("inception") {
+        res.insert("inception".into(), inception(&cli, &device)?);
+        save(&res)?;
+    }
     Ok(())
+}
+
+/// The FID Inception's features of 32 grey 28×28 images at batch 16 (what `trainer eval`
+/// runs): the fast convolution kernels against Burn's own ops, alternating.
+fn inception(cli: &Cli, device: &burn::tensor::Device) -> Result<Value> {
+    let path = eval::inception::default_weights_path();
+    let net = eval::inception::FidInception::load(&path, device)?;
+    let (n, batch) = (32, 16);
+    let mut rng = portable_rng::NoiseRng::new(7);
+    let images: Vec<f32> = (0..n * 28 * 28).map(|_| rng.uniform() as f32).collect();
+    let mut run = || {
+        net.features(&images, [n, 1, 28, 28], batch, |_| {})
+            .expect("features");
+    };
+    let r = reps(cli.quick, 1, 3, 5, 30.0);
+    let mut out = Map::new();
+    let (mut fast, mut burn) = (Vec::new(), Vec::new());
+    // Rounds alternate the two paths so that drift hits both alike.
+    for _ in 0..if cli.quick { 1 } else { 2 } {
+        fast.push(bench(r, &mut run));
+        burn.push(bench(r, || flex_kernels::with_burn_ops(&mut run)));
+    }
+    for (name, t) in [("fast_kernels", &fast), ("burn_ops", &burn)] {
+        // The rounds' medians, averaged.
+        let median = t.iter().map(|t| t.median_s).sum::<f64>() / t.len() as f64;
+        println!(
+            "inception {name} b{batch}: {:.1} img/s ({:.2} s per {n} images; rounds: {})",
+            n as f64 / median,
+            median,
+            t.iter()
+                .map(|t| format!("{:.2}", t.median_s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.insert(
+            name.into(),
+            json!({ "img_per_s": n as f64 / median, "s_per_32": median, "rounds": t }),
+        );
+    }
+    Ok(Value::Object(out))
 }

@@ -18,11 +18,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d, interpolate, max_pool2d};
+use burn::tensor::module::{avg_pool2d, interpolate, max_pool2d};
 use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
 use burn::tensor::{Device, Tensor, TensorData};
+use flex_kernels::conv2d_op;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{EvalError, Result};
@@ -66,7 +67,8 @@ struct BasicConv {
 impl BasicConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], self.padding, [1, 1], 1);
-        relu(conv2d(
+        // The im2col/direct kernels below the U-Net: ≈ 95 % of the network's FLOPs are here.
+        relu(conv2d_op(
             x,
             self.weight.clone(),
             Some(self.bias.clone()),

@@ -8,6 +8,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use eval::inception::{default_weights_path, FidInception, FEATURE_DIM};
+use flex_kernels::{calls, Kernel, Pass};
 use serde_json::Value;
 
 fn flat(v: &Value) -> Vec<f32> {
@@ -59,7 +60,10 @@ fn features_equal_pytorch_reference() {
         assert!((a - b).abs() < 1e-5, "preprocessed mean {a} vs torch {b}");
     }
 
+    let convs = calls(Kernel::Conv2d, Pass::Forward);
     let got = net.features(&input, [2, 1, 28, 28], 2, |_| {}).unwrap();
+    // 94 convolutions per batch, all on the fast kernels (none fell back to Burn's op).
+    assert_eq!(calls(Kernel::Conv2d, Pass::Forward) - convs, 94);
     let max_diff = got
         .iter()
         .zip(&want)
