@@ -20,7 +20,10 @@ fn main() {
             println!("cargo:rustc-link-arg-cdylib={arg}");
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // At run time, not `env!`: a build script compiled in another checkout that shares the
+    // target dir (CI's copy) is reused as is, and would read that checkout's list.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).join("..");
     let list = root.join("tests/golden/cases.json");
     println!("cargo:rerun-if-changed={}", list.display());
     let text = std::fs::read_to_string(&list).expect("tests/golden/cases.json");

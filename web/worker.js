@@ -7,10 +7,11 @@
 // that bundle is absent or fails to start, the single-threaded one.
 //
 // Messages in:  {type: "load", weights: Uint8Array, config: string, backend: "webgpu"|"cpu"}
+//               (again for another model: the bundle stays, the old model is freed)
 //               {type: "sample", options, grid: {pad, scale}}  (options as Sampler.sample takes them)
 //               {type: "grid", pad, scale}  (the last result drawn again at another zoom)
 //               {type: "cancel"}            (stops the running sample between two steps)
-// Messages out: {type: "ready", backend, threads, numClasses, imageSize}
+// Messages out: {type: "ready", backend, threads, numClasses, classNames, imageSize}
 //               {type: "progress", step, total, preview: {width, height, pixels} | null}
 //               {type: "done", result, grid} | {type: "grid", grid} | {type: "cancelled"}
 //               {type: "error", message}
@@ -30,6 +31,8 @@ async function threadsBundle() {
   }
 }
 
+// The bundle started per backend (a bundle, and above all its thread pool, starts once).
+const started = {};
 let bundle = null;
 let sampler = null;
 let last = null;
@@ -42,16 +45,21 @@ self.onmessage = async ({ data }) => {
     if (data.type === "load") {
       const url = BUNDLES[data.backend];
       if (!url) throw new Error(`unknown backend \`${data.backend}\` (expected webgpu or cpu)`);
-      const parallel = data.backend === "cpu" ? await threadsBundle() : null;
-      let threads = 1;
-      if (parallel) {
-        ({ m: bundle, threads } = parallel);
-      } else {
-        bundle = await import(url);
-        await bundle.default();
+      if (!started[data.backend]) {
+        const parallel = data.backend === "cpu" ? await threadsBundle() : null;
+        if (parallel) {
+          started[data.backend] = parallel;
+        } else {
+          const m = await import(url);
+          await m.default();
+          started[data.backend] = { m, threads: 1 };
+        }
       }
+      const { m, threads } = started[data.backend];
+      bundle = m;
+      if (sampler) { sampler.free(); sampler = null; last = null; }
       sampler = await bundle.Sampler.create(data.weights, data.config, data.backend);
-      self.postMessage({ type: "ready", backend: sampler.backend, threads, numClasses: sampler.numClasses, imageSize: sampler.imageSize });
+      self.postMessage({ type: "ready", backend: sampler.backend, threads, numClasses: sampler.numClasses, classNames: sampler.classNames, imageSize: sampler.imageSize });
     } else if (data.type === "sample") {
       cancelled = false;
       // Returning false from the progress callback ends the run; the sampler yields to this

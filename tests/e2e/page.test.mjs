@@ -6,9 +6,9 @@
 //
 // Usage: [PAGE_SCREENSHOT=out.png] node tests/e2e/page.test.mjs <trainer binary> [backend]
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { startServer, startStatic, launch } from "./harness.mjs";
 
 // The backend defaults to the page's own choice ("auto"): it must not pick a software WebGPU
@@ -92,7 +92,7 @@ try {
     const ready = await page.textContent("#status");
     console.log(`adapter: ${JSON.stringify(adapter)}; page: ${ready}`);
     const software = !adapter || adapter.fallback || /swiftshader|llvmpipe|lavapipe|software/i.test(adapter.name);
-    if (software && !/Ready on cpu( \(\d+ threads\))?\./.test(ready)) throw new Error(`a software or missing adapter must give CPU-wasm: ${ready}`);
+    if (software && !/Ready on cpu( \(\d+ threads\))?:/.test(ready)) throw new Error(`a software or missing adapter must give CPU-wasm: ${ready}`);
     if (adapter && software && !ready.includes("software")) throw new Error(`the page does not say why it chose the CPU: ${ready}`);
   }
   await page.selectOption("#class", pageCase.class === null ? "none" : String(pageCase.class));
@@ -170,16 +170,53 @@ try {
   const allForm = await all.evaluate(() => ["class", "num", "zoom", "sampler"].map((id) => document.getElementById(id).value));
   if (JSON.stringify(allForm) !== JSON.stringify(["all", "2", "3", "dpmsolver++"])) throw new Error(`?class=all&num=2&zoom=5&sampler=nope gave ${allForm}`);
   await all.close();
-  // On a plain static host (no /v1/model) the page runs the shipped files.
-  const files = await startStatic();
+  // On a plain static host (no /v1/model) the page runs the shipped files, and its model picker
+  // offers every shipped model found: here MNIST and a second model whose config names its
+  // classes (the MNIST weights under the Fashion-MNIST name and class names, so this test does
+  // not depend on which weights are shipped).
+  const root = mkdtempSync(join(tmpdir(), "rust-ddpm-static-"));
+  for (const f of ["index.html", "pkg"]) symlinkSync(resolve(f), join(root, f));
+  mkdirSync(join(root, "weights"));
+  for (const f of ["mnist.safetensors", "mnist.json"]) symlinkSync(resolve("weights", f), join(root, "weights", f));
+  symlinkSync(resolve("weights/mnist.safetensors"), join(root, "weights/fashion-mnist.safetensors"));
+  const clothes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+  const named = { ...JSON.parse(readFileSync("weights/mnist.json", "utf8")), class_names: clothes };
+  writeFileSync(join(root, "weights/fashion-mnist.json"), JSON.stringify(named));
+  const files = await startStatic(root);
+  const ready = (p) => p.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
   try {
     const plain = await browser.newPage();
     await plain.goto(`${files.addr}/?backend=cpu`);
-    await plain.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+    await ready(plain);
     const loaded = await plain.evaluate(() => [document.body.dataset.ready, document.body.dataset.model, document.body.dataset.threads]);
     if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
     // Not cross-origin isolated: the single-threaded bundle.
     if (loaded[2] !== "1") throw new Error(`static host without COOP/COEP runs ${loaded[2]} threads`);
+    const options = (id) => plain.evaluate((id) => [...document.getElementById(id).options].map((o) => o.value), id);
+    if (JSON.stringify(await options("model")) !== JSON.stringify(["mnist", "fashion-mnist"])) throw new Error(`model picker: ${await options("model")}`);
+    // Pick the other model: it loads, its classes are listed by name, a sample runs, and the
+    // URL keeps the choice.
+    await plain.selectOption("#class", "3");
+    await plain.selectOption("#model", "fashion-mnist");
+    await plain.waitForFunction(() => document.body.dataset.ready === "1" && document.body.dataset.model === "weights/fashion-mnist.safetensors", null, { timeout: 300_000 });
+    const texts = await plain.evaluate(() => [...document.getElementById("class").options].map((o) => o.textContent));
+    if (texts[2] !== "1: Trouser" || texts[10] !== "9: Ankle boot" || texts.length !== 12) throw new Error(`classes of the picked model: ${texts}`);
+    if (await plain.inputValue("#class") !== "3") throw new Error(`the picked class was not kept: ${await plain.inputValue("#class")}`);
+    if (!plain.url().includes("model=fashion-mnist")) throw new Error(`the URL lacks the model: ${plain.url()}`);
+    await plain.fill("#num", "1");
+    await plain.fill("#steps", "2");
+    await plain.click("#generate");
+    await plain.waitForFunction(() => document.body.dataset.done, null, { timeout: 300_000 });
+    if (await plain.evaluate(() => document.body.dataset.done) !== "1") throw new Error(`sampling the picked model: ${await plain.textContent("#status")}`);
+    // A link to it opens it.
+    const linked = await browser.newPage();
+    await linked.goto(`${files.addr}/?backend=cpu&model=fashion-mnist&class=9`);
+    await ready(linked);
+    const form = await linked.evaluate(() => [document.body.dataset.model, document.getElementById("class").selectedOptions[0].textContent]);
+    if (JSON.stringify(form) !== JSON.stringify(["weights/fashion-mnist.safetensors", "9: Ankle boot"])) throw new Error(`?model=fashion-mnist&class=9 gave ${form}`);
+    console.log(`static host: models ${await options("model")}, picked fashion-mnist: ${await plain.textContent("#status")}`);
+    await plain.close();
+    await linked.close();
   } finally {
     files.stop();
   }

@@ -15,7 +15,8 @@ pub(crate) struct SampleArgs {
     /// Weights file (`NAME.safetensors`, with `NAME.json` beside it).
     #[arg(long, default_value = "weights/mnist.safetensors")]
     weights: PathBuf,
-    /// Class to sample (0-based), or `none` for unconditional; `all` gives one row per class.
+    /// Class to sample (0-based, or its name when the model names its classes), or `none` for
+    /// unconditional; `all` gives one row per class.
     #[arg(long, default_value = "all")]
     class: String,
     /// Classifier-free guidance scale w (ε = ε_u + w(ε_c − ε_u): 1 = conditional, 0 =
@@ -54,9 +55,10 @@ pub(crate) struct SampleArgs {
 pub(crate) fn cmd_sample(a: SampleArgs) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
-    let GridLabels { labels, cols } = ClassChoice::parse(&a.class)
-        .and_then(|c| c.grid(a.num, config.unet.num_classes))
-        .map_err(|e| anyhow!("--class {} --num {}: {e}", a.class, a.num))?;
+    let GridLabels { labels, cols } =
+        ClassChoice::parse_named(&a.class, config.class_names.as_deref())
+            .and_then(|c| c.grid(a.num, config.unet.num_classes))
+            .map_err(|e| anyhow!("--class {} --num {}: {e}", a.class, a.num))?;
     let settings = a.sampler.settings(&config)?;
     let started = std::time::Instant::now();
     let (values, shape) = if let Some(traj) = &a.trajectory {

@@ -172,6 +172,7 @@ impl ModelArgs {
             unet: u,
             schedule: self.schedule.config(&self.schedule.schedule)?,
             prediction_type: PredictionType::from_name(&self.prediction_type)?,
+            class_names: (!self.unconditional).then(|| dataset.class_names.clone()),
         };
         cfg.unet.validate()?;
         cfg.schedule.build()?;

@@ -99,6 +99,43 @@ fn train_sample_export_schedule_forward() {
     assert!(grid.is_file() && traj.is_file());
     // 2 images × 1 × 28 × 28 f32 after a 128-byte header.
     assert_eq!(std::fs::metadata(&npy).unwrap().len(), 128 + 2 * 784 * 4);
+    // Training wrote the dataset's class names into the config; a model whose config names
+    // its classes takes a name for --class (the same samples as its index).
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ema.json")).unwrap()).unwrap();
+    assert_eq!(config["class_names"][3], "3");
+    let words = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let mut named = config.clone();
+    named["class_names"] = serde_json::json!(words);
+    let nw = out.join("named.safetensors");
+    std::fs::copy(&w, &nw).unwrap();
+    std::fs::write(out.join("named.json"), named.to_string()).unwrap();
+    let by_name = out.join("by-name.npy");
+    let sample_named = |class: &str| {
+        trainer(&[
+            "sample",
+            "--weights",
+            nw.to_str().unwrap(),
+            "--class",
+            class,
+            "--num",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            out.join("n.png").to_str().unwrap(),
+            "--npy",
+            by_name.to_str().unwrap(),
+        ])
+    };
+    ok(&sample_named("Three"));
+    assert_eq!(
+        std::fs::read(&by_name).unwrap(),
+        std::fs::read(&npy).unwrap()
+    );
+    fails_with(&sample_named("eleven"), "a class name (zero, one, two,");
     let f16 = out.join("half.safetensors");
     ok(&trainer(&[
         "export",

@@ -309,6 +309,14 @@ impl Sampler {
         self.config.unet.num_classes.unwrap_or(0)
     }
 
+    /// The name of each class (the model config's `class_names`, else `"0"`, `"1"`, …).
+    #[wasm_bindgen(getter, js_name = classNames)]
+    pub fn class_names(&self) -> Vec<String> {
+        (0..self.num_classes())
+            .map(|k| self.config.class_name(k))
+            .collect()
+    }
+
     /// The inference timesteps a sampler setting visits (to compare with native ones).
     pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<u32>, JsError> {
         let settings = SamplerSettings {
@@ -369,7 +377,10 @@ impl Sampler {
         let choice = match &o.class_label {
             None => ClassChoice::Unconditional,
             Some(ClassOption::Index(k)) => ClassChoice::Class(*k),
-            Some(ClassOption::Name(name)) => ClassChoice::parse(name).map_err(js_err)?,
+            Some(ClassOption::Name(name)) => {
+                ClassChoice::parse_named(name, self.config.class_names.as_deref())
+                    .map_err(js_err)?
+            }
         };
         let GridLabels { labels, cols } = choice
             .grid(o.num_images, self.config.unet.num_classes)

@@ -31,6 +31,11 @@ pub struct ModelConfig {
     /// What the network predicts.
     #[serde(default)]
     pub prediction_type: PredictionType,
+    /// The name of each class (`class_names[k]` for label k), as the training dataset names
+    /// them; display only (the page's class menu, `trainer sample --class NAME`). Absent:
+    /// the classes are known by their numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 impl ModelConfig {
@@ -40,7 +45,40 @@ impl ModelConfig {
             unet,
             schedule: NoiseScheduleConfig::default(),
             prediction_type: PredictionType::Epsilon,
+            class_names: None,
         }
+    }
+
+    /// The displayed name of class `k`: its entry in `class_names`, else the number.
+    pub fn class_name(&self, k: usize) -> String {
+        match &self.class_names {
+            Some(names) if k < names.len() => names[k].clone(),
+            _ => k.to_string(),
+        }
+    }
+
+    /// Checks what the network and schedule cannot: one class name per class, none empty or
+    /// repeated.
+    fn validate_class_names(&self) -> Result<()> {
+        let Some(names) = &self.class_names else {
+            return Ok(());
+        };
+        let classes = self.unet.num_classes.unwrap_or(0);
+        if names.len() != classes {
+            return Err(Error::Config(format!(
+                "class_names has {} names for {classes} classes",
+                names.len()
+            )));
+        }
+        for (k, name) in names.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(Error::Config(format!("class_names[{k}] is empty")));
+            }
+            if names[..k].contains(name) {
+                return Err(Error::Config(format!("class name `{name}` appears twice")));
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates a config JSON string; `origin` names it in errors.
@@ -51,6 +89,10 @@ impl ModelConfig {
         })?;
         cfg.unet.validate()?;
         cfg.schedule.build()?;
+        cfg.validate_class_names().map_err(|e| Error::ConfigFile {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(cfg)
     }
 
@@ -239,6 +281,34 @@ mod tests {
             .fold(0.0, f32::max);
         assert!(d < 0.05, "f16 round trip differs by {d}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn class_names_round_trip_and_must_match_the_classes() {
+        let mut cfg = tiny();
+        assert_eq!(cfg.class_name(2), "2");
+        assert!(
+            !cfg.to_json().contains("class_names"),
+            "absent names are not written"
+        );
+        cfg.class_names = Some(vec!["cat".into(), "dog".into(), "bird".into()]);
+        let back = ModelConfig::from_json(&cfg.to_json(), "c.json").unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(back.class_name(1), "dog");
+        for (names, why) in [
+            (vec!["cat", "dog"], "2 names for 3 classes"),
+            (vec!["cat", "dog", " "], "class_names[2] is empty"),
+            (vec!["cat", "dog", "cat"], "`cat` appears twice"),
+        ] {
+            cfg.class_names = Some(names.into_iter().map(String::from).collect());
+            let e = ModelConfig::from_json(&cfg.to_json(), "c.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("c.json") && e.contains(why) && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 
     #[test]

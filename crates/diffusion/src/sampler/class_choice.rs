@@ -37,14 +37,30 @@ pub fn class_rows(num_classes: usize, cols: usize) -> Vec<Option<usize>> {
 impl ClassChoice {
     /// Parses `all`, `none` or a class index.
     pub fn parse(s: &str) -> Result<Self> {
+        Self::parse_named(s, None)
+    }
+
+    /// Parses `all`, `none`, a class index or, when the model names its classes
+    /// (`ModelConfig::class_names`), a class name (ASCII case-insensitive).
+    pub fn parse_named(s: &str, class_names: Option<&[String]>) -> Result<Self> {
         match s {
-            "all" => Ok(Self::All),
-            "none" => Ok(Self::Unconditional),
-            k => k.parse().map(Self::Class).map_err(|_| {
-                Error::Sampler(format!(
-                    "class must be a class index, `none` or `all`, not `{k}`"
-                ))
-            }),
+            "all" => return Ok(Self::All),
+            "none" => return Ok(Self::Unconditional),
+            _ => {}
+        }
+        if let Ok(k) = s.parse() {
+            return Ok(Self::Class(k));
+        }
+        let names = class_names.unwrap_or_default();
+        match names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+            Some(k) => Ok(Self::Class(k)),
+            None if names.is_empty() => Err(Error::Sampler(format!(
+                "class must be a class index, `none` or `all`, not `{s}`"
+            ))),
+            None => Err(Error::Sampler(format!(
+                "class must be a class index, a class name ({}), `none` or `all`, not `{s}`",
+                names.join(", ")
+            ))),
         }
     }
 
@@ -92,6 +108,16 @@ mod tests {
             ClassChoice::Unconditional
         );
         assert_eq!(ClassChoice::parse("7").unwrap(), ClassChoice::Class(7));
+        let names: Vec<String> = ["T-shirt/top", "Trouser", "Bag"].map(String::from).into();
+        let named = |s| ClassChoice::parse_named(s, Some(&names));
+        assert_eq!(named("trouser").unwrap(), ClassChoice::Class(1));
+        assert_eq!(named("2").unwrap(), ClassChoice::Class(2));
+        assert_eq!(named("all").unwrap(), ClassChoice::All);
+        let e = named("Sandal").unwrap_err().to_string();
+        assert!(
+            e.contains("T-shirt/top, Trouser, Bag") && e.contains("`Sandal`"),
+            "{e}"
+        );
         let e = ClassChoice::parse("seven").unwrap_err().to_string();
         assert!(e.contains("`seven`"), "{e}");
 
