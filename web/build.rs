@@ -63,6 +63,21 @@ fn main() {
         ));
     }
     table.push(']');
-    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("golden_cases.rs");
+    let out_dir = std::env::var("OUT_DIR").unwrap();
+    let out = Path::new(&out_dir).join("golden_cases.rs");
     std::fs::write(out, table).expect("writing the case table");
+    // The weights the cases are sampled from (NAME.safetensors + NAME.json), as a pair of
+    // `include_bytes!`/`include_str!` for the browser tests.
+    let weights = root.join(json["weights"].as_str().expect("a `weights` path"));
+    let config = weights.with_extension("json");
+    for f in [&weights, &config] {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let pair = format!(
+        "(include_bytes!({:?}), include_str!({:?}))",
+        weights.display().to_string(),
+        config.display().to_string()
+    );
+    std::fs::write(Path::new(&out_dir).join("golden_weights.rs"), pair)
+        .expect("writing the weights include");
 }

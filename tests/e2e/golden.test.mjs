@@ -19,8 +19,11 @@ function npyValues(path) {
 }
 const toU8 = (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);
 
-// The one list of golden cases (also read by tests/make-golden.sh and web/build.rs).
-const cases = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.map((c) => ({
+// The one list of golden cases (also read by tests/make-golden.sh and web/build.rs), and the
+// weights they are sampled from (served from their folder: /weights/<file>).
+const list = JSON.parse(readFileSync("tests/golden/cases.json", "utf8"));
+const weightsFile = list.weights.split("/").pop();
+const cases = list.cases.map((c) => ({
   classLabel: c.class, numImages: c.num, guidanceScale: c.guidance, seed: c.seed, sampler: c.sampler, karrasSigmas: c.karras_sigmas, steps: c.steps, backends: c.backends,
   file: `${c.name}.npy`, golden: npyValues(`tests/golden/${c.name}.npy`),
 }));
@@ -28,7 +31,7 @@ const casesFor = (backend) => cases.filter((c) => c.backends.includes(backend));
 const nativeAlphas = readFileSync("tests/golden/schedule-linear-1000.csv", "utf8")
   .trim().split("\n").slice(1).map((l) => Number(l.split(",")[3]));
 
-const server = await startServer(trainer);
+const server = await startServer(trainer, { weights: list.weights });
 const browser = await launch();
 let failures = 0;
 const fail = (msg) => { console.error(`FAIL: ${msg}`); failures++; };
@@ -37,11 +40,11 @@ try {
   page.on("console", (m) => console.log(`[page] ${m.text()}`));
   await page.goto(`${server.addr}/healthz`);
   for (const backend of backends) {
-    const result = await page.evaluate(async ({ backend, cases }) => {
+    const result = await page.evaluate(async ({ backend, weightsFile, cases }) => {
       const m = await import(backend === "webgpu" ? "/pkg/webgpu/web.js" : "/pkg/web.js");
       await m.default();
-      const weights = new Uint8Array(await (await fetch("/weights/mnist.safetensors")).arrayBuffer());
-      const config = await (await fetch("/weights/mnist.json")).text();
+      const weights = new Uint8Array(await (await fetch(`/weights/${weightsFile}`)).arrayBuffer());
+      const config = await (await fetch(`/weights/${weightsFile.replace(/\.safetensors$/, ".json")}`)).text();
       const t0 = performance.now();
       const s = await m.Sampler.create(weights, config, backend);
       const createMs = performance.now() - t0;
@@ -51,7 +54,7 @@ try {
         out.push({ values: Array.from(r.values), pixels: Array.from(r.pixels), totalMs: r.totalMs, firstStepMs: r.firstStepMs, perStepMs: r.perStepMs });
       }
       return { backend: s.backend, createMs, out, alphas: s.alphasCumprod(), ts5: Array.from(s.timesteps("ddim", 5)), ts50: Array.from(s.timesteps("ddim", 50)), dpm10: Array.from(s.timesteps("dpmsolver++", 10)) };
-    }, { backend, cases: casesFor(backend).map(({ golden, ...c }) => c) });
+    }, { backend, weightsFile, cases: casesFor(backend).map(({ golden, ...c }) => c) });
     console.log(`${backend}: model created in ${result.createMs.toFixed(0)} ms`);
     casesFor(backend).forEach((c, i) => {
       const r = result.out[i];

@@ -15,8 +15,14 @@ import { startServer, startStatic, launch } from "./harness.mjs";
 // adapter (SwiftShader here) over its CPU-wasm path; pass "cpu" or "webgpu" to force one.
 const [trainer, backendArg = "auto"] = process.argv.slice(2);
 const backend = backendArg === "auto" ? "" : backendArg;
-// The golden case marked `page` in the one list (tests/golden/cases.json).
-const pageCase = JSON.parse(readFileSync("tests/golden/cases.json", "utf8")).cases.find((c) => c.page);
+// The golden case marked `page` in the one list (tests/golden/cases.json), and the weights the
+// goldens are sampled from: the shipped file the page loads (the f16 one), which the server
+// serves here.
+const list = JSON.parse(readFileSync("tests/golden/cases.json", "utf8"));
+const pageCase = list.cases.find((c) => c.page);
+const goldenWeights = list.weights;
+const goldenConfig = goldenWeights.replace(/\.safetensors$/, ".json");
+const shippedName = goldenWeights.split("/").pop().replace(/\.safetensors$/, "");
 const golden = `tests/golden/${pageCase.name}.npy`;
 
 function npyValues(path) {
@@ -61,7 +67,7 @@ async function canvasDiff(page, values, cols, zoom) {
   return max;
 }
 
-let server = await startServer(trainer);
+let server = await startServer(trainer, { weights: goldenWeights });
 const browser = await launch();
 let failed = false;
 try {
@@ -170,14 +176,15 @@ try {
   const allForm = await all.evaluate(() => ["class", "num", "zoom", "sampler"].map((id) => document.getElementById(id).value));
   if (JSON.stringify(allForm) !== JSON.stringify(["all", "2", "3", "dpmsolver++"])) throw new Error(`?class=all&num=2&zoom=5&sampler=nope gave ${allForm}`);
   await all.close();
-  // On a plain static host (no /v1/model) the page runs the shipped files, and its model picker
-  // offers every shipped model found: here MNIST and a second model whose config names its
-  // classes (the MNIST weights under the Fashion-MNIST name and class names, so this test does
-  // not depend on which weights are shipped).
+  // On a plain static host (no /v1/model) the page runs the shipped files (the f16 copy where
+  // there is one), and its model picker offers every shipped model found: here MNIST and a
+  // second model whose config names its classes and that has no f16 copy (the MNIST weights
+  // under the Fashion-MNIST name and class names, so this test does not depend on which
+  // weights are shipped).
   const root = mkdtempSync(join(tmpdir(), "rust-ddpm-static-"));
   for (const f of ["index.html", "pkg"]) symlinkSync(resolve(f), join(root, f));
   mkdirSync(join(root, "weights"));
-  for (const f of ["mnist.safetensors", "mnist.json"]) symlinkSync(resolve("weights", f), join(root, "weights", f));
+  for (const f of ["mnist.safetensors", "mnist.json", "mnist.fp16.safetensors", "mnist.fp16.json"]) symlinkSync(resolve("weights", f), join(root, "weights", f));
   symlinkSync(resolve("weights/mnist.safetensors"), join(root, "weights/fashion-mnist.safetensors"));
   const clothes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
   const named = { ...JSON.parse(readFileSync("weights/mnist.json", "utf8")), class_names: clothes };
@@ -189,7 +196,7 @@ try {
     await plain.goto(`${files.addr}/?backend=cpu`);
     await ready(plain);
     const loaded = await plain.evaluate(() => [document.body.dataset.ready, document.body.dataset.model, document.body.dataset.threads]);
-    if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
+    if (loaded[0] !== "1" || loaded[1] !== "weights/mnist.fp16.safetensors") throw new Error(`static host: ${loaded} (${await plain.textContent("#status")})`);
     // Not cross-origin isolated: the single-threaded bundle.
     if (loaded[2] !== "1") throw new Error(`static host without COOP/COEP runs ${loaded[2]} threads`);
     const options = (id) => plain.evaluate((id) => [...document.getElementById(id).options].map((o) => o.value), id);
@@ -223,15 +230,15 @@ try {
   // A retrained model under the same URL: the server's content hash changes, so the page must
   // fetch the new weights and drop the cached old ones. Same port = same origin = same cache.
   const dir = mkdtempSync(join(tmpdir(), "rust-ddpm-page-"));
-  const retrained = readFileSync("weights/mnist.safetensors");
+  const retrained = readFileSync(goldenWeights);
   const dataStart = 8 + Number(retrained.readBigUInt64LE(0));
   retrained[dataStart] ^= 1; // the lowest mantissa bit of the first weight
-  writeFileSync(join(dir, "mnist.safetensors"), retrained);
-  copyFileSync("weights/mnist.json", join(dir, "mnist.json"));
+  writeFileSync(join(dir, `${shippedName}.safetensors`), retrained);
+  copyFileSync(goldenConfig, join(dir, `${shippedName}.json`));
   const oldHash = served.sha256;
   const { port } = new URL(server.addr);
   await server.stop();
-  server = await startServer(trainer, { weights: join(dir, "mnist.safetensors"), addr: `127.0.0.1:${port}` });
+  server = await startServer(trainer, { weights: join(dir, `${shippedName}.safetensors`), addr: `127.0.0.1:${port}` });
   const fresh = await (await fetch(`${server.addr}/v1/model`)).json();
   if (fresh.sha256 === oldHash) throw new Error("the retrained weights kept the old hash");
   await page.goto(`${server.addr}/?backend=cpu`);

@@ -1,17 +1,21 @@
-//! `trainer export`: a checkpoint's EMA weights as safetensors + config JSON.
+//! `trainer export`: a checkpoint's EMA weights (or converted weights, e.g. f16) as
+//! safetensors + config JSON.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use artifacts::ensure_parent;
 use clap::Args;
-use diffusion::weights::save_model;
+use diffusion::weights::{load_model, save_model};
 
 #[derive(Args)]
 pub(crate) struct ExportArgs {
     /// Checkpoint directory (`checkpoints/step-N`) or run directory (newest checkpoint).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    checkpoint: Option<PathBuf>,
+    /// Or exported weights to convert (`NAME.safetensors` with `NAME.json`), e.g. to f16.
     #[arg(long)]
-    checkpoint: PathBuf,
+    weights: Option<PathBuf>,
     /// Output weights (`NAME.safetensors`; `NAME.json` is written beside it).
     #[arg(long)]
     out: PathBuf,
@@ -21,23 +25,37 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) fn cmd_export(a: ExportArgs) -> Result<()> {
-    let dir = training::checkpoint::resolve(&a.checkpoint)?;
-    let device = burn::tensor::Device::flex();
-    let (state, _, ema, _) = training::checkpoint::load(&dir, &device.clone().autodiff(), &device)?;
-    if !training::train::all_finite(&ema) {
-        bail!(
-            "{}: the EMA weights are not finite; not exporting",
-            dir.display()
-        );
-    }
     if a.out.extension().is_none_or(|e| e != "safetensors") {
         bail!("--out must end in .safetensors (the config goes to the same name with .json)");
     }
+    let device = burn::tensor::Device::flex();
+    let (model, config, source) = match (&a.checkpoint, &a.weights) {
+        (Some(checkpoint), _) => {
+            let dir = training::checkpoint::resolve(checkpoint)?;
+            let (state, _, ema, _) =
+                training::checkpoint::load(&dir, &device.clone().autodiff(), &device)?;
+            if !training::train::all_finite(&ema) {
+                bail!(
+                    "{}: the EMA weights are not finite; not exporting",
+                    dir.display()
+                );
+            }
+            let source = format!("EMA weights of step {}", state.step);
+            (ema, state.config.model, source)
+        }
+        (None, Some(weights)) => {
+            if weights == &a.out {
+                bail!("--out is the --weights file itself; write the conversion elsewhere");
+            }
+            let (model, config) = load_model(weights, &device)?;
+            (model, config, format!("weights {}", weights.display()))
+        }
+        (None, None) => bail!("give --checkpoint or --weights"),
+    };
     ensure_parent(&a.out)?;
-    save_model(&ema, &state.config.model, &a.out, a.f16)?;
+    save_model(&model, &config, &a.out, a.f16)?;
     eprintln!(
-        "EMA weights of step {} → {} (+ {})",
-        state.step,
+        "{source} → {} (+ {})",
         a.out.display(),
         diffusion::weights::config_path(&a.out).display()
     );

@@ -146,6 +146,28 @@ fn train_sample_export_schedule_forward() {
         "--f16",
     ]));
     assert!(std::fs::metadata(&f16).unwrap().len() < std::fs::metadata(&w).unwrap().len() * 6 / 10);
+    // Converting the exported f32 weights gives the very same f16 file.
+    let converted = out.join("converted.safetensors");
+    let convert = |to: &Path| {
+        trainer(&[
+            "export",
+            "--weights",
+            w.to_str().unwrap(),
+            "--out",
+            to.to_str().unwrap(),
+            "--f16",
+        ])
+    };
+    ok(&convert(&converted));
+    assert_eq!(
+        std::fs::read(&converted).unwrap(),
+        std::fs::read(&f16).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("converted.json")).unwrap(),
+        std::fs::read_to_string(dir.join("ema.json")).unwrap()
+    );
+    fails_with(&convert(&w), "--out is the --weights file itself");
     ok(&trainer(&[
         "sample",
         "--weights",

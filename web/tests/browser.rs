@@ -15,8 +15,11 @@ use web::{yield_to_browser, Sampler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-const WEIGHTS: &[u8] = include_bytes!("../../weights/mnist.safetensors");
-const CONFIG: &str = include_str!("../../weights/mnist.json");
+/// The weights the golden cases are sampled from (`weights` in `tests/golden/cases.json`: the
+/// shipped f16 file the page loads) and their config.
+const WEIGHTS_AND_CONFIG: (&[u8], &str) = include!(concat!(env!("OUT_DIR"), "/golden_weights.rs"));
+const WEIGHTS: &[u8] = WEIGHTS_AND_CONFIG.0;
+const CONFIG: &str = WEIGHTS_AND_CONFIG.1;
 const SCHEDULE_CSV: &str = include_str!("../../tests/golden/schedule-linear-1000.csv");
 
 /// One golden case of `tests/golden/cases.json`.
