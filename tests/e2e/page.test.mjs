@@ -174,7 +174,7 @@ try {
   await all.goto(`${server.addr}/?backend=cpu&class=all&num=2&zoom=5&sampler=nope`);
   await all.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
   const allForm = await all.evaluate(() => ["class", "num", "zoom", "sampler"].map((id) => document.getElementById(id).value));
-  if (JSON.stringify(allForm) !== JSON.stringify(["all", "2", "3", "dpmsolver++"])) throw new Error(`?class=all&num=2&zoom=5&sampler=nope gave ${allForm}`);
+  if (JSON.stringify(allForm) !== JSON.stringify(["all", "2", "3", "sde-dpmsolver++"])) throw new Error(`?class=all&num=2&zoom=5&sampler=nope gave ${allForm}`);
   await all.close();
   // On a plain static host (no /v1/model) the page runs the shipped files (the f16 copy where
   // there is one), and its model picker offers every shipped model found: here MNIST and a

@@ -33,9 +33,11 @@ impl ScheduleFlags {
 /// Sampler choice, shared by `sample` and `eval`.
 #[derive(Args)]
 pub(crate) struct SamplerFlags {
-    /// Sampler: `ddim`, `ddpm`, `dpmsolver++` (DPM-Solver++ 2M: 15 steps are about as good as
-    /// 50 DDIM steps) or `sde-dpmsolver++`.
-    #[arg(long, default_value = "ddim")]
+    /// Sampler: `ddpm` (ancestral: clean backgrounds), `ddim`, `dpmsolver++` (DPM-Solver++ 2M:
+    /// 15 steps are about as good as 50 DDIM steps) or `sde-dpmsolver++` (stochastic; with
+    /// --karras-sigmas, clean in 15 steps). The deterministic ones leave some samples on grey
+    /// backgrounds (the starting noise's mean survives them).
+    #[arg(long, default_value = "ddpm")]
     pub(crate) sampler: String,
     /// Denoising steps.
     #[arg(long, default_value_t = 50)]

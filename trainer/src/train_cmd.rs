@@ -79,7 +79,7 @@ pub(crate) struct TrainArgs {
     /// Write a sample grid from the EMA model every N steps (and at the end); 0 = end only.
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
-    /// DDIM steps for the sample grids.
+    /// Sampling steps for the sample grids (the default sampler, DDPM).
     #[arg(long, default_value_t = 50)]
     sample_steps: usize,
     /// Guidance scale for the sample grids.

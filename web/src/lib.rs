@@ -30,7 +30,7 @@ export interface SampleOptions {
   eta?: number;
   /** Seed, a whole number up to 2^53 − 1. Default 0. */
   seed?: number;
-  /** Default "ddim". */
+  /** Default "ddpm" (the library's default: stochastic, clean backgrounds). */
   sampler?: "ddim" | "ddpm" | "dpmsolver++" | "sde-dpmsolver++";
   /** DPM-Solver++ with Karras noise levels. Default false. */
   karrasSigmas?: boolean;
@@ -106,7 +106,7 @@ struct SampleOptions {
     #[serde(default)]
     seed: f64,
     /// "ddim", "ddpm", "dpmsolver++" or "sde-dpmsolver++".
-    #[serde(default = "ddim")]
+    #[serde(default = "default_sampler")]
     sampler: String,
     /// DPM-Solver++ with Karras noise levels.
     #[serde(default)]
@@ -127,8 +127,8 @@ fn three() -> f64 {
 fn fifty() -> usize {
     50
 }
-fn ddim() -> String {
-    "ddim".into()
+fn default_sampler() -> String {
+    SamplerKind::default().name().into()
 }
 
 /// The largest RGBA grid `gridRgba` draws, bytes.

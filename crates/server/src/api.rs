@@ -58,7 +58,7 @@ pub struct GenerateRequest {
     pub guidance_scale: f64,
     /// `ddim`, `ddpm`, `dpmsolver++` or `sde-dpmsolver++`.
     #[serde(default)]
-    #[schema(value_type = SamplerName, default = "ddim")]
+    #[schema(value_type = SamplerName, default = "ddpm")]
     pub sampler: SamplerKind,
     /// Denoising steps, 1..=T.
     #[serde(default = "default_steps")]
@@ -85,7 +85,7 @@ impl Default for GenerateRequest {
         Self {
             class_label: None,
             guidance_scale: default_guidance(),
-            sampler: SamplerKind::Ddim,
+            sampler: SamplerKind::default(),
             num_inference_steps: default_steps(),
             eta: 0.0,
             use_karras_sigmas: false,

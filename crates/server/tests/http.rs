@@ -168,6 +168,7 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
     // --scale 1` runs): one noise stream for the request's images.
     let (model, cfg) = diffusion::weights::load_model(&weights(), &Device::flex()).unwrap();
     let settings = SamplerSettings {
+        sampler: SamplerKind::Ddim,
         num_inference_steps: 20,
         ..Default::default()
     };
@@ -212,6 +213,19 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
             .run(|_| {}),
     );
     assert_eq!(png, server::worker::image_png(&values, [1, 8, 8]));
+    // Without a sampler the request runs the default one, DDPM (stochastic).
+    let plain = post(
+        srv.addr,
+        r#"{"class_label": 2, "num_inference_steps": 8, "seed": 5}"#,
+    )
+    .await;
+    let ddpm = post(
+        srv.addr,
+        r#"{"class_label": 2, "sampler": "ddpm", "num_inference_steps": 8, "seed": 5}"#,
+    )
+    .await;
+    assert_eq!(plain.json()["sampler"], "ddpm");
+    assert_eq!(plain.json()["images"], ddpm.json()["images"]);
     // A null seed is replaced by a random one, which is returned.
     let r = post(
         srv.addr,

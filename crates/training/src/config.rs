@@ -67,7 +67,7 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Sample grid every N steps (0: only at the end).
     pub sample_every: u64,
-    /// DDIM steps of the sample grids.
+    /// Steps of the sample grids (the default sampler, DDPM).
     pub sample_steps: usize,
     /// Guidance scale of the sample grids.
     pub sample_guidance: f64,

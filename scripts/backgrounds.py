@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Background check for 28×28 grey samples: how many sit on a grey or speckled background.
+
+Real MNIST backgrounds are black: in every MNIST-10k image (train and test) at least half of
+the pixels are exactly 0, and bright specks apart from the strokes are rare. For each image
+(8-bit levels, 0 = black) this script flags it
+
+- grey:     its median level is above 16 (of 255): the background itself is grey;
+- speckled: it has 3 or more specks, bright (> 48) 8-connected blobs of at most 4 pixels
+            (strokes are far larger).
+
+On the bundled data: 0 grey, speckled 0 of the 1,000 test and 2 of the 9,000 train images
+(the rule's floor). Inputs are `trainer sample --npy` files (float32 in [-1, 1], shape
+[n, 1, 28, 28], rounded to 8 bits as the PNG is) or gzipped IDX image files (the datasets'
+own format), so real data runs through the same rule:
+
+    python3 scripts/backgrounds.py crates/datasets/data/mnist10k/test-images-idx3-ubyte.gz
+    trainer sample --class all --num 8 --guidance 3 --npy s.npy --out s.png
+    python3 scripts/backgrounds.py s.npy --list
+
+Standard library only.
+"""
+
+import argparse
+import ast
+import gzip
+import struct
+import sys
+from array import array
+
+SIZE = 28
+GREY_MEDIAN = 16
+SPECK_LEVEL = 48
+SPECK_PIXELS = 4
+SPECKLED = 3
+
+
+def read_npy(path):
+    """The images of a float32 .npy file as lists of 8-bit levels (trainer sample's rounding)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x93NUMPY":
+        sys.exit(f"{path}: not a .npy file")
+    major = data[6]
+    header_len = struct.unpack("<H" if major == 1 else "<I", data[8:10] if major == 1 else data[8:12])[0]
+    start = (10 if major == 1 else 12) + header_len
+    header = ast.literal_eval(data[(10 if major == 1 else 12):start].decode("latin1"))
+    if header["descr"] != "<f4" or header["fortran_order"]:
+        sys.exit(f"{path}: expected little-endian float32 in C order, got {header}")
+    shape = header["shape"]
+    if len(shape) != 4 or shape[1] != 1 or shape[2:] != (SIZE, SIZE):
+        sys.exit(f"{path}: expected shape [n, 1, 28, 28], got {list(shape)}")
+    values = array("f")
+    values.frombytes(data[start:])
+    if sys.byteorder != "little":
+        values.byteswap()
+    per = SIZE * SIZE
+    levels = [round((min(1.0, max(-1.0, v)) + 1.0) * 127.5) for v in values]
+    return [levels[i * per:(i + 1) * per] for i in range(shape[0])]
+
+
+def read_idx(path):
+    """The images of a (gzipped) IDX3 file."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, n, rows, cols = struct.unpack(">IIII", data[:16])
+    if magic != 2051 or (rows, cols) != (SIZE, SIZE):
+        sys.exit(f"{path}: not an IDX file of 28×28 images")
+    per = SIZE * SIZE
+    return [list(data[16 + i * per:16 + (i + 1) * per]) for i in range(n)]
+
+
+def blob_sizes(image):
+    """Sizes of the 8-connected blobs of pixels brighter than SPECK_LEVEL."""
+    seen = set()
+    sizes = []
+    for start, level in enumerate(image):
+        if level <= SPECK_LEVEL or start in seen:
+            continue
+        seen.add(start)
+        stack, size = [start], 0
+        while stack:
+            y, x = divmod(stack.pop(), SIZE)
+            size += 1
+            for yy in (y - 1, y, y + 1):
+                for xx in (x - 1, x, x + 1):
+                    k = yy * SIZE + xx
+                    if 0 <= yy < SIZE and 0 <= xx < SIZE and image[k] > SPECK_LEVEL and k not in seen:
+                        seen.add(k)
+                        stack.append(k)
+        sizes.append(size)
+    return sizes
+
+
+def check(image):
+    """(median level, specks, grey?, speckled?)."""
+    median = sorted(image)[len(image) // 2]
+    specks = sum(1 for n in blob_sizes(image) if n <= SPECK_PIXELS)
+    return median, specks, median > GREY_MEDIAN, specks >= SPECKLED
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("files", nargs="+", help=".npy samples or IDX image files")
+    p.add_argument("--list", action="store_true", help="print every flagged image")
+    a = p.parse_args()
+    for path in a.files:
+        images = read_npy(path) if path.endswith(".npy") else read_idx(path)
+        grey = speckled = 0
+        flagged = []
+        for i, image in enumerate(images):
+            median, specks, g, s = check(image)
+            grey += g
+            speckled += s
+            if g or s:
+                flagged.append((i, median, specks))
+        print(f"{path}: {len(images)} images, {grey} grey, {speckled} speckled, "
+              f"{len(flagged)} flagged ({100 * len(flagged) / max(1, len(images)):.1f} %)")
+        if a.list:
+            for i, median, specks in flagged:
+                print(f"  image {i}: median level {median}/255, {specks} specks")
+
+
+if __name__ == "__main__":
+    main()
