@@ -113,11 +113,12 @@ fn train_sample_export_schedule_forward() {
     std::fs::copy(&w, &nw).unwrap();
     std::fs::write(out.join("named.json"), named.to_string()).unwrap();
     let by_name = out.join("by-name.npy");
-    let sample_named = |class: &str| {
+    // Two images of `class` from `weights` in 3 steps, into `npy`.
+    let sample_to = |weights: &Path, class: &str, npy: &Path| {
         trainer(&[
             "sample",
             "--weights",
-            nw.to_str().unwrap(),
+            weights.to_str().unwrap(),
             "--class",
             class,
             "--num",
@@ -125,17 +126,20 @@ fn train_sample_export_schedule_forward() {
             "--steps",
             "3",
             "--out",
-            out.join("n.png").to_str().unwrap(),
+            out.join("s.png").to_str().unwrap(),
             "--npy",
-            by_name.to_str().unwrap(),
+            npy.to_str().unwrap(),
         ])
     };
-    ok(&sample_named("Three"));
+    ok(&sample_to(&nw, "Three", &by_name));
     assert_eq!(
         std::fs::read(&by_name).unwrap(),
         std::fs::read(&npy).unwrap()
     );
-    fails_with(&sample_named("eleven"), "a class name (zero, one, two,");
+    fails_with(
+        &sample_to(&nw, "eleven", &by_name),
+        "a class name (zero, one, two,",
+    );
     let f16 = out.join("half.safetensors");
     ok(&trainer(&[
         "export",
@@ -169,21 +173,7 @@ fn train_sample_export_schedule_forward() {
         std::fs::read_to_string(dir.join("ema.json")).unwrap()
     );
     let sample_npy = |weights: &Path, npy: &Path| {
-        ok(&trainer(&[
-            "sample",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--class",
-            "1",
-            "--num",
-            "2",
-            "--steps",
-            "3",
-            "--out",
-            out.join("c.png").to_str().unwrap(),
-            "--npy",
-            npy.to_str().unwrap(),
-        ]));
+        ok(&sample_to(weights, "1", npy));
         std::fs::read(npy).unwrap()
     };
     assert_eq!(
