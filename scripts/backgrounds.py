@@ -41,10 +41,11 @@ def read_npy(path):
         data = f.read()
     if data[:6] != b"\x93NUMPY":
         sys.exit(f"{path}: not a .npy file")
-    major = data[6]
-    header_len = struct.unpack("<H" if major == 1 else "<I", data[8:10] if major == 1 else data[8:12])[0]
-    start = (10 if major == 1 else 12) + header_len
-    header = ast.literal_eval(data[(10 if major == 1 else 12):start].decode("latin1"))
+    # Version 1 has a 2-byte header length, versions 2 and 3 a 4-byte one.
+    size = 2 if data[6] == 1 else 4
+    header_len = int.from_bytes(data[8:8 + size], "little")
+    start = 8 + size + header_len
+    header = ast.literal_eval(data[8 + size:start].decode("latin1"))
     if header["descr"] != "<f4" or header["fortran_order"]:
         sys.exit(f"{path}: expected little-endian float32 in C order, got {header}")
     shape = header["shape"]

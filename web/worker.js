@@ -11,7 +11,7 @@
 //               {type: "sample", options, grid: {pad, scale}}  (options as Sampler.sample takes them)
 //               {type: "grid", pad, scale}  (the last result drawn again at another zoom)
 //               {type: "cancel"}            (stops the running sample between two steps)
-// Messages out: {type: "ready", backend, threads, numClasses, classNames, imageSize}
+// Messages out: {type: "ready", backend, threads, classNames (one per class), imageSize}
 //               {type: "progress", step, total, preview: {width, height, pixels} | null}
 //               {type: "done", result, grid} | {type: "grid", grid} | {type: "cancelled"}
 //               {type: "error", message}
@@ -59,7 +59,7 @@ self.onmessage = async ({ data }) => {
       bundle = m;
       if (sampler) { sampler.free(); sampler = null; last = null; }
       sampler = await bundle.Sampler.create(data.weights, data.config, data.backend);
-      self.postMessage({ type: "ready", backend: sampler.backend, threads, numClasses: sampler.numClasses, classNames: sampler.classNames, imageSize: sampler.imageSize });
+      self.postMessage({ type: "ready", backend: sampler.backend, threads, classNames: sampler.classNames, imageSize: sampler.imageSize });
     } else if (data.type === "sample") {
       cancelled = false;
       // Returning false from the progress callback ends the run; the sampler yields to this
