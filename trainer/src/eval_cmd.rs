@@ -17,9 +17,10 @@ pub struct TrainClassifierArgs {
     /// Dataset with train and test splits: `mnist10k`, `fashion-mnist[:DIR]` or `cifar10:DIR`.
     #[arg(long, default_value = "mnist10k")]
     dataset: String,
-    /// Output weights (`NAME.safetensors`; `NAME.json` is written beside it).
-    #[arg(long, default_value = "weights/classifier-mnist10k.safetensors")]
-    out: PathBuf,
+    /// Output weights (`NAME.safetensors`; `NAME.json` is written beside it) [default:
+    /// weights/classifier-KIND.safetensors, KIND = mnist10k, fashion-mnist, …].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Passes over the train split.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -46,6 +47,13 @@ pub struct TrainClassifierArgs {
     device: String,
 }
 
+/// `weights/classifier-KIND.safetensors`: where the classifier of a dataset's kind is shipped
+/// (and made), so that `--dataset` alone picks the matching one.
+fn default_classifier(dataset: &str) -> Result<PathBuf> {
+    let kind = DatasetSpec::parse(dataset, 32, 3)?.kind();
+    Ok(PathBuf::from(format!("weights/classifier-{kind}.safetensors")))
+}
+
 pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let settings = ClassifierTraining {
@@ -57,6 +65,7 @@ pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
         seed: a.seed,
     };
     settings.validate()?;
+    let out = a.out.clone().map_or_else(|| default_classifier(&a.dataset), Ok)?;
     let spec = DatasetSpec::parse(&a.dataset, 32, 3)?;
     let train = spec.load(Split::Train)?;
     let test = spec.load(Split::Test)?;
@@ -87,8 +96,8 @@ pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
             a.min_accuracy * 100.0
         );
     }
-    save_classifier(&model, &info, &a.out)?;
-    eprintln!("wrote {}", a.out.display());
+    save_classifier(&model, &info, &out)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 
@@ -120,9 +129,10 @@ pub struct EvalArgs {
     /// Images per Inception batch.
     #[arg(long, default_value_t = 16)]
     inception_batch: usize,
-    /// The evaluation classifier (from `train-classifier`).
-    #[arg(long, default_value = "weights/classifier-mnist10k.safetensors")]
-    classifier: PathBuf,
+    /// The evaluation classifier (from `train-classifier`) [default: the shipped one of the
+    /// dataset's kind, weights/classifier-KIND.safetensors].
+    #[arg(long)]
+    classifier: Option<PathBuf>,
     /// Skip the classifier metrics.
     #[arg(long)]
     no_classifier: bool,
@@ -151,11 +161,12 @@ pub fn cmd_eval(a: EvalArgs) -> Result<()> {
     let classifier = if a.no_classifier {
         None
     } else {
-        Some(load_classifier(&a.classifier, &device).with_context(|| {
+        let path = a.classifier.clone().map_or_else(|| default_classifier(&a.dataset), Ok)?;
+        Some(load_classifier(&path, &device).with_context(|| {
             format!(
                 "loading the classifier (make it with `trainer train-classifier --dataset {} --out {}`, or pass --no-classifier)",
                 a.dataset,
-                a.classifier.display()
+                path.display()
             )
         })?)
     };

@@ -758,3 +758,49 @@ fn eval_writes_a_report() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `--dataset` alone picks the shipped classifier of its kind, and a classifier of another kind
+/// is refused: MNIST and Fashion-MNIST images have the same shape, so nothing else would notice.
+#[test]
+fn eval_picks_the_classifier_of_the_dataset() {
+    let dir = tmp("eval-kind");
+    let w = shipped();
+    // Run from the repository root, where the default `weights/classifier-KIND` paths point.
+    let eval = |classifier: Option<&str>, out: &Path| {
+        let mut args = vec![
+            "eval",
+            "--weights",
+            &w,
+            "--dataset",
+            "fashion-mnist",
+            "--n",
+            "10",
+            "--batch",
+            "10",
+            "--steps",
+            "2",
+            "--no-inception",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(c) = classifier {
+            args.extend_from_slice(&["--classifier", c]);
+        }
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args(&args)
+            .output()
+            .expect("runs")
+    };
+    let picked = dir.join("picked");
+    ok(&eval(None, &picked));
+    let md = std::fs::read_to_string(picked.join("eval.md")).unwrap();
+    assert!(md.contains("classifier: trained on fashion-mnist"), "{md}");
+    let mixed = dir.join("mixed");
+    fails_with(
+        &eval(Some("weights/classifier-mnist10k.safetensors"), &mixed),
+        "trained on mnist10k, not on fashion-mnist",
+    );
+    assert!(!mixed.exists(), "no partial output");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -65,6 +65,17 @@ impl DatasetSpec {
         })
     }
 
+    /// The kind's canonical name (`mnist10k`, `fashion-mnist`, `cifar10` or `folder`), without
+    /// the directory: what a classifier trained on one copy of the data is valid for.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Mnist10k => "mnist10k",
+            Self::FashionMnist(_) => "fashion-mnist",
+            Self::Cifar10(_) => "cifar10",
+            Self::Folder { .. } => "folder",
+        }
+    }
+
     /// Loads one split.
     pub fn load(&self, split: Split) -> Result<Dataset> {
         match self {
@@ -150,6 +161,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown dataset"));
+        // Aliases and directories name the same kind.
+        for (spec, kind) in [
+            ("mnist", "mnist10k"),
+            ("fashion", "fashion-mnist"),
+            ("fashion-mnist:/d", "fashion-mnist"),
+            ("folder:/d", "folder"),
+        ] {
+            assert_eq!(DatasetSpec::parse(spec, 8, 1).unwrap().kind(), kind, "{spec}");
+        }
     }
 
     #[test]

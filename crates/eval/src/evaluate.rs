@@ -170,6 +170,19 @@ pub fn evaluate(
         config.unet.resolution,
         config.unet.in_channels,
     )?;
+    // A classifier judges only the kind of data it was trained on: the shapes of MNIST and
+    // Fashion-MNIST match, so a mix-up would otherwise pass silently.
+    if let Some((_, info)) = &settings.classifier {
+        let trained_on = DatasetSpec::parse(&info.dataset, 0, 0).map(|s| s.kind());
+        if trained_on.is_ok_and(|k| k != spec.kind()) {
+            return Err(EvalError::Invalid(format!(
+                "the classifier was trained on {}, not on {}: use the classifier of {}",
+                info.dataset,
+                spec.kind(),
+                spec.kind()
+            )));
+        }
+    }
     let train = spec.load(Split::Train)?;
     let test = spec.load(Split::Test)?;
     let u = &config.unet;
