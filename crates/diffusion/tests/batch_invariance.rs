@@ -3,18 +3,12 @@
 //! runs different requests in one forward and promises the same pixels as serving each alone;
 //! this is the property that promise rests on.
 //!
-//! Not yet (measured 2026-12-01, shipped MNIST model): sample 0 alone and at position 0 of a
-//! batch differ by up to 6.0e-7, the same for every batch of 2 to 40, so only a batch of one
-//! takes other arithmetic somewhere in the CPU kernels. It is not the matrix products'
-//! parallelism (the same with `RAYON_NUM_THREADS=1`), and Burn's own ops (`with_burn_ops`) are
-//! batch-invariant (0 at every batch size). The convolution's one-image path used to seed the
-//! product with the bias (9.5e-7); it now adds the bias afterwards like the batched path. With
-//! the direct convolution switched off the gap grows to 1.4e-6, so the im2col products
-//! themselves round differently when more images share one (`gemm` with n = P columns against
-//! n = group · P): a fix has to keep every image's columns in products of a shape that does not
-//! depend on the batch.
-//! Ignored until the kernels are batch-invariant; run it with
-//! `cargo test --release -p diffusion --test batch_invariance -- --ignored`.
+//! It is, since the convolution's forward products split their depth themselves
+//! (`flex_kernels` `conv2d/gemm.rs`): `gemm` chose its depth block from the product's whole shape,
+//! so a 7 × 7 image alone (n = 49 ≤ 64: blocks of 512) and grouped with others (n ≥ 98: blocks
+//! from the cache sizes) summed k = 576 and 1152 differently, 6.0e-7 apart for every batch of 2
+//! to 40. The same holds with the direct convolution switched off (the path without AVX-512 and
+//! in the browser). Burn's own ops (`with_burn_ops`) are batch-invariant too.
 
 use std::path::Path;
 
@@ -28,7 +22,6 @@ fn values(t: Tensor<4>) -> Vec<f32> {
 }
 
 #[test]
-#[ignore = "the CPU kernels are not batch-invariant yet (issue 16)"]
 fn a_samples_output_does_not_depend_on_its_batch() {
     let device = Device::flex();
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/mnist.safetensors");

@@ -431,6 +431,51 @@ mod tests {
         }
     }
 
+    /// An image's output is the same, bit for bit, alone and in any batch, on both forward paths
+    /// (issue 16's batching rests on it): the im2col products of one 7 × 7 image (n = 49) and of
+    /// a group (n ≥ 98) once took different depth blocks in `gemm` for k > 512.
+    #[test]
+    fn an_images_output_does_not_depend_on_its_batch() {
+        let random = |shape: [usize; 4]| {
+            let t = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
+            t.into_data().try_to_vec::<f32>().unwrap()
+        };
+        // k = C_in · 9 = 576 and 1152 at 7 × 7 and 14 × 14 (the U-Net's lowest levels), and a
+        // short one.
+        for (x_shape, w_shape) in [
+            ([9, 64, 7, 7], [64, 64, 3, 3]),
+            ([9, 128, 7, 7], [64, 128, 3, 3]),
+            ([6, 64, 14, 14], [32, 64, 3, 3]),
+            ([7, 8, 28, 28], [16, 8, 3, 3]),
+        ] {
+            let g = geometry::Geometry::new(&x_shape, &w_shape, &options(1, [(1, 1), (1, 1)], 1))
+                .unwrap();
+            let (x, w, b) = (random(x_shape), random(w_shape), random([w_shape[0], 1, 1, 1]));
+            let (plane, out) = (g.plane(), g.channels_out * g.p());
+            let one = |i: usize| {
+                let g1 = geometry::Geometry::new(
+                    &[1, x_shape[1], x_shape[2], x_shape[3]],
+                    &w_shape,
+                    &options(1, [(1, 1), (1, 1)], 1),
+                )
+                .unwrap();
+                let xi = &x[i * plane..(i + 1) * plane];
+                (
+                    forward::forward(&g1, xi, &w, Some(&b)),
+                    forward::forward_im2col(&g1, xi, &w, Some(&b)),
+                )
+            };
+            let batched = forward::forward(&g, &x, &w, Some(&b));
+            let batched_im2col = forward::forward_im2col(&g, &x, &w, Some(&b));
+            for i in 0..x_shape[0] {
+                let (alone, alone_im2col) = one(i);
+                let at = i * out..(i + 1) * out;
+                assert!(batched[at.clone()] == alone[..], "{x_shape:?}: image {i}");
+                assert!(batched_im2col[at] == alone_im2col[..], "{x_shape:?}: image {i}, im2col");
+            }
+        }
+    }
+
     #[test]
     fn forward_matches_burn_conv2d_on_flex() {
         let device = Device::flex();

@@ -3,7 +3,7 @@
 //! in parallel, each group's im2col block built in a per-thread scratch buffer and multiplied
 //! right away. With fewer groups than threads, the products themselves run in parallel.
 
-use super::gemm::{matmul, Mat};
+use super::gemm::{matmul_batch_invariant, Mat};
 use super::geometry::Geometry;
 use super::im2col::im2col;
 use super::scratch::{sized, uninit, Scratch};
@@ -55,7 +55,7 @@ pub(super) fn forward_im2col(
                     // One image: the product is the output, then the bias is added, exactly
                     // as below (seeding the product with the bias would round differently, and
                     // an image's output must not depend on how many share its batch).
-                    matmul((co, n, k), y, false, w, cols, parallelism);
+                    matmul_batch_invariant((co, n, k), y, w, cols, parallelism);
                     if let Some(bias) = bias {
                         for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
                             for d in row {
@@ -69,7 +69,7 @@ pub(super) fn forward_im2col(
                 }
                 // [C_out, nb·P] → [nb, C_out, P], adding the bias.
                 let product = sized(product, co * n);
-                matmul((co, n, k), uninit(product), false, w, cols, parallelism);
+                matmul_batch_invariant((co, n, k), uninit(product), w, cols, parallelism);
                 for (index, dst) in y.chunks_exact_mut(p).enumerate() {
                     let (bi, c) = (index / co, index % co);
                     let b = bias.map_or(0.0, |bias| bias[c]);

@@ -1,5 +1,11 @@
 //! The matrix products of the im2col path, on the `gemm` crate (Flex's own, with its AVX-512
 //! kernels where the CPU has them).
+//!
+//! The forward products split the depth themselves ([`matmul_batch_invariant`]): `gemm` picks its
+//! depth block from the whole shape (512 when m and n are both ≤ 64, otherwise from the cache
+//! sizes), and a sum split differently rounds differently. A one-image product at 7 × 7
+//! (n = 49) and a grouped one (n = 98 …) took different blocks for k = 576 and 1152, so an image's
+//! output depended on how many shared its batch (by up to 6e-7).
 
 use std::mem::MaybeUninit;
 
@@ -53,5 +59,35 @@ pub(super) fn matmul(
             false,
             parallelism,
         );
+    }
+}
+
+/// The most depth one `gemm` call gets in [`matmul_batch_invariant`]: `gemm` never splits a
+/// depth of at most 512, whatever m and n.
+const DEPTH_BLOCK: usize = 512;
+
+/// [`matmul`] without `accumulate`, with the depth cut into equal blocks of at most
+/// [`DEPTH_BLOCK`] by this function, so that every element is summed in the same blocks, in the
+/// same order, for every m and n: one image's columns get the same bits alone as beside others.
+pub(super) fn matmul_batch_invariant(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    lhs: Mat,
+    rhs: Mat,
+    parallelism: gemm::Parallelism,
+) {
+    let blocks = k.div_ceil(DEPTH_BLOCK).max(1);
+    let depth = k.div_ceil(blocks);
+    for start in (0..k.max(1)).step_by(depth.max(1)) {
+        let d = depth.min(k - start);
+        let l = Mat {
+            data: &lhs.data[start * lhs.cs..],
+            ..lhs
+        };
+        let r = Mat {
+            data: &rhs.data[start * rhs.rs..],
+            ..rhs
+        };
+        matmul((m, n, d), dst, start > 0, l, r, parallelism);
     }
 }
