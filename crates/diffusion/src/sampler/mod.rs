@@ -5,6 +5,7 @@
 //! so the same seed gives the same image on every backend.
 
 mod any;
+mod batched;
 mod class_choice;
 mod ddim;
 mod ddpm;
@@ -21,7 +22,10 @@ pub use dpm_solver::{
     FinalSigmasType, SolverType, StepCoefficients,
 };
 pub use karras::{karras_sigmas, sigma_to_t};
-pub use sampling::{to_host, Denoiser, SampleRequest, Sampling, StepOutput};
+pub use batched::step_together;
+pub use sampling::{
+    to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
+};
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

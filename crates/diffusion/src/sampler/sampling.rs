@@ -92,10 +92,25 @@ enum Pass {
     Guided(Vec<usize>),
 }
 
-/// A sampling run in progress.
-pub struct Sampling<'a, M: Denoiser, S: Scheduler> {
-    model: &'a M,
-    scheduler: &'a S,
+/// One step's model call: the batch to predict (both guidance passes included) and what to
+/// predict it at. [`SamplingState::advance`] takes the prediction.
+#[derive(Debug, Clone)]
+pub struct ModelQuery {
+    /// The model input, `[rows, channels, height, width]`: x_t, twice when guided.
+    pub x: Tensor<4>,
+    /// One timestep per row.
+    pub timesteps: Vec<f64>,
+    /// One label per row (the null class for the unconditional pass), or `None` for an
+    /// unconditional model.
+    pub class_labels: Option<Vec<usize>>,
+}
+
+/// The state of a sampling run without the model and scheduler it runs with: x_t, the
+/// scheduler's memory, the noise generator and the step index. Steps are split in two so that
+/// several runs can share one model call ([`super::step_together`]): [`Self::query`] says what
+/// to predict, [`Self::advance`] takes the prediction and does guidance and the scheduler step.
+/// [`Sampling`] is the same with the model and scheduler attached.
+pub struct SamplingState {
     sample: Tensor<4>,
     state: SchedulerState,
     rng: NoiseRng,
@@ -104,11 +119,11 @@ pub struct Sampling<'a, M: Denoiser, S: Scheduler> {
     step_index: usize,
 }
 
-impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
-    /// Validates the request and draws x_T ~ N(0, I) from the seeded host generator.
+impl SamplingState {
+    /// Validates the request against a model with `num_classes` classes (`None`:
+    /// unconditional) and draws x_T ~ N(0, I) from the seeded host generator.
     pub fn new(
-        model: &'a M,
-        scheduler: &'a S,
+        num_classes: Option<usize>,
         request: &SampleRequest,
         device: &Device,
     ) -> Result<Self> {
@@ -130,7 +145,7 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
                 "guidance_scale = {w} must be finite"
             )));
         }
-        let pass = match model.num_classes() {
+        let pass = match num_classes {
             None => {
                 if let Some(k) = request.class_labels.iter().flatten().next() {
                     return Err(Error::Sampler(format!(
@@ -165,14 +180,113 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
         let [c, h, wd] = request.image_shape;
         let sample = rng.normal_tensor([b, c, h, wd], device);
         Ok(Self {
-            model,
-            scheduler,
             sample,
             state: SchedulerState::default(),
             rng,
             pass,
             guidance_scale: w,
             step_index: 0,
+        })
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.step_index
+    }
+
+    /// Images in the run.
+    pub fn num_images(&self) -> usize {
+        self.sample.dims()[0]
+    }
+
+    /// Rows of each model call: the images, twice when guided (both passes).
+    pub fn rows(&self) -> usize {
+        match self.pass {
+            Pass::Guided(_) => 2 * self.num_images(),
+            _ => self.num_images(),
+        }
+    }
+
+    /// The current sample x_t (the final image once every step is done), on the device.
+    pub fn sample(&self) -> &Tensor<4> {
+        &self.sample
+    }
+
+    /// The next step's model call, or `None` when every step of `scheduler` is done.
+    pub fn query<S: Scheduler>(&self, scheduler: &S) -> Option<ModelQuery> {
+        let &t = scheduler.timesteps().get(self.step_index)?;
+        let x = self.sample.clone();
+        let rows = self.rows();
+        let x = match self.pass {
+            Pass::Guided(_) => Tensor::cat(vec![x.clone(), x], 0),
+            _ => x,
+        };
+        let class_labels = match &self.pass {
+            Pass::Unconditional => None,
+            Pass::Single(labels) | Pass::Guided(labels) => Some(labels.clone()),
+        };
+        Some(ModelQuery {
+            x,
+            timesteps: vec![t as f64; rows],
+            class_labels,
+        })
+    }
+
+    /// Takes the prediction for [`Self::query`]'s model call (`[rows, c, h, w]`), combines
+    /// the guidance passes and runs `scheduler`'s step (drawing its noise from this run's
+    /// generator).
+    ///
+    /// # Panics
+    /// When every step is done already (`query` returned `None`).
+    pub fn advance<S: Scheduler>(&mut self, scheduler: &S, prediction: Tensor<4>) -> StepOutput {
+        let timesteps = scheduler.timesteps();
+        let t = timesteps[self.step_index];
+        let output = match self.pass {
+            Pass::Guided(_) => {
+                let mut halves = prediction.chunk(2, 0).into_iter();
+                let cond = halves.next().expect("two halves");
+                let uncond = halves.next().expect("two halves");
+                classifier_free_guidance(cond, uncond, self.guidance_scale)
+            }
+            _ => prediction,
+        };
+        let x = self.sample.clone();
+        let noise = scheduler
+            .needs_noise(self.step_index)
+            .then(|| self.rng.normal_tensor(x.dims(), &x.device()));
+        let out = scheduler.step(&mut self.state, output, self.step_index, x, noise);
+        self.sample = out.prev_sample;
+        let report = StepOutput {
+            step_index: self.step_index,
+            num_steps: timesteps.len(),
+            timestep: t,
+            pred_original_sample: out.pred_original_sample,
+        };
+        self.step_index += 1;
+        report
+    }
+}
+
+/// A sampling run in progress: a [`SamplingState`] with its model and scheduler.
+pub struct Sampling<'a, M: Denoiser, S: Scheduler> {
+    model: &'a M,
+    scheduler: &'a S,
+    state: SamplingState,
+}
+
+impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
+    /// Validates the request and draws x_T ~ N(0, I) from the seeded host generator.
+    pub fn new(
+        model: &'a M,
+        scheduler: &'a S,
+        request: &SampleRequest,
+        device: &Device,
+    ) -> Result<Self> {
+        let state = SamplingState::new(model.num_classes(), request, device)?;
+        Ok(Self {
+            model,
+            scheduler,
+            state,
         })
     }
 
@@ -183,53 +297,21 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
 
     /// Steps done so far.
     pub fn steps_done(&self) -> usize {
-        self.step_index
+        self.state.steps_done()
     }
 
     /// The current sample x_t (the final image once every step is done), on the device.
     pub fn sample(&self) -> &Tensor<4> {
-        &self.sample
+        self.state.sample()
     }
 
     /// Runs the next step, or returns `None` when sampling is finished.
     pub fn step(&mut self) -> Option<StepOutput> {
-        let timesteps = self.scheduler.timesteps();
-        let &t = timesteps.get(self.step_index)?;
-        let x = self.sample.clone();
-        let b = x.dims()[0];
-        let output = match &self.pass {
-            Pass::Unconditional => self.model.predict(x.clone(), &vec![t as f64; b], None),
-            Pass::Single(labels) => self
-                .model
-                .predict(x.clone(), &vec![t as f64; b], Some(labels)),
-            Pass::Guided(labels) => {
-                let both = self.model.predict(
-                    Tensor::cat(vec![x.clone(), x.clone()], 0),
-                    &vec![t as f64; 2 * b],
-                    Some(labels),
-                );
-                let mut halves = both.chunk(2, 0).into_iter();
-                let cond = halves.next().expect("two halves");
-                let uncond = halves.next().expect("two halves");
-                classifier_free_guidance(cond, uncond, self.guidance_scale)
-            }
-        };
-        let noise = self
-            .scheduler
-            .needs_noise(self.step_index)
-            .then(|| self.rng.normal_tensor(x.dims(), &x.device()));
-        let out = self
-            .scheduler
-            .step(&mut self.state, output, self.step_index, x, noise);
-        self.sample = out.prev_sample;
-        let report = StepOutput {
-            step_index: self.step_index,
-            num_steps: timesteps.len(),
-            timestep: t,
-            pred_original_sample: out.pred_original_sample,
-        };
-        self.step_index += 1;
-        Some(report)
+        let q = self.state.query(self.scheduler)?;
+        let prediction = self
+            .model
+            .predict(q.x, &q.timesteps, q.class_labels.as_deref());
+        Some(self.state.advance(self.scheduler, prediction))
     }
 
     /// Runs every remaining step, calling `progress` after each, and returns the final
@@ -238,7 +320,7 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
         while let Some(out) = self.step() {
             progress(&out);
         }
-        self.sample
+        self.state.sample
     }
 }
 
