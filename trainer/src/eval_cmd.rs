@@ -51,7 +51,9 @@ pub struct TrainClassifierArgs {
 /// (and made), so that `--dataset` alone picks the matching one.
 fn default_classifier(dataset: &str) -> Result<PathBuf> {
     let kind = DatasetSpec::parse(dataset, 32, 3)?.kind();
-    Ok(PathBuf::from(format!("weights/classifier-{kind}.safetensors")))
+    Ok(PathBuf::from(format!(
+        "weights/classifier-{kind}.safetensors"
+    )))
 }
 
 pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
@@ -65,7 +67,10 @@ pub fn cmd_train_classifier(a: TrainClassifierArgs) -> Result<()> {
         seed: a.seed,
     };
     settings.validate()?;
-    let out = a.out.clone().map_or_else(|| default_classifier(&a.dataset), Ok)?;
+    let out = a
+        .out
+        .clone()
+        .map_or_else(|| default_classifier(&a.dataset), Ok)?;
     let spec = DatasetSpec::parse(&a.dataset, 32, 3)?;
     let train = spec.load(Split::Train)?;
     let test = spec.load(Split::Test)?;
@@ -161,7 +166,10 @@ pub fn cmd_eval(a: EvalArgs) -> Result<()> {
     let classifier = if a.no_classifier {
         None
     } else {
-        let path = a.classifier.clone().map_or_else(|| default_classifier(&a.dataset), Ok)?;
+        let path = a
+            .classifier
+            .clone()
+            .map_or_else(|| default_classifier(&a.dataset), Ok)?;
         Some(load_classifier(&path, &device).with_context(|| {
             format!(
                 "loading the classifier (make it with `trainer train-classifier --dataset {} --out {}`, or pass --no-classifier)",

@@ -14,10 +14,15 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Sampling worker threads.
+    /// Batch executors: threads that each run a copy of the model and batch the requests in
+    /// flight step by step.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Requests that may wait for a worker; beyond that the answer is 503 + Retry-After.
+    /// Rows per batched model call (a guided image counts twice, for its two passes); requests
+    /// at different steps share one call. 1 serves one request at a time.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Requests that may wait to join a batch; beyond that the answer is 503 + Retry-After.
     #[arg(long, default_value_t = 4)]
     queue: usize,
     /// Per-request time limit in seconds (queueing + sampling); past it the answer is 504.
@@ -35,6 +40,9 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
     if a.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    if a.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
     tracing_subscriber::fmt()
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -43,6 +51,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
     let config = server::ServeConfig {
         weights: a.weights,
         workers: a.workers,
+        max_batch: a.max_batch,
         queue: a.queue,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         static_dir: a.static_dir,

@@ -20,8 +20,26 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
     let runs = [
         (SamplerKind::Ddpm, 12, false, 3.0, Some(7), 2, 1, 0),
         (SamplerKind::Ddim, 6, false, 1.0, Some(2), 1, 2, 0),
-        (SamplerKind::DpmSolverPlusPlus, 5, true, 0.0, Some(4), 3, 3, 2),
-        (SamplerKind::SdeDpmSolverPlusPlus, 7, true, 5.0, None, 1, 4, 3),
+        (
+            SamplerKind::DpmSolverPlusPlus,
+            5,
+            true,
+            0.0,
+            Some(4),
+            3,
+            3,
+            2,
+        ),
+        (
+            SamplerKind::SdeDpmSolverPlusPlus,
+            7,
+            true,
+            5.0,
+            None,
+            1,
+            4,
+            3,
+        ),
         (SamplerKind::Ddim, 4, false, 2.0, Some(9), 2, 5, 9),
     ];
     let made: Vec<(AnyScheduler, SampleRequest, usize)> = runs
@@ -31,7 +49,11 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
                 sampler,
                 num_inference_steps: steps,
                 use_karras_sigmas: karras,
-                eta: if sampler == SamplerKind::Ddim && seed == 5 { 1.0 } else { 0.0 },
+                eta: if sampler == SamplerKind::Ddim && seed == 5 {
+                    1.0
+                } else {
+                    0.0
+                },
                 ..Default::default()
             };
             let request = SampleRequest {
@@ -71,7 +93,10 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
             .collect();
         let outputs = step_together(&model, &mut batch).unwrap();
         calls += 1;
-        assert!(outputs.iter().all(Option::is_some), "an active run had no step left");
+        assert!(
+            outputs.iter().all(Option::is_some),
+            "an active run had no step left"
+        );
         active.retain(|(i, run)| {
             let done = run.steps_done() == made[*i].0.timesteps().len();
             if done {
@@ -81,7 +106,10 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
         });
     }
     for (i, (got, want)) in finished.iter().zip(&alone).enumerate() {
-        assert!(got.as_deref() == Some(want.as_slice()), "run {i} differs from the run alone");
+        assert!(
+            got.as_deref() == Some(want.as_slice()),
+            "run {i} differs from the run alone"
+        );
     }
     // 34 steps in all, in 13 shared model calls (the last run joins at iteration 9).
     assert_eq!(calls, 13);

@@ -85,6 +85,9 @@ async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
             "the service is shutting down",
         ),
     })?;
+    // Abandons the job when this future is dropped before it is answered: the client went away
+    // (the server drops the handler), so its rows leave the batch at the next step.
+    let _abandon = Abandon(ticket.cancelled.clone());
     match tokio::time::timeout(state.timeout, ticket.result).await {
         Ok(Ok(Ok(out))) => {
             state
@@ -98,18 +101,22 @@ async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
             StatusCode::INTERNAL_SERVER_ERROR,
             "the sampling worker stopped",
         )),
-        Err(_) => {
-            ticket
-                .cancelled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            Err(err(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "sampling took longer than the {} s limit",
-                    state.timeout.as_secs_f64()
-                ),
-            ))
-        }
+        Err(_) => Err(err(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "sampling took longer than the {} s limit",
+                state.timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// Sets the job's cancelled flag when dropped (after an answer it is no longer read).
+struct Abandon(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -4,9 +4,11 @@
 //! `POST /v1/generate` (JSON in, base64 PNGs out), `GET /v1/generate.png`, `GET /v1/model`
 //! (the served model's config, weight URLs and content hash), `GET /healthz`,
 //! `GET /metrics` (Prometheus), `GET /openapi.json` (generated with utoipa), and the browser
-//! page (`/`, `/pkg/*`, `/weights/*`). Sampling runs on a fixed pool of worker threads behind a
-//! bounded queue (503 with `Retry-After` past it) with a per-request time limit; bad input is a
-//! 4xx `{"error": "..."}` naming the field; shutdown lets in-flight requests finish.
+//! page (`/`, `/pkg/*`, `/weights/*`). Sampling runs on batch executor threads that batch the
+//! requests in flight step by step (one model call per step for all of them, the same pixels
+//! as alone; [`worker`]) behind a bounded queue (503 with `Retry-After` past it) with a
+//! per-request time limit; a request whose client is gone is dropped between steps; bad input
+//! is a 4xx `{"error": "..."}` naming the field; shutdown lets in-flight requests finish.
 
 pub mod api;
 pub mod app;
@@ -30,8 +32,11 @@ use crate::worker::Pool;
 pub struct ServeConfig {
     /// Weights (`NAME.safetensors`, with `NAME.json` beside it).
     pub weights: PathBuf,
-    /// Sampling worker threads.
+    /// Batch executors (threads), each with its own copy of the model.
     pub workers: usize,
+    /// Rows per batched model call (a guided image counts twice); 1 serves one request at a
+    /// time. A request with more rows runs alone.
+    pub max_batch: usize,
     /// Jobs that may wait for a worker; more get 503.
     pub queue: usize,
     /// Per-request time limit.
@@ -74,8 +79,8 @@ pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
         Arc::new(bytes),
         config.workers,
         config.queue,
-        metrics.queue_depth.clone(),
-        metrics.in_progress.clone(),
+        config.max_batch,
+        metrics.clone(),
     )?;
     let weights_dir = config
         .weights

@@ -1,30 +1,37 @@
-//! Sampling off the async runtime: a fixed pool of worker threads behind a bounded queue.
+//! Sampling off the async runtime: batch executors behind a bounded queue, batching requests
+//! step by step.
 //!
-//! Each worker builds its own copy of the model from the weight bytes, takes jobs in order,
-//! checks between denoising steps whether the request has been abandoned (time limit), and
-//! answers through a oneshot channel. When the queue is full, [`Pool::submit`] refuses at once
-//! so the handler can answer 503.
+//! Each executor thread builds its own copy of the model from the weight bytes and keeps a set
+//! of requests in flight. Every iteration it admits waiting requests while their rows fit in
+//! `max_batch` (a guided image counts twice: both passes), drops the abandoned ones (time limit,
+//! client gone), and runs one step of every request in flight as one batched model call
+//! ([`diffusion::sampler::step_together`]): requests at different steps, with different samplers,
+//! step counts, classes and guidance scales share it, and each applies its own scheduler step
+//! with its own noise stream. The model's forward is batch-invariant, so a request's pixels are
+//! the same as when it runs alone. When the queue is full, [`Pool::submit`] refuses at once so the
+//! handler can answer 503. A request too large for `max_batch` runs alone.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use artifacts::{grid, png_bytes};
 use burn::tensor::Device;
-use diffusion::sampler::to_host;
+use diffusion::sampler::{step_together, to_host, AnyScheduler, SamplingState};
 use diffusion::weights::load_model_from_bytes;
-use diffusion::{ModelConfig, SampleRequest, Sampling};
+use diffusion::{ModelConfig, SampleRequest, Scheduler, UNet};
 use tokio::sync::oneshot;
 
 use crate::api::Job;
+use crate::metrics::Metrics;
 
 /// What a worker returns: one PNG per image and the sampling time.
 #[derive(Debug)]
 pub struct JobOutput {
     /// PNG bytes, one per image.
     pub pngs: Vec<Vec<u8>>,
-    /// Sampling time, milliseconds.
+    /// Time from admission to the last step, milliseconds.
     pub elapsed_ms: f64,
 }
 
@@ -32,6 +39,14 @@ struct Task {
     job: Job,
     cancelled: Arc<AtomicBool>,
     reply: oneshot::Sender<Result<JobOutput, String>>,
+    queued: Instant,
+}
+
+/// A request in flight.
+struct Run {
+    task: Task,
+    state: SamplingState,
+    admitted: Instant,
 }
 
 /// Why a job was not accepted.
@@ -51,10 +66,10 @@ pub struct Ticket {
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// The worker pool.
+/// The executor pool.
 pub struct Pool {
     tx: SyncSender<Task>,
-    queue_depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// Encodes one image (values in [-1, 1], `[c, h, w]`) as PNG, exactly as
@@ -63,58 +78,174 @@ pub fn image_png(values: &[f32], [c, h, w]: [usize; 3]) -> Vec<u8> {
     png_bytes(&grid(values, [1, c, h, w], 1, 0, 1))
 }
 
-fn run_job(
-    model: &diffusion::UNet,
-    config: &ModelConfig,
-    device: &Device,
-    task: &Task,
-) -> Result<JobOutput, String> {
-    let started = Instant::now();
-    let job = &task.job;
-    let shape = config.unet.image_shape();
-    let request = SampleRequest {
-        image_shape: shape,
-        class_labels: vec![job.class_label; job.num_images],
-        guidance_scale: job.guidance_scale,
-        seed: job.seed,
-    };
-    let mut sampling =
-        Sampling::new(model, &job.scheduler, &request, device).map_err(|e| e.to_string())?;
-    while sampling.step().is_some() {
-        if task.cancelled.load(Ordering::Relaxed) {
-            return Err("cancelled".into());
+/// One executor: the model, its requests in flight and the queue it admits from.
+struct Executor {
+    model: UNet,
+    config: ModelConfig,
+    device: Device,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+    active: Vec<Run>,
+    /// Taken from the queue but not admitted yet: its rows did not fit.
+    next: Option<(Task, SamplingState)>,
+}
+
+impl Executor {
+    fn rows(&self) -> usize {
+        self.active.iter().map(|r| r.state.rows()).sum()
+    }
+
+    /// Admits waiting requests while they fit; blocks for one when nothing is in flight.
+    /// Returns false when the queue is closed and nothing is left to do.
+    fn admit(&mut self, rx: &Mutex<Receiver<Task>>) -> bool {
+        loop {
+            let (task, state) = match self.next.take() {
+                Some(next) => next,
+                None => {
+                    let task = {
+                        let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                        if self.active.is_empty() {
+                            match rx.recv() {
+                                Ok(t) => t,
+                                Err(_) => return false, // the pool is gone
+                            }
+                        } else {
+                            match rx.try_recv() {
+                                Ok(t) => t,
+                                Err(_) => return true,
+                            }
+                        }
+                    };
+                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    if task.cancelled.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match self.start(&task.job) {
+                        Ok(state) => (task, state),
+                        Err(e) => {
+                            let _ = task.reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !self.active.is_empty() && self.rows() + state.rows() > self.max_batch {
+                self.next = Some((task, state));
+                return true;
+            }
+            self.metrics
+                .observe_queue_wait(task.queued.elapsed().as_secs_f64());
+            self.metrics.in_progress.fetch_add(1, Ordering::Relaxed);
+            self.active.push(Run {
+                task,
+                state,
+                admitted: Instant::now(),
+            });
         }
     }
-    let values = to_host(sampling.sample().clone());
-    let per: usize = shape.iter().product();
-    let pngs = values
-        .chunks_exact(per)
-        .map(|img| image_png(img, shape))
-        .collect();
-    Ok(JobOutput {
-        pngs,
-        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    })
+
+    fn start(&self, job: &Job) -> Result<SamplingState, String> {
+        let request = SampleRequest {
+            image_shape: self.config.unet.image_shape(),
+            class_labels: vec![job.class_label; job.num_images],
+            guidance_scale: job.guidance_scale,
+            seed: job.seed,
+        };
+        SamplingState::new(self.config.unet.num_classes, &request, &self.device)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes the runs `done` picks, answering each with `answer`.
+    fn finish(
+        &mut self,
+        done: impl Fn(&Run) -> bool,
+        answer: impl Fn(&Run) -> Result<JobOutput, String>,
+    ) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if done(&self.active[i]) {
+                let run = self.active.swap_remove(i);
+                self.metrics.in_progress.fetch_sub(1, Ordering::Relaxed);
+                let answer = answer(&run);
+                let _ = run.task.reply.send(answer);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One step of every request in flight, in one model call.
+    fn step(&mut self) {
+        self.finish(
+            |r| r.task.cancelled.load(Ordering::Relaxed),
+            |_| Err("cancelled".into()),
+        );
+        if self.active.is_empty() {
+            return;
+        }
+        let rows = self.rows();
+        let started = Instant::now();
+        let model = &self.model;
+        let active = &mut self.active;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut batch: Vec<(&mut SamplingState, &AnyScheduler)> = active
+                .iter_mut()
+                .map(|r| (&mut r.state, &r.task.job.scheduler))
+                .collect();
+            step_together(model, &mut batch).map(|_| ())
+        }));
+        match stepped {
+            Ok(Ok(())) => {}
+            failed => {
+                let message = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "internal error while sampling".into(),
+                };
+                self.finish(|_| true, |_| Err(message.clone()));
+                return;
+            }
+        }
+        self.metrics
+            .observe_iteration(rows, started.elapsed().as_secs_f64());
+        let shape = self.config.unet.image_shape();
+        let metrics = self.metrics.clone();
+        self.finish(
+            |r| r.state.steps_done() == r.task.job.scheduler.timesteps().len(),
+            |r| {
+                let values = to_host(r.state.sample().clone());
+                let per: usize = shape.iter().product();
+                let pngs: Vec<Vec<u8>> = values
+                    .chunks_exact(per)
+                    .map(|img| image_png(img, shape))
+                    .collect();
+                metrics.observe_images(pngs.len());
+                Ok(JobOutput {
+                    pngs,
+                    elapsed_ms: r.admitted.elapsed().as_secs_f64() * 1e3,
+                })
+            },
+        );
+    }
 }
 
 impl Pool {
-    /// Starts `workers` threads, each with its own model from `weights`, behind a queue of
-    /// `queue` waiting jobs.
+    /// Starts `workers` batch executors, each with its own model from `weights` and at most
+    /// `max_batch` rows per model call, behind a queue of `queue` waiting jobs.
     pub fn start(
         config: ModelConfig,
         weights: Arc<Vec<u8>>,
         workers: usize,
         queue: usize,
-        queue_depth: Arc<AtomicUsize>,
-        in_progress: Arc<AtomicUsize>,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, diffusion::Error> {
         // Fail early on bad weights, before any thread starts.
         load_model_from_bytes(&config, weights.to_vec(), "weights", &Device::flex())?;
         let (tx, rx) = sync_channel::<Task>(queue);
-        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let (rx, config, weights) = (rx.clone(), config.clone(), weights.clone());
-            let (queue_depth, in_progress) = (queue_depth.clone(), in_progress.clone());
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("sampler-{i}"))
                 .spawn(move || {
@@ -122,43 +253,39 @@ impl Pool {
                     let model =
                         load_model_from_bytes(&config, weights.to_vec(), "weights", &device)
                             .expect("weights were checked before the pool started");
-                    loop {
-                        let task = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                            Ok(t) => t,
-                            Err(_) => return, // the pool is gone
-                        };
-                        queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        if task.cancelled.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        in_progress.fetch_add(1, Ordering::Relaxed);
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            run_job(&model, &config, &device, &task)
-                        }))
-                        .unwrap_or_else(|_| Err("internal error while sampling".into()));
-                        in_progress.fetch_sub(1, Ordering::Relaxed);
-                        let _ = task.reply.send(result);
+                    let mut executor = Executor {
+                        model,
+                        config,
+                        device,
+                        max_batch: max_batch.max(1),
+                        metrics,
+                        active: Vec::new(),
+                        next: None,
+                    };
+                    while executor.admit(&rx) {
+                        executor.step();
                     }
                 })
                 .expect("spawning a worker thread");
         }
-        Ok(Self { tx, queue_depth })
+        Ok(Self { tx, metrics })
     }
 
     /// Queues a job, or refuses at once if the queue is full.
     pub fn submit(&self, job: Job) -> Result<Ticket, SubmitError> {
         let (reply, result) = oneshot::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         let task = Task {
             job,
             cancelled: cancelled.clone(),
             reply,
+            queued: Instant::now(),
         };
         match self.tx.try_send(task) {
             Ok(()) => Ok(Ticket { result, cancelled }),
             Err(e) => {
-                self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
                     TrySendError::Full(_) => SubmitError::Busy,
                     TrySendError::Disconnected(_) => SubmitError::Closed,

@@ -38,11 +38,23 @@ struct Running {
     done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// A server batching up to 8 rows per model call (four guided images).
 async fn start(workers: usize, queue: usize, timeout: Duration) -> Running {
+    start_batching(workers, 8, queue, timeout).await
+}
+
+/// A server whose executors batch up to `max_batch` rows per model call.
+async fn start_batching(
+    workers: usize,
+    max_batch: usize,
+    queue: usize,
+    timeout: Duration,
+) -> Running {
     let w = weights();
     let cfg = ServeConfig {
         weights: w.clone(),
         workers,
+        max_batch,
         queue,
         timeout,
         static_dir: w.parent().unwrap().to_path_buf(),
@@ -414,8 +426,8 @@ async fn bounded_queue_answers_every_request_with_200_or_503() {
     assert_eq!(ok + busy, 32);
     assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
     assert!(
-        ok <= 1 + 4 + 8,
-        "at most worker + queue (+ requests arriving after others finished): {ok}"
+        ok <= 4 + 4 + 8,
+        "at most a batch (4 guided images) + queue (+ requests arriving after others finished): {ok}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
@@ -451,4 +463,176 @@ async fn shutdown_lets_in_flight_requests_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+/// A value of the `/metrics` text, e.g. `sampler_jobs_in_progress`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let r = http(addr, "GET", "/metrics", None, b"").await;
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Mixed requests (samplers, step counts, guidance scales, classes, image counts, seeds).
+fn mixed_requests(n: usize) -> Vec<(String, usize)> {
+    (0..n)
+        .map(|i| {
+            let sampler = ["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++"][i % 4];
+            let guidance = [0.0, 1.0, 2.5, 5.0][(i / 4) % 4];
+            let class = if i % 5 == 4 {
+                "null".to_string()
+            } else {
+                (i % 3).to_string()
+            };
+            let steps = 3 + (i * 7) % 10;
+            let karras = sampler.contains("solver") && i % 3 == 0;
+            let body = format!(
+                r#"{{"class_label": {class}, "guidance_scale": {guidance}, "sampler": "{sampler}", "num_inference_steps": {steps}, "use_karras_sigmas": {karras}, "seed": {}, "num_images": {}}}"#,
+                100 + i,
+                1 + i % 4
+            );
+            (body, steps)
+        })
+        .collect()
+}
+
+/// The PNGs of 16 mixed requests batched together equal those of each alone (the f32 values
+/// are equal bit for bit: `crates/diffusion/tests/step_batching.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_requests_equal_their_solo_results_byte_for_byte() {
+    let requests = mixed_requests(16);
+    // Each alone, one at a time.
+    let mut solo = start_batching(1, 1, 16, Duration::from_secs(60)).await;
+    let mut alone = Vec::new();
+    for (body, _) in &requests {
+        let r = post(solo.addr, body).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        alone.push(r.json()["images"].clone());
+    }
+    assert_eq!(
+        metric(solo.addr, "sampler_batch_rows_bucket{le=\"8\"}").await,
+        metric(solo.addr, "sampler_batch_rows_count").await
+    );
+    solo.stop.take().unwrap().send(()).unwrap();
+    solo.done.await.unwrap().unwrap();
+    // All 16 at once: batched step by step, up to 32 rows per model call.
+    let mut srv = start_batching(1, 32, 16, Duration::from_secs(60)).await;
+    let tasks: Vec<_> = requests
+        .iter()
+        .map(|(body, _)| {
+            let (addr, body) = (srv.addr, body.clone());
+            tokio::spawn(async move { post(addr, &body).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["images"],
+            alone[i],
+            "request {i} ({}) differs from it alone",
+            requests[i].0
+        );
+    }
+    // They shared model calls: fewer calls than steps, some with more rows than any request.
+    let steps: usize = requests.iter().map(|(_, s)| s).sum();
+    let calls = metric(srv.addr, "sampler_batch_rows_count").await;
+    assert!(
+        calls < steps as f64,
+        "{calls} model calls for {steps} steps"
+    );
+    assert!(metric(srv.addr, "sampler_batch_rows_bucket{le=\"8\"}").await < calls);
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_frees_its_rows() {
+    let mut srv = start_batching(1, 8, 4, Duration::from_secs(120)).await;
+    // A long request whose client goes away while it runs.
+    let body = r#"{"class_label": 1, "num_inference_steps": 1000, "num_images": 4, "seed": 1}"#;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!("POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    while metric(srv.addr, "sampler_jobs_in_progress").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls_then = metric(srv.addr, "sampler_batch_rows_count").await;
+    drop(s);
+    // Its rows leave the batch at the next step, long before its 1,000 steps are done.
+    let gone = Instant::now();
+    while metric(srv.addr, "sampler_jobs_in_progress").await > 0.0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the abandoned request kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = metric(srv.addr, "sampler_batch_rows_count").await - calls_then;
+    assert!(calls < 900.0, "{calls} steps after the client left");
+    // The freed slot serves the next request.
+    let r = post(
+        srv.addr,
+        r#"{"class_label": 2, "num_inference_steps": 5, "num_images": 4}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
+    let mut srv = start_batching(1, 16, 4, Duration::from_secs(60)).await;
+    let body = r#"{"class_label": 0, "num_inference_steps": 40, "num_images": 4, "seed": 3}"#;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let addr = srv.addr;
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(60), post(addr, body)).await
+            })
+        })
+        .collect();
+    // What the server holds — the memory it needs — is bounded by the batch and the queue:
+    // at most 16 rows (two guided requests of 4 images) in flight and 4 requests waiting.
+    let mut most = (0.0f64, 0.0f64);
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let (running, queued) = (
+            metric(srv.addr, "sampler_jobs_in_progress").await,
+            metric(srv.addr, "sampler_queue_depth").await,
+        );
+        most = (most.0.max(running), most.1.max(queued));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        most.0 <= 2.0 && most.1 <= 4.0,
+        "in flight {}, queued {}",
+        most.0,
+        most.1
+    );
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap().expect("no request hangs").status {
+            200 => ok += 1,
+            503 => busy += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(
+        ok >= 2 && busy >= 1 && ok + busy == 64,
+        "ok {ok}, busy {busy}"
+    );
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
 }

@@ -28,13 +28,19 @@ pub fn step_together<M: Denoiser, S: Scheduler>(
         return Ok(runs.iter().map(|_| None).collect());
     }
     let conditional = asked[0].class_labels.is_some();
-    if asked.iter().any(|q| q.class_labels.is_some() != conditional) {
+    if asked
+        .iter()
+        .any(|q| q.class_labels.is_some() != conditional)
+    {
         return Err(Error::Sampler(
             "runs for a conditional and an unconditional model cannot share a model call".into(),
         ));
     }
     let x = Tensor::cat(asked.iter().map(|q| q.x.clone()).collect(), 0);
-    let timesteps: Vec<f64> = asked.iter().flat_map(|q| q.timesteps.iter().copied()).collect();
+    let timesteps: Vec<f64> = asked
+        .iter()
+        .flat_map(|q| q.timesteps.iter().copied())
+        .collect();
     let labels: Option<Vec<usize>> = conditional.then(|| {
         asked
             .iter()

@@ -14,6 +14,7 @@ mod karras;
 mod sampling;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
+pub use batched::step_together;
 pub use class_choice::{class_rows, ClassChoice, GridLabels, MAX_GRID_COLS};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
@@ -22,7 +23,6 @@ pub use dpm_solver::{
     FinalSigmasType, SolverType, StepCoefficients,
 };
 pub use karras::{karras_sigmas, sigma_to_t};
-pub use batched::step_together;
 pub use sampling::{
     to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
 };
