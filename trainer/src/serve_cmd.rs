@@ -31,6 +31,10 @@ pub(crate) struct ServeArgs {
     /// Directory served at `/` (with `index.html` and `pkg/`).
     #[arg(long, default_value = ".")]
     static_dir: PathBuf,
+    /// Device the executors sample on: `cpu` (Burn flex), `wgpu`, or `cuda[:N]` (needs the
+    /// matching cargo feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
@@ -55,6 +59,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
         queue: a.queue,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         static_dir: a.static_dir,
+        device: training::device::parse_device(&a.device)?,
     };
     let state = server::state(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -338,6 +338,12 @@ fn bad_flags() {
         "norm_groups = 32 does not divide",
     );
     assert!(!r.exists());
+    // The server's batching and device flags.
+    fails_with(&trainer(&["serve", "--max-batch", "0"]), "--max-batch");
+    fails_with(
+        &trainer(&["serve", "--device", "tpu"]),
+        "unknown device `tpu`",
+    );
     let w = run().join("ema.safetensors");
     let png = out.join("x.png");
     fails_with(

@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub timeout: Duration,
     /// Directory served at `/` (holds `index.html` and `pkg/`).
     pub static_dir: PathBuf,
+    /// The device the executors sample on (the CPU, or a GPU backend compiled in).
+    pub device: burn::tensor::Device,
 }
 
 /// Errors starting the service.
@@ -81,6 +83,7 @@ pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
         config.queue,
         config.max_batch,
         metrics.clone(),
+        config.device.clone(),
     )?;
     let weights_dir = config
         .weights

@@ -229,8 +229,8 @@ impl Executor {
 }
 
 impl Pool {
-    /// Starts `workers` batch executors, each with its own model from `weights` and at most
-    /// `max_batch` rows per model call, behind a queue of `queue` waiting jobs.
+    /// Starts `workers` batch executors on `device`, each with its own model from `weights` and
+    /// at most `max_batch` rows per model call, behind a queue of `queue` waiting jobs.
     pub fn start(
         config: ModelConfig,
         weights: Arc<Vec<u8>>,
@@ -238,18 +238,18 @@ impl Pool {
         queue: usize,
         max_batch: usize,
         metrics: Arc<Metrics>,
+        device: Device,
     ) -> Result<Self, diffusion::Error> {
         // Fail early on bad weights, before any thread starts.
-        load_model_from_bytes(&config, weights.to_vec(), "weights", &Device::flex())?;
+        load_model_from_bytes(&config, weights.to_vec(), "weights", &device)?;
         let (tx, rx) = sync_channel::<Task>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let (rx, config, weights) = (rx.clone(), config.clone(), weights.clone());
-            let metrics = metrics.clone();
+            let (metrics, device) = (metrics.clone(), device.clone());
             std::thread::Builder::new()
                 .name(format!("sampler-{i}"))
                 .spawn(move || {
-                    let device = Device::flex();
                     let model =
                         load_model_from_bytes(&config, weights.to_vec(), "weights", &device)
                             .expect("weights were checked before the pool started");

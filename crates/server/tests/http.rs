@@ -55,6 +55,7 @@ async fn start_batching(
         weights: w.clone(),
         workers,
         max_batch,
+        device: Device::flex(),
         queue,
         timeout,
         static_dir: w.parent().unwrap().to_path_buf(),
