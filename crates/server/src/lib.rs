@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod app;
+pub mod load;
 pub mod metrics;
 pub mod worker;
 
