@@ -49,12 +49,12 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
                 sampler,
                 num_inference_steps: steps,
                 use_karras_sigmas: karras,
+                // The second DDIM run is stochastic (η = 1).
                 eta: if sampler == SamplerKind::Ddim && seed == 5 {
                     1.0
                 } else {
                     0.0
                 },
-                ..Default::default()
             };
             let request = SampleRequest {
                 image_shape: config.unet.image_shape(),
