@@ -97,7 +97,7 @@ pub struct Metrics {
     batching: Mutex<Batching>,
     /// Images generated.
     pub images: AtomicU64,
-    /// Jobs waiting for a worker.
+    /// Jobs waiting to join a batch (in the queue, or taken from it and waiting for room).
     pub queue_depth: Arc<AtomicUsize>,
     /// Jobs being sampled right now.
     pub in_progress: Arc<AtomicUsize>,
@@ -201,7 +201,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sampler_queue_depth Jobs waiting for a sampling worker.\n# TYPE sampler_queue_depth gauge\nsampler_queue_depth {}",
+            "# HELP sampler_queue_depth Jobs waiting to join a batch.\n# TYPE sampler_queue_depth gauge\nsampler_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
         );
         let _ = writeln!(

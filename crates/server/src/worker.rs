@@ -116,13 +116,16 @@ impl Executor {
                             }
                         }
                     };
-                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    // A task counts as queued until it is admitted (or dropped).
+                    let dequeue = || self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     if task.cancelled.load(Ordering::Relaxed) {
+                        dequeue();
                         continue;
                     }
                     match self.start(&task.job) {
                         Ok(state) => (task, state),
                         Err(e) => {
+                            dequeue();
                             let _ = task.reply.send(Err(e));
                             continue;
                         }
@@ -133,6 +136,7 @@ impl Executor {
                 self.next = Some((task, state));
                 return true;
             }
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             self.metrics
                 .observe_queue_wait(task.queued.elapsed().as_secs_f64());
             self.metrics.in_progress.fetch_add(1, Ordering::Relaxed);

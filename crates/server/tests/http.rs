@@ -606,7 +606,8 @@ async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
         })
         .collect();
     // What the server holds — the memory it needs — is bounded by the batch and the queue:
-    // at most 16 rows (two guided requests of 4 images) in flight and 4 requests waiting.
+    // at most 16 rows (two guided requests of 4 images) in flight, 4 requests in the queue and
+    // 1 taken from it that waits for room.
     let mut most = (0.0f64, 0.0f64);
     while !tasks.iter().all(|t| t.is_finished()) {
         let (running, queued) = (
@@ -617,7 +618,7 @@ async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        most.0 <= 2.0 && most.1 <= 4.0,
+        most.0 <= 2.0 && most.1 <= 5.0,
         "in flight {}, queued {}",
         most.0,
         most.1
