@@ -41,6 +41,10 @@ struct Cli {
     /// Training-step batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "32,128")]
     train_batches: Vec<usize>,
+    /// Forward-pass batch sizes (`forward` section); the per-image cost across them is what
+    /// batching requests in the server can gain.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    forward_batches: Vec<usize>,
     /// Batch of the `cifar-train` section.
     #[arg(long, default_value_t = 128)]
     cifar_train_batch: usize,
@@ -127,7 +131,7 @@ fn main() -> Result<()> {
     }
     if has("forward") {
         let mut m = Map::new();
-        for b in [1, 16, 64] {
+        for &b in &cli.forward_batches {
             let t = bench(reps(cli.quick, 3, 7, 50, 8.0), forward(&s, b, &device));
             let r = record(&t, b, unet_forward_flops(&s));
             println!(

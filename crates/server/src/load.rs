@@ -170,8 +170,14 @@ pub async fn run_load(
 }
 
 /// `n` mixed requests for a model with `num_classes` classes, the same for a seed: 20–50
-/// steps, guidance 0–5, DDIM or DDPM, 1–4 images, any class, each with the images it asks for.
-pub fn mixed_requests(n: usize, num_classes: usize, seed: u64) -> Vec<(String, usize)> {
+/// steps, guidance 0–5, DDIM or DDPM, 1–`max_images` images, any class, each with the images
+/// it asks for.
+pub fn mixed_requests(
+    n: usize,
+    num_classes: usize,
+    max_images: usize,
+    seed: u64,
+) -> Vec<(String, usize)> {
     // SplitMix64: a fixed, portable stream.
     let mut state = seed;
     let mut next = move |k: u64| {
@@ -186,7 +192,7 @@ pub fn mixed_requests(n: usize, num_classes: usize, seed: u64) -> Vec<(String, u
             let steps = 20 + next(31);
             let guidance = next(11) as f64 / 2.0;
             let sampler = ["ddim", "ddpm"][next(2) as usize];
-            let images = 1 + next(4) as usize;
+            let images = 1 + next(max_images.max(1) as u64) as usize;
             let class = next(num_classes.max(1) as u64);
             let seed = next(1 << 40);
             let body = format!(
@@ -203,8 +209,9 @@ mod tests {
 
     #[test]
     fn mixed_requests_cover_the_ranges_and_repeat_for_a_seed() {
-        let r = mixed_requests(200, 10, 7);
-        assert_eq!(r[..5], mixed_requests(5, 10, 7)[..]);
+        let r = mixed_requests(200, 10, 4, 7);
+        assert_eq!(r[..5], mixed_requests(5, 10, 4, 7)[..]);
+        assert!(mixed_requests(50, 10, 1, 7).iter().all(|(_, n)| *n == 1));
         let values = |key: &str| -> Vec<f64> {
             r.iter()
                 .map(|(b, _)| {

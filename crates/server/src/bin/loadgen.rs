@@ -38,9 +38,13 @@ struct Args {
         default_value = r#"{"class_label": 3, "guidance_scale": 3.0, "num_inference_steps": 50, "seed": 0}"#
     )]
     body: String,
-    /// Mixed requests instead of --body: 20–50 steps, guidance 0–5, DDIM or DDPM, 1–4 images.
+    /// Mixed requests instead of --body: 20–50 steps, guidance 0–5, DDIM or DDPM, 1 to
+    /// --max-images images.
     #[arg(long)]
     mixed: bool,
+    /// The most images a mixed request asks for (1 = single-image requests).
+    #[arg(long, default_value_t = 4)]
+    max_images: usize,
     /// Seed of the mixed requests.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -56,10 +60,17 @@ struct Args {
     /// --sweep: the services' queue (requests waiting; more get 503).
     #[arg(long, default_value_t = 16)]
     queue: usize,
+    /// --sweep: runs of each (concurrency, service) pair, the two services taking turns to go
+    /// first; the table shows medians over the rounds. This machine's speed drifts by tens of
+    /// percent within minutes, so only runs close together compare.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 fn main() {
     let a = Args::parse();
+    // The services --sweep starts here allocate as `trainer serve`'s do.
+    flex_kernels::allocator::retain_freed_memory();
     if let Err(e) = run(a) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -67,8 +78,16 @@ fn main() {
 }
 
 fn run(a: Args) -> Result<(), String> {
-    if a.requests == 0 || a.concurrency.contains(&0) || a.max_batch == 0 {
-        return Err("--requests, --concurrency and --max-batch must be at least 1".into());
+    if a.requests == 0
+        || a.concurrency.contains(&0)
+        || a.max_batch == 0
+        || a.rounds == 0
+        || !(1..=16).contains(&a.max_images)
+    {
+        return Err(
+            "--requests, --concurrency, --max-batch and --rounds must be at least 1, --max-images 1 to 16"
+                .into(),
+        );
     }
     if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
         return Err("--time-limit must be a positive number of seconds".into());
@@ -84,7 +103,7 @@ fn run(a: Args) -> Result<(), String> {
             return sweep(&a, limit).await;
         }
         let bodies = if a.mixed {
-            mixed_requests(a.requests, 10, a.seed)
+            mixed_requests(a.requests, 10, a.max_images, a.seed)
         } else {
             vec![(a.body.clone(), 1); a.requests]
         };
@@ -93,6 +112,34 @@ fn run(a: Args) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// One service's figures over the rounds of one concurrency.
+struct Runs(Vec<LoadReport>);
+
+impl Runs {
+    fn median(&self, f: impl Fn(&LoadReport) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.0.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    }
+
+    /// `images/s | p50 | p99 | 503` cells (medians over the rounds).
+    fn cells(&self) -> String {
+        format!(
+            "{:.2} | {:.2} s | {:.2} s | {:.0} %",
+            self.median(LoadReport::images_per_s),
+            self.median(|r| percentile(&r.latencies("200"), 0.5)),
+            self.median(|r| percentile(&r.latencies("200"), 0.99)),
+            self.median(LoadReport::busy_rate) * 100.0
+        )
+    }
+
+    /// Requests that failed or hit the time limit, over all rounds.
+    fn unanswered(&self) -> usize {
+        let failed = |o: &&server::load::Outcome| o.status != "200" && o.status != "503";
+        self.0.iter().map(|r| r.outcomes.iter().filter(failed).count()).sum()
+    }
 }
 
 /// Both services, every concurrency, the same requests: a Markdown table.
@@ -115,40 +162,46 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(server::serve(listener, state, std::future::pending()));
-        servers.push((max_batch, addr.to_string(), classes));
+        servers.push((addr.to_string(), classes));
     }
     println!(
-        "{} mixed requests per run (seed {}), queue {}, time limit {} s per run\n",
-        a.requests, a.seed, a.queue, a.time_limit
+        "{} mixed requests per run (1–{} images, seed {}), queue {}, one worker, batched at most {} rows, \
+         {} round(s) with the order alternating (medians), time limit {} s per run\n",
+        a.requests, a.max_images, a.seed, a.queue, a.max_batch, a.rounds, a.time_limit
     );
-    println!("| serving | concurrency | images/s | req/s | p50 latency | p99 latency | 503 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| concurrency | one at a time: images/s | p50 | p99 | 503 | batched: images/s | p50 | p99 | 503 | \
+         batched / one at a time, images/s (range) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &a.concurrency {
-        for (max_batch, addr, classes) in &servers {
-            let bodies = mixed_requests(a.requests, *classes, a.seed);
-            let r: LoadReport = run_load(addr, &bodies, c, limit).await;
-            let ok = r.latencies("200");
-            let mode = if *max_batch == 1 {
-                "one at a time".to_string()
-            } else {
-                format!("batched ({max_batch} rows)")
-            };
-            println!(
-                "| {mode} | {c} | {:.2} | {:.2} | {:.2} s | {:.2} s | {:.0} % |",
-                r.images_per_s(),
-                ok.len() as f64 / r.wall_s,
-                percentile(&ok, 0.5),
-                percentile(&ok, 0.99),
-                r.busy_rate() * 100.0
-            );
-            let unanswered = r
-                .outcomes
-                .iter()
-                .filter(|o| o.status != "200" && o.status != "503")
-                .count();
-            if unanswered > 0 {
-                println!("|  | ({unanswered} failed or hit the time limit) | | | | | |");
+        let mut runs = [Runs(Vec::new()), Runs(Vec::new())];
+        for round in 0..a.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (addr, classes) = &servers[i];
+                let bodies = mixed_requests(a.requests, *classes, a.max_images, a.seed);
+                runs[i].0.push(run_load(addr, &bodies, c, limit).await);
             }
+        }
+        let mut ratios: Vec<f64> = runs[0]
+            .0
+            .iter()
+            .zip(&runs[1].0)
+            .map(|(one, batched)| batched.images_per_s() / one.images_per_s())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {c} | {} | {} | {:.2}× ({:.2}–{:.2}) |",
+            runs[0].cells(),
+            runs[1].cells(),
+            percentile(&ratios, 0.5),
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
+        let unanswered = runs[0].unanswered() + runs[1].unanswered();
+        if unanswered > 0 {
+            println!("| | ({unanswered} failed or hit the time limit) | | | | | | | | |");
         }
     }
     Ok(())
