@@ -19,11 +19,19 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 WB_VERSION=0.2.130  # = the crate's wasm-bindgen (wasm-pack uses this CLI from PATH)
 WASM_PACK_VERSION=0.15.1
+# A pinned tool, with its own lockfile when the registry has every version it pins, else resolved
+# afresh: a fresh machine's crates.io index lacked a version that wasm-bindgen-cli 0.2.130's
+# lockfile pins (webpki-roots 1.0.11), and `--locked` alone then fails the whole test command.
+install_pinned() {
+  cargo install "$1" --version "=$2" --locked ||
+    { echo "$1 $2: its lockfile does not resolve here; resolving its dependencies afresh" >&2
+      cargo install "$1" --version "=$2"; }
+}
 if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
-  cargo install wasm-bindgen-cli --version "=$WB_VERSION" --locked
+  install_pinned wasm-bindgen-cli "$WB_VERSION"
 fi
 if ! command -v wasm-pack >/dev/null || [ "$(wasm-pack --version | awk '{print $2}')" != "$WASM_PACK_VERSION" ]; then
-  cargo install wasm-pack --version "=$WASM_PACK_VERSION" --locked
+  install_pinned wasm-pack "$WASM_PACK_VERSION"
 fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 # wasm-opt from npm's binaryen (Debian's breaks wasm-bindgen output); wasm-pack finds it on PATH.

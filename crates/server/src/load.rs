@@ -97,6 +97,17 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The median of values in any order (the mean of the middle two for an even count), 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `POST /v1/generate` with `body` on a new connection; the status code.
 pub async fn post_generate(addr: &str, body: &str) -> Result<u16, String> {
     let mut s = tokio::net::TcpStream::connect(addr)
@@ -259,5 +270,8 @@ mod tests {
         assert_eq!(report.latencies("200"), vec![1.0, 3.0]);
         assert_eq!(percentile(&report.latencies("200"), 0.99), 3.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use server::load::{mixed_requests, percentile, run_load, LoadReport};
+use server::load::{median, mixed_requests, percentile, run_load, LoadReport};
 
 /// Send bounded load to the sampling service and report throughput and latency.
 #[derive(Parser)]
@@ -119,9 +119,7 @@ struct Runs(Vec<LoadReport>);
 
 impl Runs {
     fn median(&self, f: impl Fn(&LoadReport) -> f64) -> f64 {
-        let mut v: Vec<f64> = self.0.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        percentile(&v, 0.5)
+        median(&self.0.iter().map(f).collect::<Vec<_>>())
     }
 
     /// `images/s | p50 | p99 | 503` cells (medians over the rounds).
@@ -195,7 +193,7 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
             "| {c} | {} | {} | {:.2}× ({:.2}–{:.2}) |",
             runs[0].cells(),
             runs[1].cells(),
-            percentile(&ratios, 0.5),
+            median(&ratios),
             ratios[0],
             ratios[ratios.len() - 1]
         );
