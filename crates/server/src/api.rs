@@ -103,7 +103,7 @@ pub struct GenerateQuery {
     pub class_label: Option<u32>,
     /// Guidance scale (default 3).
     pub guidance_scale: Option<f64>,
-    /// `ddim` (default), `ddpm`, `dpmsolver++` or `sde-dpmsolver++`.
+    /// `ddpm` (default), `ddim`, `dpmsolver++` or `sde-dpmsolver++`.
     #[schema(value_type = Option<SamplerName>)]
     pub sampler: Option<SamplerKind>,
     /// Denoising steps (default 50).

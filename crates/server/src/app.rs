@@ -221,7 +221,7 @@ async fn generate_json(
     params(
         ("class_label" = Option<u32>, Query, description = "Class; omit for unconditional"),
         ("guidance_scale" = Option<f64>, Query, description = "Guidance scale (default 3)"),
-        ("sampler" = Option<SamplerName>, Query, description = "ddim (default), ddpm, dpmsolver++ or sde-dpmsolver++"),
+        ("sampler" = Option<SamplerName>, Query, description = "ddpm (default), ddim, dpmsolver++ or sde-dpmsolver++"),
         ("num_inference_steps" = Option<u32>, Query, description = "Steps (default 50)"),
         ("eta" = Option<f64>, Query, description = "DDIM eta (default 0)"),
         ("use_karras_sigmas" = Option<bool>, Query, description = "DPM-Solver++ with Karras noise levels (default false)"),

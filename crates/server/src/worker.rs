@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
 use artifacts::{grid, png_bytes};
@@ -97,23 +97,35 @@ impl Executor {
 
     /// Admits waiting requests while they fit; blocks for one when nothing is in flight.
     /// Returns false when the queue is closed and nothing is left to do.
+    ///
+    /// An idle executor holds the queue's lock while it waits for a request, so an executor
+    /// with requests in flight only tries the lock: blocking on it would stall its requests
+    /// until the next request arrived.
     fn admit(&mut self, rx: &Mutex<Receiver<Task>>) -> bool {
         loop {
             let (task, state) = match self.next.take() {
+                // A request that waited for room may have been abandoned meanwhile.
+                Some((task, _)) if task.cancelled.load(Ordering::Relaxed) => {
+                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
                 Some(next) => next,
                 None => {
-                    let task = {
+                    let task = if self.active.is_empty() {
                         let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        if self.active.is_empty() {
-                            match rx.recv() {
-                                Ok(t) => t,
-                                Err(_) => return false, // the pool is gone
-                            }
-                        } else {
-                            match rx.try_recv() {
-                                Ok(t) => t,
-                                Err(_) => return true,
-                            }
+                        match rx.recv() {
+                            Ok(t) => t,
+                            Err(_) => return false, // the pool is gone
+                        }
+                    } else {
+                        let rx = match rx.try_lock() {
+                            Ok(rx) => rx,
+                            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                            Err(TryLockError::WouldBlock) => return true,
+                        };
+                        match rx.try_recv() {
+                            Ok(t) => t,
+                            Err(_) => return true,
                         }
                     };
                     // A task counts as queued until it is admitted (or dropped).
