@@ -168,7 +168,11 @@ mod tests {
             ("fashion-mnist:/d", "fashion-mnist"),
             ("folder:/d", "folder"),
         ] {
-            assert_eq!(DatasetSpec::parse(spec, 8, 1).unwrap().kind(), kind, "{spec}");
+            assert_eq!(
+                DatasetSpec::parse(spec, 8, 1).unwrap().kind(),
+                kind,
+                "{spec}"
+            );
         }
     }
 

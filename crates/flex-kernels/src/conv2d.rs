@@ -450,7 +450,11 @@ mod tests {
         ] {
             let g = geometry::Geometry::new(&x_shape, &w_shape, &options(1, [(1, 1), (1, 1)], 1))
                 .unwrap();
-            let (x, w, b) = (random(x_shape), random(w_shape), random([w_shape[0], 1, 1, 1]));
+            let (x, w, b) = (
+                random(x_shape),
+                random(w_shape),
+                random([w_shape[0], 1, 1, 1]),
+            );
             let (plane, out) = (g.plane(), g.channels_out * g.p());
             let one = |i: usize| {
                 let g1 = geometry::Geometry::new(
@@ -471,7 +475,10 @@ mod tests {
                 let (alone, alone_im2col) = one(i);
                 let at = i * out..(i + 1) * out;
                 assert!(batched[at.clone()] == alone[..], "{x_shape:?}: image {i}");
-                assert!(batched_im2col[at] == alone_im2col[..], "{x_shape:?}: image {i}, im2col");
+                assert!(
+                    batched_im2col[at] == alone_im2col[..],
+                    "{x_shape:?}: image {i}, im2col"
+                );
             }
         }
     }

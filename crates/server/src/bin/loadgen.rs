@@ -136,7 +136,10 @@ impl Runs {
     /// Requests that failed or hit the time limit, over all rounds.
     fn unanswered(&self) -> usize {
         let failed = |o: &&server::load::Outcome| o.status != "200" && o.status != "503";
-        self.0.iter().map(|r| r.outcomes.iter().filter(failed).count()).sum()
+        self.0
+            .iter()
+            .map(|r| r.outcomes.iter().filter(failed).count())
+            .sum()
     }
 }
 
