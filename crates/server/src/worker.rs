@@ -103,13 +103,9 @@ impl Executor {
     /// until the next request arrived.
     fn admit(&mut self, rx: &Mutex<Receiver<Task>>) -> bool {
         loop {
+            // A request taken earlier that waited for room keeps its sampling state.
             let (task, state) = match self.next.take() {
-                // A request that waited for room may have been abandoned meanwhile.
-                Some((task, _)) if task.cancelled.load(Ordering::Relaxed) => {
-                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    continue;
-                }
-                Some(next) => next,
+                Some((task, state)) => (task, Some(state)),
                 None => {
                     let task = if self.active.is_empty() {
                         let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,20 +124,22 @@ impl Executor {
                             Err(_) => return true,
                         }
                     };
-                    // A task counts as queued until it is admitted (or dropped).
-                    let dequeue = || self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    if task.cancelled.load(Ordering::Relaxed) {
-                        dequeue();
-                        continue;
-                    }
-                    match self.start(&task.job) {
-                        Ok(state) => (task, state),
-                        Err(e) => {
-                            dequeue();
-                            let _ = task.reply.send(Err(e));
-                            continue;
-                        }
-                    }
+                    (task, None)
+                }
+            };
+            // A task counts as queued until it is admitted (or dropped); one that waited, in
+            // the queue or for room, may have been abandoned meanwhile.
+            let dequeue = || self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            if task.cancelled.load(Ordering::Relaxed) {
+                dequeue();
+                continue;
+            }
+            let state = match state.map_or_else(|| self.start(&task.job), Ok) {
+                Ok(state) => state,
+                Err(e) => {
+                    dequeue();
+                    let _ = task.reply.send(Err(e));
+                    continue;
                 }
             };
             if !self.active.is_empty() && self.rows() + state.rows() > self.max_batch {

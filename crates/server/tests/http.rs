@@ -444,11 +444,7 @@ async fn time_limit_gives_504() {
     assert_eq!(r.status, 504);
     assert!(r.json()["error"].as_str().unwrap().contains("limit"));
     // The abandoned request leaves at its next step and is never finished.
-    let gone = Instant::now();
-    while metric(srv.addr, "sampler_jobs_in_progress").await > 0.0 {
-        assert!(gone.elapsed() < Duration::from_secs(30), "it kept running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_no_job_in_progress(srv.addr, Duration::from_secs(30)).await;
     assert_eq!(metric(srv.addr, "images_generated_total").await, 0.0);
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
@@ -487,6 +483,19 @@ async fn shutdown_lets_in_flight_requests_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+/// Waits until no job is in progress; fails when one still is after `within` (an abandoned
+/// request that kept running).
+async fn until_no_job_in_progress(addr: std::net::SocketAddr, within: Duration) {
+    let started = Instant::now();
+    while metric(addr, "sampler_jobs_in_progress").await > 0.0 {
+        assert!(
+            started.elapsed() < within,
+            "the abandoned request kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A value of the `/metrics` text, e.g. `sampler_jobs_in_progress`.
@@ -595,14 +604,7 @@ async fn a_client_that_disconnects_frees_its_rows() {
     let calls_then = metric(srv.addr, "sampler_batch_rows_count").await;
     drop(s);
     // Its rows leave the batch at the next step, long before its 1,000 steps are done.
-    let gone = Instant::now();
-    while metric(srv.addr, "sampler_jobs_in_progress").await > 0.0 {
-        assert!(
-            gone.elapsed() < Duration::from_secs(10),
-            "the abandoned request kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_no_job_in_progress(srv.addr, Duration::from_secs(10)).await;
     let calls = metric(srv.addr, "sampler_batch_rows_count").await - calls_then;
     assert!(calls < 900.0, "{calls} steps after the client left");
     assert_eq!(
