@@ -36,8 +36,12 @@ inception="${RUST_DDPM_CACHE:-$HOME/.cache/rust-ddpm}/inception/fid_inception_v3
 [ -f "$inception" ] || python3 scripts/fetch-inception.py
 export RUST_DDPM_REQUIRE_INCEPTION=1
 
-step "native tests (release profile)"
-cargo test --release --workspace
+step "native tests (release profile, built with the CUDA backend)"
+# Through the offline CUDA route (scripts/cuda-offline.sh: a stand-in for cubecl-llvm, whose
+# build script downloads LLVM), so that CI compiles the CUDA backend and the tests run that
+# build: on this GPU-less machine `--device cuda` must fail cleanly and everything else must
+# behave as in a CPU-only build. One build serves both (features only add).
+scripts/cuda-offline.sh test --release --workspace
 
 step "browser bundles (wasm-pack: the CPU bundle → pkg/, WebGPU → pkg/webgpu/)"
 ./web/build.sh

@@ -36,4 +36,6 @@ pub(crate) enum Command {
     /// Put several `eval` reports (eval.json) of one model side by side: a table and plots of
     /// FID against model calls (e.g. DPM-Solver++ vs DDIM at several step counts).
     EvalCompare(crate::eval_cmd::EvalCompareArgs),
+    /// List the backends compiled into this build (cpu, wgpu, cuda) and the devices each sees.
+    Devices(crate::devices_cmd::DevicesArgs),
 }

@@ -4,6 +4,7 @@
 //! crates.
 
 mod cli;
+mod devices_cmd;
 mod eval_cmd;
 mod export_cmd;
 mod flags;
@@ -30,6 +31,7 @@ fn main() {
         Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
         Command::Eval(a) => eval_cmd::cmd_eval(a),
         Command::EvalCompare(a) => eval_cmd::cmd_eval_compare(a),
+        Command::Devices(a) => devices_cmd::cmd_devices(a),
     };
     if let Err(e) = result {
         // One line: the outermost context and its causes (a cause already quoted by the

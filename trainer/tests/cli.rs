@@ -810,3 +810,57 @@ fn eval_picks_the_classifier_of_the_dataset() {
     assert!(!mixed.exists(), "no partial output");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `trainer devices` lists the backends this build has; `--device cuda` on a machine without a
+/// usable GPU (or a build without CUDA) is one clear error line, never a panic.
+#[test]
+fn devices_and_cuda_without_a_gpu() {
+    let out = trainer(&["devices"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("cpu: "), "{text}");
+    assert!(text.contains("--device cpu"), "{text}");
+    let out = trainer(&["devices", "--json"]);
+    ok(&out);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let list = list.as_array().expect("a list");
+    assert_eq!(list[0]["backend"], "cpu");
+    let cuda = list.iter().find(|b| b["backend"] == "cuda");
+    assert_eq!(cuda.is_some(), cfg!(feature = "cuda"), "{list:?}");
+    if !cfg!(feature = "cuda") {
+        assert!(text.contains("cuda: not compiled in"), "{text}");
+    }
+
+    let dir = tmp("cuda");
+    let png = dir.join("x.png");
+    let sample = |device: &str| {
+        trainer(&[
+            "sample",
+            "--weights",
+            &shipped(),
+            "--num",
+            "1",
+            "--steps",
+            "2",
+            "--device",
+            device,
+            "--out",
+            png.to_str().unwrap(),
+        ])
+    };
+    fails_with(&sample("cuda:x"), "bad CUDA device index");
+    match cuda {
+        None => fails_with(&sample("cuda"), "this build has no CUDA backend"),
+        Some(c) => match c["unavailable"].as_str() {
+            // The reason `devices` gives is the error `--device cuda` gives.
+            Some(why) => {
+                fails_with(&sample("cuda"), why);
+                assert!(c["devices"].as_array().unwrap().is_empty());
+            }
+            // A machine with a GPU: a device index past the last one is refused.
+            None => fails_with(&sample("cuda:99"), "does not exist"),
+        },
+    }
+    assert!(!png.exists(), "no output after a failure");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -48,6 +48,9 @@ struct Cli {
     /// Batch of the `cifar-train` section.
     #[arg(long, default_value_t = 128)]
     cifar_train_batch: usize,
+    /// Images per run of the `ddim` and `dpm` sections (guidance doubles the forward's batch).
+    #[arg(long, default_value_t = 16)]
+    sample_batch: usize,
     /// Also time the trainer's full step (with global grad-norm clip and EMA update).
     #[arg(long)]
     full_step: bool,
@@ -86,6 +89,13 @@ fn record(t: &Timing, images: usize, flops_per_image: f64) -> Value {
 fn main() -> Result<()> {
     flex_kernels::allocator::retain_freed_memory();
     let cli = Cli::parse();
+    if cli.sample_batch == 0
+        || cli.cifar_train_batch == 0
+        || cli.train_batches.contains(&0)
+        || cli.forward_batches.contains(&0)
+    {
+        anyhow::bail!("batch sizes must be at least 1");
+    }
     let device = training::device::parse_device(&cli.device)?;
     let has = |s: &str| cli.sections.iter().any(|x| x == s);
     let s = UNetConfig::mnist();
@@ -181,7 +191,7 @@ fn main() -> Result<()> {
         if !has(section) {
             continue;
         }
-        let b = 16;
+        let b = cli.sample_batch;
         let settings = SamplerSettings {
             sampler,
             num_inference_steps: steps,

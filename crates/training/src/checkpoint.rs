@@ -176,6 +176,8 @@ pub fn load(
     let unet = &state.config.model.unet;
     let model = load_module(dir, MODEL, unet.init(train_device)?)?;
     let ema = load_module(dir, EMA, unet.init(eval_device)?)?;
+    // Burn loads the optimiser state onto its default device.
+    crate::device::make_default(eval_device);
     let optim_bytes = read(dir, OPTIM)?;
     let optim = state
         .config

@@ -77,6 +77,14 @@ pub struct TrainConfig {
     pub sample_seed: u64,
     /// Append a metrics line every N steps.
     pub log_every: u64,
+    /// Steps queued on the device before the host reads their losses back (1: every step).
+    /// Changes speed on a GPU, never results: a resumed run may use another value.
+    #[serde(default = "one")]
+    pub sync_every: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl TrainConfig {
@@ -113,6 +121,7 @@ impl TrainConfig {
             grid_cols: 8,
             sample_seed: 0,
             log_every: 10,
+            sync_every: 1,
         }
     }
 
@@ -189,6 +198,9 @@ impl TrainConfig {
         }
         if !(self.grad_clip >= 0.0) {
             return bad(format!("grad clip {} must be ≥ 0", self.grad_clip));
+        }
+        if self.sync_every == 0 {
+            return bad("sync_every must be at least 1".into());
         }
         if self.max_nonfinite == 0 {
             return bad("max_nonfinite must be at least 1".into());

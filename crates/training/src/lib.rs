@@ -5,6 +5,8 @@
 //!   export of the EMA weights), configured by [`config`] and reporting through [`observer`];
 //! * [`step`]: one optimisation step (label dropout for classifier-free guidance, the loss,
 //!   global gradient-norm clipping, AdamW, non-finite step skipping), testable on its own;
+//! * [`window`]: several steps queued on the device per read-back (no host wait per step on a
+//!   GPU), rolled back and replayed around a non-finite step;
 //! * [`ema`], [`lr`], [`grad`]: its parts, each testable on its own; [`run_log`]: the run
 //!   directory's metrics and loss plot;
 //! * [`checkpoint`]: atomic checkpoint directories;
@@ -25,5 +27,6 @@ pub mod plot;
 pub mod run_log;
 pub mod step;
 pub mod train;
+pub mod window;
 
 pub use error::{Result, TrainError};

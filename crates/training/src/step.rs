@@ -9,7 +9,7 @@ use datasets::loader::{mix_seed, Batch};
 use diffusion::{mse_loss, q_sample, NoiseRng, NoiseSchedule, UNet};
 
 use crate::config::TrainConfig;
-use crate::grad::clip_global_norm;
+use crate::grad::{clip_by_sum_squares, grad_sum_squares};
 
 /// The host-side randomness of one step.
 struct StepNoise {
@@ -55,20 +55,24 @@ pub struct StepOutcome {
     pub skipped: bool,
 }
 
-/// One training step of `model` on `batch` (the batch of step `batch.step`) at learning rate
-/// `lr`, on the autodiff `device`: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with t, ε and label dropout
-/// drawn from `(config.seed, batch.step)`, the MSE between the prediction and its target (ε,
-/// v or x_0), and, if that is finite, back-propagation, clipping to `config.grad_clip` and an
-/// AdamW step. Returns the model (updated unless skipped) and what happened.
-pub fn train_step(
+/// The device-side results of one step that nobody has waited for yet (see
+/// [`train_step_deferred`]); [`StepOutcome`]s once read back.
+#[derive(Debug, Clone)]
+pub struct PendingStep {
+    /// The loss, one element.
+    pub loss: Tensor<1>,
+    /// Σ g² over every gradient before clipping, one element.
+    pub sum_squares: Tensor<1>,
+}
+
+/// x_t, the model's prediction and the loss of step `batch.step`, on the autodiff `device`.
+fn forward_loss(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
-    model: UNet,
-    optim: &mut ModuleOptimizer,
+    model: &UNet,
     batch: Batch,
-    lr: f64,
     device: &Device,
-) -> (UNet, StepOutcome) {
+) -> Tensor<1> {
     let step = batch.step;
     let rnd = step_noise(config, step, &batch.labels, batch.images.len());
     device.seed(mix_seed(config.seed, STREAM_DROPOUT, step));
@@ -82,7 +86,26 @@ pub fn train_step(
         .model
         .prediction_type
         .target(schedule, x0, noise, &rnd.timesteps);
-    let loss = mse_loss(output, target);
+    mse_loss(output, target)
+}
+
+/// One training step of `model` on `batch` (the batch of step `batch.step`) at learning rate
+/// `lr`, on the autodiff `device`: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with t, ε and label dropout
+/// drawn from `(config.seed, batch.step)`, the MSE between the prediction and its target (ε,
+/// v or x_0), and, if that is finite, back-propagation, clipping to `config.grad_clip` and an
+/// AdamW step. Returns the model (updated unless skipped) and what happened. Reads the loss and
+/// the gradient norm back, so the host waits for the device twice per step; a GPU run uses
+/// [`train_step_deferred`], which computes the same update without waiting.
+pub fn train_step(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    model: UNet,
+    optim: &mut ModuleOptimizer,
+    batch: Batch,
+    lr: f64,
+    device: &Device,
+) -> (UNet, StepOutcome) {
+    let loss = forward_loss(config, schedule, &model, batch, device);
     let loss_value = loss.clone().into_scalar::<f64>();
     let mut outcome = StepOutcome {
         loss: loss_value,
@@ -93,12 +116,75 @@ pub fn train_step(
         return (model, outcome);
     }
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    outcome.grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
+    let Some(sum_squares) = grad_sum_squares(&model, &grads) else {
+        outcome.grad_norm = 0.0;
+        return (optim.step(lr, model, grads), outcome);
+    };
+    outcome.grad_norm = sum_squares.clone().into_scalar::<f64>().sqrt();
     outcome.skipped = !outcome.grad_norm.is_finite();
     if outcome.skipped {
         return (model, outcome);
     }
+    clip_by_sum_squares(&model, &mut grads, sum_squares, config.grad_clip);
     (optim.step(lr, model, grads), outcome)
+}
+
+/// [`train_step`] without waiting for the device: the loss, the gradient norm and the clipping
+/// factor stay on the device, and the update is applied whether or not they are finite. The
+/// caller reads the [`PendingStep`]s of several steps back at once ([`read_back`]) and, when one
+/// is not finite, rolls back and replays (`crate::window`). The arithmetic is [`train_step`]'s
+/// exactly, so both give the same weights.
+pub fn train_step_deferred(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    model: UNet,
+    optim: &mut ModuleOptimizer,
+    batch: Batch,
+    lr: f64,
+    device: &Device,
+) -> (UNet, PendingStep) {
+    let loss = forward_loss(config, schedule, &model, batch, device);
+    let loss_value = loss.clone().inner();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let sum_squares = grad_sum_squares(&model, &grads)
+        .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss_value.device()));
+    clip_by_sum_squares(&model, &mut grads, sum_squares.clone(), config.grad_clip);
+    let pending = PendingStep {
+        loss: loss_value,
+        sum_squares,
+    };
+    (optim.step(lr, model, grads), pending)
+}
+
+/// Reads the losses and gradient norms of `pending` back in one transfer. A step is skipped
+/// when either is not finite.
+pub fn read_back(pending: &[PendingStep]) -> Vec<StepOutcome> {
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let values = Tensor::cat(
+        pending
+            .iter()
+            .flat_map(|p| [p.loss.clone(), p.sum_squares.clone()])
+            .collect(),
+        0,
+    );
+    let values: Vec<f64> = values
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec()
+        .expect("a float tensor reads back as f64");
+    values
+        .chunks(2)
+        .map(|v| {
+            let (loss, grad_norm) = (v[0], v[1].sqrt());
+            StepOutcome {
+                loss,
+                grad_norm,
+                skipped: !loss.is_finite() || !grad_norm.is_finite(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@
 //!
 //! A step whose loss or gradient norm is not finite is skipped (no update, counted); after
 //! `max_nonfinite` in a row training stops with an error, and no non-finite weights are ever
-//! written.
+//! written. Steps run in windows of `sync_every` (`crate::window`): the host reads the losses
+//! back once per window, so a GPU is never idle waiting for it, with the same results.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use std::time::Instant;
 use artifacts::{grid, save_png, write_atomic};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use datasets::loader::mix_seed;
+use datasets::loader::{mix_seed, Batch};
 use datasets::{BatchLoader, Dataset, LoaderConfig};
 use diffusion::sampler::SamplerSettings;
 use diffusion::weights::save_model;
@@ -31,7 +33,8 @@ use crate::checkpoint::{self, CheckpointState};
 use crate::error::{Result, TrainError};
 use crate::generate::generate;
 use crate::run_log::{plot_loss, read_history};
-use crate::step::{train_step, StepOutcome};
+use crate::step::StepOutcome;
+use crate::window::{run_window, StepContext, Trainee};
 use diffusion::sampler::class_rows;
 
 pub use crate::config::TrainConfig;
@@ -66,7 +69,7 @@ pub fn train(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     let train_device = device.clone().autodiff();
-    let (config, mut state, mut model, mut ema, mut optim) = match resume {
+    let (config, mut state, model, ema, optim) = match resume {
         Some(dir) => {
             let dir = checkpoint::resolve(dir)?;
             let (mut state, model, ema, optim) = checkpoint::load(&dir, &train_device, device)?;
@@ -78,6 +81,7 @@ pub fn train(
                 )));
             }
             state.config.steps = config.steps;
+            state.config.sync_every = config.sync_every;
             observer.on_message(&format!(
                 "resumed from {} at step {}",
                 dir.display(),
@@ -120,7 +124,6 @@ pub fn train(
     )?;
     let schedule = config.model.schedule.build()?;
     let lr_schedule = config.lr_schedule();
-    let ema_cfg = config.ema();
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut history = read_history(&metrics_path, state.step)?;
     let mut metrics_file = std::fs::OpenOptions::new()
@@ -139,76 +142,89 @@ pub fn train(
         },
         state.step,
     )?;
+    let ctx = StepContext {
+        config: &config,
+        schedule: &schedule,
+        lr: &lr_schedule,
+        ema: config.ema(),
+        device: &train_device,
+    };
+    let mut trainee = Trainee {
+        model,
+        ema,
+        optim,
+        ema_updates: state.ema_updates,
+    };
+    // Batches a window handed back (they followed a skipped step), to run before new ones.
+    let mut replay: VecDeque<Batch> = VecDeque::new();
     let mut losses = Vec::new();
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     while state.step < config.steps {
-        let step = state.step;
+        // A window of up to `sync_every` steps, ending at the next grid, checkpoint or the end.
+        let len = config
+            .sync_every
+            .min(next_stop(&config, state.step) - state.step);
         let t0 = Instant::now();
-        let batch = loader.next_batch();
-        debug_assert_eq!(
-            batch.step, step,
-            "the loader hands out the batch of this step"
-        );
-        let lr = lr_schedule.lr(step);
-        let outcome;
-        (model, outcome) = train_step(
-            &config,
-            &schedule,
-            model,
-            &mut optim,
-            batch,
-            lr,
-            &train_device,
-        );
-        let StepOutcome {
-            loss: loss_value,
-            grad_norm,
-            skipped,
-        } = outcome;
-        if !skipped {
-            ema = ema_cfg.update(ema, &model, state.ema_updates);
-            state.ema_updates += 1;
+        let mut batches: Vec<Batch> = (0..len)
+            .map(|_| replay.pop_front().unwrap_or_else(|| loader.next_batch()))
+            .collect();
+        for (i, b) in batches.iter().enumerate() {
+            debug_assert_eq!(b.step, state.step + i as u64, "batches come in step order");
         }
-        if skipped {
-            state.skipped_total += 1;
-            state.consecutive_nonfinite += 1;
-        } else {
-            state.consecutive_nonfinite = 0;
+        let outcomes = run_window(&ctx, &mut trainee, &batches);
+        for b in batches.drain(outcomes.len()..).rev() {
+            replay.push_front(b);
         }
-        state.step += 1;
+        let img_per_s = (config.batch_size * outcomes.len()) as f64 / t0.elapsed().as_secs_f64();
+        for outcome in outcomes {
+            let step = state.step;
+            let StepOutcome {
+                loss: loss_value,
+                grad_norm,
+                skipped,
+            } = outcome;
+            if skipped {
+                state.skipped_total += 1;
+                state.consecutive_nonfinite += 1;
+            } else {
+                state.consecutive_nonfinite = 0;
+            }
+            state.step += 1;
+            let metrics = StepMetrics {
+                step,
+                loss: loss_value,
+                lr: lr_schedule.lr(step),
+                grad_norm,
+                skipped,
+                img_per_s,
+            };
+            losses.push(loss_value);
+            observer.on_step(&metrics);
+            if step % config.log_every.max(1) == 0 || state.step == config.steps {
+                let line = serde_json::to_string(&metrics).expect("serialises");
+                writeln!(metrics_file, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
+                history.push((step, loss_value));
+            }
+            if state.consecutive_nonfinite >= config.max_nonfinite {
+                return Err(TrainError::Diverged(format!(
+                    "stopped at step {step}: {} consecutive steps with a non-finite loss or gradient (lower --lr or check the data); the last checkpoint is intact",
+                    state.consecutive_nonfinite
+                )));
+            }
+        }
+        state.ema_updates = trainee.ema_updates;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let metrics = StepMetrics {
-            step,
-            loss: loss_value,
-            lr,
-            grad_norm,
-            skipped,
-            img_per_s: config.batch_size as f64 / t0.elapsed().as_secs_f64(),
-        };
-        losses.push(loss_value);
-        observer.on_step(&metrics);
-        if step % config.log_every.max(1) == 0 || state.step == config.steps {
-            let line = serde_json::to_string(&metrics).expect("serialises");
-            writeln!(metrics_file, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
-            history.push((step, loss_value));
-        }
-        if state.consecutive_nonfinite >= config.max_nonfinite {
-            return Err(TrainError::Diverged(format!(
-                "stopped at step {step}: {} consecutive steps with a non-finite loss or gradient (lower --lr or check the data); the last checkpoint is intact",
-                state.consecutive_nonfinite
-            )));
-        }
         let done = state.step == config.steps;
         if config.sample_every > 0 && state.step % config.sample_every == 0 || done {
             let path = run_dir
                 .join("samples")
                 .join(format!("step-{:08}.png", state.step));
-            sample_grid(&config, &ema, device, &path)?;
+            sample_grid(&config, &trainee.ema, device, &path)?;
             observer.on_message(&format!("sample grid → {}", path.display()));
         }
         if config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0 || done {
-            if !all_finite(&model) || !all_finite(&ema) {
+            if !all_finite(&trainee.model) || !all_finite(&trainee.ema) {
                 return Err(TrainError::Diverged(format!(
                     "step {}: the weights are no longer finite; not writing them (the last checkpoint is intact)",
                     state.step
@@ -217,9 +233,9 @@ pub fn train(
             let dir = checkpoint::save(
                 run_dir,
                 &state,
-                &model,
-                &ema,
-                &optim,
+                &trainee.model,
+                &trainee.ema,
+                &trainee.optim,
                 config.keep_checkpoints,
             )?;
             plot_loss(run_dir, &history)?;
@@ -229,7 +245,7 @@ pub fn train(
     drop(loader);
     let weights = exported_weights(run_dir);
     if state.step == config.steps {
-        save_model(&ema, &config.model, &weights, false)?;
+        save_model(&trainee.ema, &config.model, &weights, false)?;
         observer.on_message(&format!("EMA weights → {}", weights.display()));
     }
     Ok(TrainSummary {
@@ -239,6 +255,21 @@ pub fn train(
         elapsed_s: state.elapsed_s,
         weights,
     })
+}
+
+/// The first step count after `step` at which a sample grid or a checkpoint is due, or the end.
+fn next_stop(config: &TrainConfig, step: u64) -> u64 {
+    let next = |every: u64| {
+        if every == 0 {
+            u64::MAX
+        } else {
+            (step / every + 1) * every
+        }
+    };
+    config
+        .steps
+        .min(next(config.sample_every))
+        .min(next(config.checkpoint_every))
 }
 
 /// Samples the EMA model's class grid (one row per class, DDIM, fixed seed) into `path`.
