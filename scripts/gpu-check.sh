@@ -27,8 +27,8 @@ cd "$root"
 carry="$root/gpu-carry"
 
 prepare() {
-    # The test command's build (same features, so it reuses that build): it makes the binaries.
-    scripts/cuda-offline.sh test --release --workspace --no-run
+    # The workspace's binaries with the test command's features, so it reuses that build.
+    scripts/cuda-offline.sh build --release --workspace --bins
     local target="${CARGO_TARGET_DIR:-$root/target}"
     rm -rf "$carry.tmp" && mkdir -p "$carry.tmp"
     for exe in trainer bench; do
