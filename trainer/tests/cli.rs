@@ -864,3 +864,42 @@ fn devices_and_cuda_without_a_gpu() {
     assert!(!png.exists(), "no output after a failure");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The shipped Fashion-MNIST model loads, names its classes, and samples a class by name.
+#[test]
+fn shipped_fashion_model_samples_a_class_by_name() {
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights/fashion-mnist.safetensors");
+    let dir = tmp("fashion");
+    let png = dir.join("trouser.png");
+    let npy = dir.join("trouser.npy");
+    ok(&trainer(&[
+        "sample",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--class",
+        "trouser",
+        "--num",
+        "2",
+        "--steps",
+        "5",
+        "--out",
+        png.to_str().unwrap(),
+        "--npy",
+        npy.to_str().unwrap(),
+    ]));
+    assert!(png.is_file() && npy.is_file());
+    fails_with(
+        &trainer(&[
+            "sample",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--class",
+            "seven",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        "seven",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
