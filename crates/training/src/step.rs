@@ -90,50 +90,13 @@ fn forward_loss(
 }
 
 /// One training step of `model` on `batch` (the batch of step `batch.step`) at learning rate
-/// `lr`, on the autodiff `device`: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with t, ε and label dropout
-/// drawn from `(config.seed, batch.step)`, the MSE between the prediction and its target (ε,
-/// v or x_0), and, if that is finite, back-propagation, clipping to `config.grad_clip` and an
-/// AdamW step. Returns the model (updated unless skipped) and what happened. Reads the loss and
-/// the gradient norm back, so the host waits for the device twice per step; a GPU run uses
-/// [`train_step_deferred`], which computes the same update without waiting.
-pub fn train_step(
-    config: &TrainConfig,
-    schedule: &NoiseSchedule,
-    model: UNet,
-    optim: &mut ModuleOptimizer,
-    batch: Batch,
-    lr: f64,
-    device: &Device,
-) -> (UNet, StepOutcome) {
-    let loss = forward_loss(config, schedule, &model, batch, device);
-    let loss_value = loss.clone().into_scalar::<f64>();
-    let mut outcome = StepOutcome {
-        loss: loss_value,
-        grad_norm: f64::NAN,
-        skipped: !loss_value.is_finite(),
-    };
-    if outcome.skipped {
-        return (model, outcome);
-    }
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let Some(sum_squares) = grad_sum_squares(&model, &grads) else {
-        outcome.grad_norm = 0.0;
-        return (optim.step(lr, model, grads), outcome);
-    };
-    outcome.grad_norm = sum_squares.clone().into_scalar::<f64>().sqrt();
-    outcome.skipped = !outcome.grad_norm.is_finite();
-    if outcome.skipped {
-        return (model, outcome);
-    }
-    clip_by_sum_squares(&model, &mut grads, sum_squares, config.grad_clip);
-    (optim.step(lr, model, grads), outcome)
-}
-
-/// [`train_step`] without waiting for the device: the loss, the gradient norm and the clipping
-/// factor stay on the device, and the update is applied whether or not they are finite. The
-/// caller reads the [`PendingStep`]s of several steps back at once ([`read_back`]) and, when one
-/// is not finite, rolls back and replays (`crate::window`). The arithmetic is [`train_step`]'s
-/// exactly, so both give the same weights.
+/// `lr`, on the autodiff `device`, without waiting for the device: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
+/// with t, ε and label dropout drawn from `(config.seed, batch.step)`, the MSE between the
+/// prediction and its target (ε, v or x_0), back-propagation, clipping to `config.grad_clip`
+/// and an AdamW step. The loss, the gradient norm and the clipping factor stay on the device,
+/// and the update is applied whether or not they are finite: the caller reads the
+/// [`PendingStep`]s of several steps back at once ([`read_back`]) and, when one is not finite,
+/// rolls back and replays (`crate::window`; [`train_step`] for one step).
 pub fn train_step_deferred(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
@@ -154,6 +117,29 @@ pub fn train_step_deferred(
         sum_squares,
     };
     (optim.step(lr, model, grads), pending)
+}
+
+/// [`train_step_deferred`] checked at once: reads the loss and gradient norm back and, when
+/// either is not finite, returns `model` and `optim` as they were (the step is skipped).
+pub fn train_step(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    model: UNet,
+    optim: &mut ModuleOptimizer,
+    batch: Batch,
+    lr: f64,
+    device: &Device,
+) -> (UNet, StepOutcome) {
+    let before = optim.clone();
+    let (updated, pending) =
+        train_step_deferred(config, schedule, model.clone(), optim, batch, lr, device);
+    let outcome = read_back(&[pending])[0];
+    if outcome.skipped {
+        *optim = before;
+        (model, outcome)
+    } else {
+        (updated, outcome)
+    }
 }
 
 /// Reads the losses and gradient norms of `pending` back in one transfer. A step is skipped

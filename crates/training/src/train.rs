@@ -172,7 +172,8 @@ pub fn train(
         for (i, b) in batches.iter().enumerate() {
             debug_assert_eq!(b.step, state.step + i as u64, "batches come in step order");
         }
-        let outcomes = run_window(&ctx, &mut trainee, &batches);
+        let outcomes;
+        (trainee, outcomes) = run_window(&ctx, trainee, &batches);
         for b in batches.drain(outcomes.len()..).rev() {
             replay.push_front(b);
         }

@@ -18,7 +18,7 @@ use diffusion::{NoiseSchedule, UNet};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::lr::LrSchedule;
-use crate::step::{read_back, train_step_deferred, StepOutcome};
+use crate::step::{read_back, train_step_deferred, PendingStep, StepOutcome};
 
 /// What training updates every step: the model, its EMA and the optimiser state, and the count
 /// of EMA updates (which sets the EMA's warmup decay).
@@ -48,47 +48,63 @@ pub struct StepContext<'a> {
     pub device: &'a Device,
 }
 
-/// Runs `batches` (consecutive steps) as one window and returns the outcome of each step it
-/// settled: all of them, or those up to and including the first non-finite one, which is
-/// skipped; the batches after it were not applied and must be run again by the caller.
-pub fn run_window(ctx: &StepContext, trainee: &mut Trainee, batches: &[Batch]) -> Vec<StepOutcome> {
+/// Runs `batches` (consecutive steps) as one window on `trainee` and returns it with the
+/// outcome of each step it settled: all of them, or those up to and including the first
+/// non-finite one, which is skipped; the batches after it were not applied and must be run
+/// again by the caller.
+pub fn run_window(
+    ctx: &StepContext,
+    trainee: Trainee,
+    batches: &[Batch],
+) -> (Trainee, Vec<StepOutcome>) {
     let start = trainee.clone();
-    let pending: Vec<_> = batches
-        .iter()
-        .map(|batch| queue_step(ctx, trainee, batch.clone()))
-        .collect();
+    let mut trainee = trainee;
+    let mut pending = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let p;
+        (trainee, p) = queue_step(ctx, trainee, batch.clone());
+        pending.push(p);
+    }
     let mut outcomes = read_back(&pending);
     let Some(bad) = outcomes.iter().position(|o| o.skipped) else {
-        return outcomes;
+        return (trainee, outcomes);
     };
     // Roll back and replay the steps before the bad one; their outcomes are already known.
-    *trainee = start;
+    trainee = start;
     for batch in &batches[..bad] {
-        queue_step(ctx, trainee, batch.clone());
+        (trainee, _) = queue_step(ctx, trainee, batch.clone());
     }
     outcomes.truncate(bad + 1);
-    outcomes
+    (trainee, outcomes)
 }
 
-/// Queues one step and its EMA update.
-fn queue_step(ctx: &StepContext, trainee: &mut Trainee, batch: Batch) -> crate::step::PendingStep {
+/// Queues one step and its EMA update. The trainee moves through by value, so that no second
+/// handle keeps Burn from updating weights, moments and EMA in place.
+fn queue_step(ctx: &StepContext, trainee: Trainee, batch: Batch) -> (Trainee, PendingStep) {
+    let Trainee {
+        model,
+        ema,
+        mut optim,
+        ema_updates,
+    } = trainee;
     let lr = ctx.lr.lr(batch.step);
-    let model = trainee.model.clone();
     let (model, pending) = train_step_deferred(
         ctx.config,
         ctx.schedule,
         model,
-        &mut trainee.optim,
+        &mut optim,
         batch,
         lr,
         ctx.device,
     );
-    trainee.ema = ctx
-        .ema
-        .update(trainee.ema.clone(), &model, trainee.ema_updates);
-    trainee.ema_updates += 1;
-    trainee.model = model;
-    pending
+    let ema = ctx.ema.update(ema, &model, ema_updates);
+    let trainee = Trainee {
+        model,
+        ema,
+        optim,
+        ema_updates: ema_updates + 1,
+    };
+    (trainee, pending)
 }
 
 #[cfg(test)]
@@ -194,7 +210,8 @@ mod tests {
         let mut next = 0;
         while next < batches.len() {
             let end = (next + 4).min(batches.len());
-            let settled = run_window(&ctx, &mut trainee, &batches[next..end]);
+            let settled;
+            (trainee, settled) = run_window(&ctx, trainee, &batches[next..end]);
             assert!(!settled.is_empty());
             next += settled.len();
             windowed.extend(settled);
