@@ -2,9 +2,11 @@
 # Builds the browser bundles into pkg/ (what index.html loads) with wasm-pack, as
 # `wasm-pack build --target web` lays them out:
 #   pkg/web.js + web_bg.wasm         the CPU bundle (Burn's flex compiled to wasm): the page's
-#                                    first and usually only download
-#   pkg/threads/web.js + web_bg.wasm the CPU bundle with WebAssembly threads, for
-#                                    cross-origin-isolated pages (trainer serve's)
+#                                    first and usually only download (baseline SIMD128)
+#   pkg/relaxed/web.js + web_bg.wasm the CPU bundle with relaxed SIMD, instead of pkg/web.js where
+#                                    the browser has relaxed SIMD
+#   pkg/threads/web.js + web_bg.wasm the CPU bundle with WebAssembly threads and relaxed SIMD,
+#                                    for cross-origin-isolated pages (trainer serve's)
 #   pkg/webgpu/web.js + web_bg.wasm  WebGPU (with the CPU backend as its fallback), fetched by
 #                                    the worker only where a hardware adapter exists
 #   pkg/worker.js                    the Web Worker that imports one of them
@@ -45,10 +47,19 @@ pack() {
   wasm-pack build web --target web --mode no-install --no-gitignore --out-dir "../pkg.tmp/$dir" --out-name web "$@"
 }
 pack . --profile wasm-release -- --no-default-features --features cpu
+# pkg/relaxed/: the same with relaxed SIMD (the convolution product's fused multiply-add,
+# flex-kernels' conv2d/wasm_gemm.rs), which the worker loads instead where the browser
+# validates relaxed SIMD (Chrome/Edge 114+); a browser without it cannot compile this module.
+# Same flags and target dir as pkg/: only the crates that see the feature rebuild.
+pack relaxed --profile wasm-release -- --no-default-features --features cpu,relaxed-simd
 pack webgpu --release
 # pkg/threads/: the CPU bundle with WebAssembly threads (rayon on Web Workers through
-# wasm-bindgen-rayon), for cross-origin-isolated pages. Threads need a std built with atomics,
-# so a nightly toolchain with rust-src (-Z build-std); its own target dir (other RUSTFLAGS).
+# wasm-bindgen-rayon), for cross-origin-isolated pages, with relaxed SIMD as pkg/relaxed/ (the
+# worker loads it only where the browser validates relaxed SIMD; a browser with threads but
+# without relaxed SIMD, such as Safari, runs the single-threaded baseline bundle: a fourth
+# build, threads without relaxed SIMD, would cost CI another nightly build-std). Threads
+# need a std built with atomics, so a nightly toolchain with rust-src (-Z build-std); its own
+# target dir (other RUSTFLAGS).
 # Without a nightly toolchain it is skipped and the page runs the single-threaded bundle.
 NIGHTLY="${RUST_DDPM_NIGHTLY:-nightly}"
 if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
@@ -58,7 +69,7 @@ if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" \
     RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 -C link-arg=--max-memory=4294967296" \
     RUSTUP_TOOLCHAIN="$NIGHTLY" \
-    pack threads --profile wasm-release -- --no-default-features --features threads -Z build-std=panic_abort,std
+    pack threads --profile wasm-release -- --no-default-features --features threads,relaxed-simd -Z build-std=panic_abort,std
 else
   echo "threads bundle skipped: no $NIGHTLY toolchain (rustup toolchain install $NIGHTLY)" >&2
 fi
@@ -67,7 +78,7 @@ cp web/worker.js pkg.tmp/worker.js
 rm -rf pkg && mv pkg.tmp pkg
 # What the page downloads: raw and gzip -9 bytes of each file.
 printf '%-28s %12s %12s\n' file bytes gzip
-for f in pkg/worker.js pkg/web.js pkg/web_bg.wasm pkg/threads/web.js pkg/threads/web_bg.wasm pkg/webgpu/web.js pkg/webgpu/web_bg.wasm; do
+for f in pkg/worker.js pkg/web.js pkg/web_bg.wasm pkg/relaxed/web.js pkg/relaxed/web_bg.wasm pkg/threads/web.js pkg/threads/web_bg.wasm pkg/webgpu/web.js pkg/webgpu/web_bg.wasm; do
   [ -f "$f" ] || continue
   printf '%-28s %12d %12d\n' "$f" "$(stat -c %s "$f")" "$(gzip -9 -c "$f" | wc -c)"
 done

@@ -17,7 +17,10 @@
 //!
 //! Groups run in parallel, each building its im2col block in a per-thread scratch buffer that
 //! stays in cache; stride-1 taps are one shifted copy each. The products run on the `gemm` crate
-//! (the same one Flex uses, with its AVX-512 kernels where the CPU has them).
+//! (the same one Flex uses, with its AVX-512 kernels where the CPU has them), except the forward
+//! on WebAssembly built with relaxed SIMD (feature `wasm-relaxed-simd`): there our own
+//! fused-multiply-add kernel (`conv2d/wasm_gemm.rs`) runs it, twice the multiply-add rate of
+//! `gemm`'s baseline SIMD128 kernels.
 //!
 //! On CPUs with AVX-512, stride-1 k×k convolutions where it measures faster (see
 //! `direct::Plan::pays_off`: all of the `mnist` U-Net's 3×3 convolutions, `cifar10_ddpm`'s
@@ -285,6 +288,11 @@ mod backward;
 #[cfg(feature = "flex")]
 mod forward;
 #[cfg(feature = "flex")]
+// On wasm with relaxed SIMD the forward product is `wasm_gemm`'s; only the backward uses `gemm`.
+#[cfg_attr(
+    all(target_arch = "wasm32", feature = "wasm-relaxed-simd"),
+    allow(dead_code)
+)]
 mod gemm;
 #[cfg(feature = "flex")]
 mod geometry;
@@ -292,6 +300,12 @@ mod geometry;
 mod im2col;
 #[cfg(feature = "flex")]
 mod scratch;
+#[cfg(feature = "flex")]
+#[cfg_attr(
+    not(all(target_arch = "wasm32", feature = "wasm-relaxed-simd")),
+    allow(dead_code)
+)]
+mod wasm_gemm;
 
 #[cfg(all(test, feature = "flex", feature = "autodiff"))]
 mod tests {

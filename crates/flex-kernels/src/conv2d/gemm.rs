@@ -16,6 +16,17 @@ pub(super) struct Mat<'a> {
     pub(super) cs: usize,
 }
 
+impl<'a> Mat<'a> {
+    /// A row-major matrix with rows of `row_len` elements.
+    pub(super) fn row_major(data: &'a [f32], row_len: usize) -> Self {
+        Self {
+            data,
+            rs: row_len,
+            cs: 1,
+        }
+    }
+}
+
 /// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, `dst` row-major with row stride `n`.
 /// Without `accumulate`, `dst` is only written (it may be uninitialised).
 pub(super) fn matmul(

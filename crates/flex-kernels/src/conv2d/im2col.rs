@@ -6,40 +6,48 @@ use super::geometry::Geometry;
 /// Builds the im2col matrix of a group of images (`x` holds exactly those): `[K, nb·P]`,
 /// row `(c, i, j)` holding, for every image and output pixel, the input value under kernel
 /// tap `(i, j)` (0 in the padding).
+#[cfg_attr(
+    all(target_arch = "wasm32", feature = "wasm-relaxed-simd"),
+    allow(dead_code)
+)]
 pub(super) fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+    let n = x.len() / g.plane() * g.p();
+    debug_assert_eq!(cols.len(), g.k() * n);
+    for (r, row) in cols.chunks_exact_mut(n).enumerate() {
+        im2col_row(g, x, r, row);
+    }
+}
+
+/// Row `r` of [`im2col`]'s matrix (`row`: `nb·P` values).
+pub(super) fn im2col_row(g: &Geometry, x: &[f32], r: usize, row: &mut [f32]) {
     let p = g.p();
-    let nb = x.len() / g.plane();
-    let n = nb * p;
     let [kh, kw] = g.kernel;
     let hw = g.height * g.width;
     let s = g.stride[1];
-    debug_assert_eq!(cols.len(), g.k() * n);
-    for (r, row) in cols.chunks_exact_mut(n).enumerate() {
-        let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
-        let (lo, hi, offset) = g.columns(j);
-        let start = lo as isize * s as isize + offset;
-        let tap = g.shifted_tap(i, j);
-        for (bi, image_row) in row.chunks_exact_mut(p).enumerate() {
-            let src = &x[(bi * g.channels_in + c) * hw..][..hw];
-            if let Some((rows, lo, hi, shift)) = tap.clone() {
-                copy_shifted(image_row, src, g.width_out, rows, lo, hi, shift);
+    let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+    let (lo, hi, offset) = g.columns(j);
+    let start = lo as isize * s as isize + offset;
+    let tap = g.shifted_tap(i, j);
+    for (bi, image_row) in row.chunks_exact_mut(p).enumerate() {
+        let src = &x[(bi * g.channels_in + c) * hw..][..hw];
+        if let Some((rows, lo, hi, shift)) = tap.clone() {
+            copy_shifted(image_row, src, g.width_out, rows, lo, hi, shift);
+            continue;
+        }
+        for (oy, dst) in image_row.chunks_exact_mut(g.width_out).enumerate() {
+            let Some(iy) = g.row(oy, i) else {
+                dst.fill(0.0);
                 continue;
-            }
-            for (oy, dst) in image_row.chunks_exact_mut(g.width_out).enumerate() {
-                let Some(iy) = g.row(oy, i) else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                let src = &src[iy * g.width..][..g.width];
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
-                let start = start as usize;
-                if s == 1 {
-                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-                } else {
-                    for (d, ix) in dst[lo..hi].iter_mut().zip((start..).step_by(s)) {
-                        *d = src[ix];
-                    }
+            };
+            let src = &src[iy * g.width..][..g.width];
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            let start = start as usize;
+            if s == 1 {
+                dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            } else {
+                for (d, ix) in dst[lo..hi].iter_mut().zip((start..).step_by(s)) {
+                    *d = src[ix];
                 }
             }
         }
