@@ -89,14 +89,37 @@ fn forward_loss(
     mse_loss(output, target)
 }
 
-/// One training step of `model` on `batch` (the batch of step `batch.step`) at learning rate
-/// `lr`, on the autodiff `device`, without waiting for the device: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
-/// with t, ε and label dropout drawn from `(config.seed, batch.step)`, the MSE between the
-/// prediction and its target (ε, v or x_0), back-propagation, clipping to `config.grad_clip`
-/// and an AdamW step. The loss, the gradient norm and the clipping factor stay on the device,
-/// and the update is applied whether or not they are finite: the caller reads the
-/// [`PendingStep`]s of several steps back at once ([`read_back`]) and, when one is not finite,
-/// rolls back and replays (`crate::window`; [`train_step`] for one step).
+/// The gradients of one training step of `model` on `batch` (the batch of step `batch.step`),
+/// on the autodiff `device`, without waiting for the device: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with
+/// t, ε and label dropout drawn from `(config.seed, batch.step)`, the MSE between the
+/// prediction and its target (ε, v or x_0), back-propagation and clipping to
+/// `config.grad_clip`. The loss, the gradient norm and the clipping factor stay on the device
+/// (the [`PendingStep`]).
+fn gradients(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    model: &UNet,
+    batch: Batch,
+    device: &Device,
+) -> (GradientsParams, PendingStep) {
+    let loss = forward_loss(config, schedule, model, batch, device);
+    let loss_value = loss.clone().inner();
+    let mut grads = GradientsParams::from_grads(loss.backward(), model);
+    let sum_squares = grad_sum_squares(model, &grads)
+        .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss_value.device()));
+    clip_by_sum_squares(model, &mut grads, sum_squares.clone(), config.grad_clip);
+    let pending = PendingStep {
+        loss: loss_value,
+        sum_squares,
+    };
+    (grads, pending)
+}
+
+/// One training step ([`gradients`], then an AdamW step at learning rate `lr`) without waiting
+/// for the device: the update is applied whether or not the loss and gradient norm are finite.
+/// The caller reads the [`PendingStep`]s of several steps back at once ([`read_back`]) and,
+/// when one is not finite, rolls back and replays (`crate::window`; [`train_step`] for one
+/// step).
 pub fn train_step_deferred(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
@@ -106,21 +129,14 @@ pub fn train_step_deferred(
     lr: f64,
     device: &Device,
 ) -> (UNet, PendingStep) {
-    let loss = forward_loss(config, schedule, &model, batch, device);
-    let loss_value = loss.clone().inner();
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let sum_squares = grad_sum_squares(&model, &grads)
-        .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss_value.device()));
-    clip_by_sum_squares(&model, &mut grads, sum_squares.clone(), config.grad_clip);
-    let pending = PendingStep {
-        loss: loss_value,
-        sum_squares,
-    };
+    let (grads, pending) = gradients(config, schedule, &model, batch, device);
     (optim.step(lr, model, grads), pending)
 }
 
-/// [`train_step_deferred`] checked at once: reads the loss and gradient norm back and, when
-/// either is not finite, returns `model` and `optim` as they were (the step is skipped).
+/// One training step checked before it is applied: [`gradients`], the loss and gradient norm
+/// read back, and the AdamW step only when both are finite (otherwise `model` and `optim` are
+/// returned as they were: the step is skipped). The same arithmetic as
+/// [`train_step_deferred`], with nothing to roll back.
 pub fn train_step(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
@@ -130,15 +146,12 @@ pub fn train_step(
     lr: f64,
     device: &Device,
 ) -> (UNet, StepOutcome) {
-    let before = optim.clone();
-    let (updated, pending) =
-        train_step_deferred(config, schedule, model.clone(), optim, batch, lr, device);
+    let (grads, pending) = gradients(config, schedule, &model, batch, device);
     let outcome = read_back(&[pending])[0];
     if outcome.skipped {
-        *optim = before;
         (model, outcome)
     } else {
-        (updated, outcome)
+        (optim.step(lr, model, grads), outcome)
     }
 }
 
