@@ -9,7 +9,7 @@
 //! `[k][MR]`, `X` into panels of [`NR`] columns laid out `[k][NR]`, zero-padded at the edges —
 //! and an `MR × NR` block of `Y` stays in registers over a depth block of [`KC`]. `3 × 12`: nine
 //! accumulators, three panel vectors and one broadcast fit V8's 15 allocatable XMM registers
-//! (`4 × 12` spills, and measured slower).
+//! (`4 × 12` needs more, and measured slower).
 //!
 //! Every element is one chain of multiply-adds over the depth in order `0..k` (a depth block
 //! resumes from the value stored by the previous one), whatever `n` and wherever the column
