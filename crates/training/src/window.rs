@@ -8,7 +8,9 @@
 //! were already queued on top of its update; so the window is rolled back to its start (the
 //! model, EMA and optimiser handles kept there), the steps before the bad one are replayed,
 //! the bad one is skipped, and the steps after it are handed back to be run again. The result
-//! is exactly that of checking every step ([`train_step`](crate::step::train_step)).
+//! is exactly that of checking every step ([`train_step`](crate::step::train_step)). A window
+//! of one step (the CPU's default, where waiting costs nothing) is that checked step itself: read
+//! back before its update, nothing to roll back.
 
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
@@ -83,7 +85,7 @@ pub fn run_window(
 
 /// A window of one step (the CPU's default): read back before the update is applied, so a
 /// non-finite step is simply not applied and no snapshot is kept (the weights, moments and EMA
-/// are updated in place). The same result as a window of one.
+/// are updated in place). The same result as the deferred step rolled back when bad.
 fn checked_step(ctx: &StepContext, trainee: Trainee, batch: Batch) -> (Trainee, Vec<StepOutcome>) {
     let Trainee {
         model,

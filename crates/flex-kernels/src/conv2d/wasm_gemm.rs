@@ -15,9 +15,11 @@
 //! resumes from the value stored by the previous one), whatever `n` and wherever the column
 //! lies in its panel, so an image's output is the same alone as beside others in a batch.
 //!
-//! Only a wasm build with the `wasm-relaxed-simd` feature runs it (the functions that use relaxed
-//! SIMD carry `#[target_feature]`, so the rest of the module — Burn and its SIMD crates — stays
-//! baseline SIMD128); a browser without relaxed SIMD cannot compile such a module at all, so
+//! Only a wasm build with the `wasm-relaxed-simd` feature runs it. The functions that use relaxed
+//! SIMD carry `#[target_feature]` rather than the whole build `+relaxed-simd`, so code that
+//! selects a relaxed path by `cfg` (Burn's SIMD crate `macerator`, whose relaxed backend does
+//! not compile with the current nightly) keeps its baseline one; LLVM still marks the module
+//! with the feature. A browser without relaxed SIMD cannot compile such a module at all, so
 //! that bundle is loaded only where relaxed SIMD validates (`web/worker.js`). Natively the
 //! module compiles with 4-lane arrays in place of `v128`, so its packing, edges and order are
 //! tested by `cargo test`.
@@ -110,6 +112,14 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer (a method, so that a closure captures the whole `Out`, which is `Sync`, not
+    /// its raw-pointer field, which is not).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 thread_local! {
     /// The packed operands and one row of `rhs`, kept per thread across calls (neither
     /// allocated nor zeroed per product).
@@ -141,10 +151,17 @@ pub(super) fn matmul(
     let out = Out(dst.as_mut_ptr().cast());
     let (a, b) = (&packed_lhs[..], &packed_rhs[..]);
     let panel = |index: usize| {
-        let out = out;
         // SAFETY: the panel's columns lie inside `dst` (checked above) and no other task
         // writes them.
-        unsafe { panel_product((m, n, k), index, a, &b[index * k * NR..][..k * NR], out.0) }
+        unsafe {
+            panel_product(
+                (m, n, k),
+                index,
+                a,
+                &b[index * k * NR..][..k * NR],
+                out.ptr(),
+            )
+        }
     };
     let panels = n.div_ceil(NR);
     if parallel {
@@ -337,6 +354,44 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_convolution_product_equals_im2col_and_gemm() {
+        use super::super::gemm::{matmul_batch_invariant, Mat};
+        use super::super::geometry::Geometry;
+        use super::super::im2col::{im2col, im2col_row};
+        use burn::tensor::ops::ConvOptions;
+        // Padded 3×3 at 7×7 (two images), strided 3×3, a 1×1, and asymmetric padding: the rows
+        // the forward pass hands over are im2col's, whatever the geometry.
+        let cases = [
+            ([2, 5, 7, 7], [9, 5, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([1, 4, 8, 8], [6, 4, 3, 3], [2, 2], [(1, 1), (1, 1)]),
+            ([3, 7, 5, 5], [4, 7, 1, 1], [1, 1], [(0, 0), (0, 0)]),
+            ([1, 3, 6, 9], [5, 3, 2, 3], [1, 2], [(1, 0), (2, 1)]),
+        ];
+        for (x_shape, w_shape, stride, padding) in cases {
+            let options = ConvOptions::new_with_padding(stride, padding, [1, 1], 1);
+            let g = Geometry::new(&x_shape, &w_shape, &options).expect("a plain convolution");
+            let x = values(x_shape.iter().product(), 5);
+            let w = values(w_shape.iter().product(), 6);
+            let (co, n, k) = (g.channels_out, g.batch * g.p(), g.k());
+            let mut cols = vec![0.0; k * n];
+            im2col(&g, &x, &mut cols);
+            let mut want = vec![MaybeUninit::new(f32::NAN); co * n];
+            let (lhs, rhs) = (Mat::row_major(&w, k), Mat::row_major(&cols, n));
+            matmul_batch_invariant((co, n, k), &mut want, lhs, rhs, gemm::Parallelism::None);
+            let mut got = vec![MaybeUninit::new(f32::NAN); co * n];
+            let row = |r: usize, row: &mut [f32]| im2col_row(&g, &x, r, row);
+            matmul((co, n, k), &mut got, &w, row, true);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+                assert!(
+                    (a - b).abs() <= 1e-5,
+                    "{x_shape:?} ⋆ {w_shape:?} [{i}]: {a} vs {b}"
+                );
             }
         }
     }
