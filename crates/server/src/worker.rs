@@ -9,7 +9,9 @@
 //! step counts, classes and guidance scales share it, and each applies its own scheduler step
 //! with its own noise stream. The model's forward is batch-invariant, so a request's pixels are
 //! the same as when it runs alone. When the queue is full, [`Pool::submit`] refuses at once so the
-//! handler can answer 503. A request too large for `max_batch` runs alone.
+//! handler can answer 503. A request too large for `max_batch` runs alone. A panic (a bug) fails
+//! only the request it struck where that is known (the model call, starting a request) and
+//! otherwise the requests in flight; the executor itself always goes on serving.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -25,6 +27,9 @@ use tokio::sync::oneshot;
 
 use crate::api::Job;
 use crate::metrics::Metrics;
+
+/// The answer to a request that met a bug (a panic) while it was served.
+const INTERNAL_ERROR: &str = "internal error while sampling";
 
 /// What a worker returns: one PNG per image and the sampling time.
 #[derive(Debug)]
@@ -134,7 +139,7 @@ impl Executor {
                 dequeue();
                 continue;
             }
-            let state = match state.map_or_else(|| self.start(&task.job), Ok) {
+            let state = match state.map_or_else(|| self.start_guarded(&task.job), Ok) {
                 Ok(state) => state,
                 Err(e) => {
                     dequeue();
@@ -158,7 +163,17 @@ impl Executor {
         }
     }
 
+    /// [`Self::start`], a panic in it (a bug) answered as an error for this request alone.
+    fn start_guarded(&self, job: &Job) -> Result<SamplingState, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start(job)))
+            .unwrap_or_else(|_| Err(INTERNAL_ERROR.into()))
+    }
+
     fn start(&self, job: &Job) -> Result<SamplingState, String> {
+        #[cfg(test)]
+        if job.seed == tests::PANIC_IN_START {
+            panic!("a bug in start (test)");
+        }
         let request = SampleRequest {
             image_shape: self.config.unet.image_shape(),
             class_labels: vec![job.class_label; job.num_images],
@@ -167,6 +182,17 @@ impl Executor {
         };
         SamplingState::new(self.config.unet.num_classes, &request, &self.device)
             .map_err(|e| e.to_string())
+    }
+
+    /// After a panic outside the guarded calls (a bug): answers every request in flight, and
+    /// the one waiting for room, with an error, so that the executor goes on serving instead of
+    /// dying with them (its thread gone, later requests would wait for the time limit).
+    fn recover(&mut self) {
+        self.finish(|_| true, |_| Err(INTERNAL_ERROR.into()));
+        if let Some((task, _)) = self.next.take() {
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            let _ = task.reply.send(Err(INTERNAL_ERROR.into()));
+        }
     }
 
     /// Removes the runs `done` picks, answering each with `answer`.
@@ -213,7 +239,7 @@ impl Executor {
             failed => {
                 let message = match failed {
                     Ok(Err(e)) => e.to_string(),
-                    _ => "internal error while sampling".into(),
+                    _ => INTERNAL_ERROR.into(),
                 };
                 self.finish(|_| true, |_| Err(message.clone()));
                 return;
@@ -226,6 +252,10 @@ impl Executor {
         self.finish(
             |r| r.state.steps_done() == r.task.job.scheduler.timesteps().len(),
             |r| {
+                #[cfg(test)]
+                if r.task.job.seed == tests::PANIC_IN_FINISH {
+                    panic!("a bug in finish (test)");
+                }
                 let values = to_host(r.state.sample().clone());
                 let per: usize = shape.iter().product();
                 let pngs: Vec<Vec<u8>> = values
@@ -276,8 +306,18 @@ impl Pool {
                         active: Vec::new(),
                         next: None,
                     };
-                    while executor.admit(&rx) {
-                        executor.step();
+                    loop {
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            executor.admit(&rx) && {
+                                executor.step();
+                                true
+                            }
+                        }));
+                        match served {
+                            Ok(true) => {}
+                            Ok(false) => break, // the pool is gone
+                            Err(_) => executor.recover(),
+                        }
                     }
                 })
                 .expect("spawning a worker thread");
@@ -306,5 +346,81 @@ impl Pool {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use diffusion::sampler::{SamplerKind, SamplerSettings};
+    use diffusion::weights::save_model;
+    use diffusion::UNetConfig;
+
+    /// Seeds that make `start` or the answer of a finished request panic, as a bug would.
+    pub(crate) const PANIC_IN_START: u64 = 0xdead_0001;
+    pub(crate) const PANIC_IN_FINISH: u64 = 0xdead_0002;
+
+    fn pool() -> (Pool, ModelConfig) {
+        let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![])
+            .with_num_res_blocks(1)
+            .with_num_classes(Some(3));
+        let config = ModelConfig::new(unet);
+        let model = config
+            .unet
+            .init(&Device::flex())
+            .unwrap()
+            .randomize(1, 0.05);
+        let dir = std::env::temp_dir().join(format!("server-worker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.safetensors");
+        save_model(&model, &config, &path, false).unwrap();
+        let weights = Arc::new(std::fs::read(&path).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let pool = Pool::start(config.clone(), weights, 1, 8, 16, metrics, Device::flex());
+        (pool.unwrap(), config)
+    }
+
+    fn job(config: &ModelConfig, seed: u64) -> Job {
+        let settings = SamplerSettings {
+            sampler: SamplerKind::Ddim,
+            num_inference_steps: 3,
+            eta: 0.0,
+            use_karras_sigmas: false,
+        };
+        Job {
+            class_label: Some(1),
+            guidance_scale: 2.0,
+            scheduler: config.scheduler(&settings).unwrap(),
+            seed,
+            num_images: 1,
+        }
+    }
+
+    fn answer(pool: &Pool, job: Job) -> Result<JobOutput, String> {
+        let ticket = pool.submit(job).expect("queued");
+        ticket
+            .result
+            .blocking_recv()
+            .unwrap_or_else(|_| Err("the executor dropped the request".into()))
+    }
+
+    #[test]
+    fn a_panicking_request_gets_an_error_and_the_executor_serves_on() {
+        let (pool, config) = pool();
+        // In `start` (guarded per request): that request alone fails, one beside it finishes.
+        let healthy = pool.submit(job(&config, 7)).expect("queued");
+        let failed = answer(&pool, job(&config, PANIC_IN_START));
+        assert_eq!(failed.unwrap_err(), INTERNAL_ERROR);
+        let healthy = healthy.result.blocking_recv().expect("answered");
+        assert_eq!(healthy.expect("the request beside it").pngs.len(), 1);
+        // Anywhere else (here while a finished request is encoded): the requests in flight
+        // fail, and the one executor goes on serving (without the recovery its thread would be
+        // gone and the next request never served).
+        let failed = answer(&pool, job(&config, PANIC_IN_FINISH));
+        assert!(failed.is_err());
+        let after = answer(&pool, job(&config, 8));
+        assert_eq!(after.expect("served after the panic").pngs.len(), 1);
+        assert_eq!(pool.metrics.queue_depth.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.metrics.in_progress.load(Ordering::Relaxed), 0);
     }
 }
