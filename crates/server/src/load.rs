@@ -110,22 +110,52 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// `POST /v1/generate` with `body` on a new connection; the status code.
 pub async fn post_generate(addr: &str, body: &str) -> Result<u16, String> {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
     let req = format!(
         "POST /v1/generate HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+    exchange(addr, &req).await.map(|(status, _)| status)
+}
+
+/// The classes of the model the service at `addr` serves (`GET /v1/model`'s `num_classes`;
+/// `None`: unconditional).
+pub async fn model_classes(addr: &str) -> Result<Option<usize>, String> {
+    let req = format!("GET /v1/model HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (status, body) = exchange(addr, &req).await?;
+    if status != 200 {
+        return Err(format!("GET /v1/model answered {status}"));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("GET /v1/model: {e}"))?;
+    match &info["num_classes"] {
+        serde_json::Value::Null => Ok(None),
+        k => k
+            .as_u64()
+            .map(|k| Some(k as usize))
+            .ok_or_else(|| format!("GET /v1/model: num_classes {k} is not a count")),
+    }
+}
+
+/// Sends one whole HTTP/1.1 request on a new connection and reads the answer to its end: the
+/// status code and the body (the service answers with a `Content-Length`, never chunked).
+async fn exchange(addr: &str, req: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-    std::str::from_utf8(raw.get(9..12).ok_or("short response")?)
+    let status = std::str::from_utf8(raw.get(9..12).ok_or("short response")?)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "bad status line".into())
+        .ok_or("bad status line")?;
+    let body = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(Vec::new(), |i| raw[i + 4..].to_vec());
+    Ok((status, body))
 }
 
 /// Sends `bodies` (with the images each asks for) in order from `concurrency` clients, each
@@ -180,12 +210,12 @@ pub async fn run_load(
     }
 }
 
-/// `n` mixed requests for a model with `num_classes` classes, the same for a seed: 20–50
-/// steps, guidance 0–5, DDIM or DDPM, 1–`max_images` images, any class, each with the images
-/// it asks for.
+/// `n` mixed requests for a model with `num_classes` classes (`None`: unconditional, so every
+/// request asks for `"class_label": null`), the same for a seed: 20–50 steps, guidance 0–5,
+/// DDIM or DDPM, 1–`max_images` images, any class, each with the images it asks for.
 pub fn mixed_requests(
     n: usize,
-    num_classes: usize,
+    num_classes: Option<usize>,
     max_images: usize,
     seed: u64,
 ) -> Vec<(String, usize)> {
@@ -204,7 +234,9 @@ pub fn mixed_requests(
             let guidance = next(11) as f64 / 2.0;
             let sampler = ["ddim", "ddpm"][next(2) as usize];
             let images = 1 + next(max_images.max(1) as u64) as usize;
-            let class = next(num_classes.max(1) as u64);
+            let class = num_classes.map_or("null".to_string(), |k| {
+                next(k.max(1) as u64).to_string()
+            });
             let seed = next(1 << 40);
             let body = format!(
                 r#"{{"class_label": {class}, "guidance_scale": {guidance}, "sampler": "{sampler}", "num_inference_steps": {steps}, "num_images": {images}, "seed": {seed}}}"#
@@ -220,9 +252,15 @@ mod tests {
 
     #[test]
     fn mixed_requests_cover_the_ranges_and_repeat_for_a_seed() {
-        let r = mixed_requests(200, 10, 4, 7);
-        assert_eq!(r[..5], mixed_requests(5, 10, 4, 7)[..]);
-        assert!(mixed_requests(50, 10, 1, 7).iter().all(|(_, n)| *n == 1));
+        let r = mixed_requests(200, Some(10), 4, 7);
+        assert_eq!(r[..5], mixed_requests(5, Some(10), 4, 7)[..]);
+        assert!(mixed_requests(50, Some(10), 1, 7)
+            .iter()
+            .all(|(_, n)| *n == 1));
+        // An unconditional model gets no class.
+        assert!(mixed_requests(50, None, 4, 7)
+            .iter()
+            .all(|(b, _)| b.contains("\"class_label\": null")));
         let values = |key: &str| -> Vec<f64> {
             r.iter()
                 .map(|(b, _)| {

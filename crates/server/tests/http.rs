@@ -670,3 +670,19 @@ async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
 }
+
+/// loadgen's mixed requests take the served model's classes from `GET /v1/model` and are all
+/// served (an unconditional model would get `"class_label": null`, not a 400 per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_asks_the_service_for_its_classes() {
+    let mut srv = start_batching(1, 16, 8, Duration::from_secs(60)).await;
+    let addr = srv.addr.to_string();
+    let classes = server::load::model_classes(&addr).await.unwrap();
+    assert_eq!(classes, Some(3));
+    let bodies = server::load::mixed_requests(4, classes, 2, 0);
+    let report = server::load::run_load(&addr, &bodies, 2, Duration::from_secs(60)).await;
+    let statuses: Vec<&str> = report.outcomes.iter().map(|o| o.status.as_str()).collect();
+    assert_eq!(statuses, ["200"; 4]);
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}

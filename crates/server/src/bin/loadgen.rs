@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use server::load::{median, mixed_requests, percentile, run_load, LoadReport};
+use server::load::{median, mixed_requests, model_classes, percentile, run_load, LoadReport};
 
 /// Send bounded load to the sampling service and report throughput and latency.
 #[derive(Parser)]
@@ -103,7 +103,8 @@ fn run(a: Args) -> Result<(), String> {
             return sweep(&a, limit).await;
         }
         let bodies = if a.mixed {
-            mixed_requests(a.requests, 10, a.max_images, a.seed)
+            let classes = model_classes(&a.addr).await?;
+            mixed_requests(a.requests, classes, a.max_images, a.seed)
         } else {
             vec![(a.body.clone(), 1); a.requests]
         };
@@ -157,7 +158,7 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
             device: burn::tensor::Device::flex(),
         };
         let state = server::state(&config).map_err(|e| e.to_string())?;
-        let classes = state.config.unet.num_classes.unwrap_or(1);
+        let classes = state.config.unet.num_classes;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
