@@ -55,8 +55,8 @@ pub struct StepOutcome {
     pub skipped: bool,
 }
 
-/// The device-side results of one step that nobody has waited for yet (see
-/// [`train_step_deferred`]); [`StepOutcome`]s once read back.
+/// The device-side results of one step that nobody has waited for yet (see [`gradients`]);
+/// [`StepOutcome`]s once read back.
 #[derive(Debug, Clone)]
 pub struct PendingStep {
     /// The loss, one element.
@@ -94,8 +94,10 @@ fn forward_loss(
 /// t, ε and label dropout drawn from `(config.seed, batch.step)`, the MSE between the
 /// prediction and its target (ε, v or x_0), back-propagation and clipping to
 /// `config.grad_clip`. The loss, the gradient norm and the clipping factor stay on the device
-/// (the [`PendingStep`]).
-fn gradients(
+/// (the [`PendingStep`]): a caller that applies the AdamW step without reading it back reads
+/// several steps back at once ([`read_back`]) and rolls back when one is not finite
+/// (`crate::window`).
+pub fn gradients(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
     model: &UNet,
@@ -115,28 +117,10 @@ fn gradients(
     (grads, pending)
 }
 
-/// One training step ([`gradients`], then an AdamW step at learning rate `lr`) without waiting
-/// for the device: the update is applied whether or not the loss and gradient norm are finite.
-/// The caller reads the [`PendingStep`]s of several steps back at once ([`read_back`]) and,
-/// when one is not finite, rolls back and replays (`crate::window`; [`train_step`] for one
-/// step).
-pub fn train_step_deferred(
-    config: &TrainConfig,
-    schedule: &NoiseSchedule,
-    model: UNet,
-    optim: &mut ModuleOptimizer,
-    batch: Batch,
-    lr: f64,
-    device: &Device,
-) -> (UNet, PendingStep) {
-    let (grads, pending) = gradients(config, schedule, &model, batch, device);
-    (optim.step(lr, model, grads), pending)
-}
-
 /// One training step checked before it is applied: [`gradients`], the loss and gradient norm
 /// read back, and the AdamW step only when both are finite (otherwise `model` and `optim` are
-/// returned as they were: the step is skipped). The same arithmetic as
-/// [`train_step_deferred`], with nothing to roll back.
+/// returned as they were: the step is skipped). The same arithmetic as [`gradients`] followed by
+/// the AdamW step unchecked, with nothing to roll back.
 pub fn train_step(
     config: &TrainConfig,
     schedule: &NoiseSchedule,

@@ -3,14 +3,15 @@
 //!
 //! Reading the loss every step makes the host wait for the device every step, so on a GPU the
 //! next step's kernels are only queued once the previous step has finished. A window of k
-//! steps is queued without waiting ([`train_step_deferred`]) and read back once. A step whose
-//! loss or gradient norm is not finite must change nothing, and the later steps of its window
-//! were already queued on top of its update; so the window is rolled back to its start (the
-//! model, EMA and optimiser handles kept there), the steps before the bad one are replayed,
-//! the bad one is skipped, and the steps after it are handed back to be run again. The result
-//! is exactly that of checking every step ([`train_step`](crate::step::train_step)). A window
-//! of one step (the CPU's default, where waiting costs nothing) is that checked step itself: read
-//! back before its update, nothing to roll back.
+//! steps is queued without waiting ([`gradients`](crate::step::gradients) and the AdamW step)
+//! and read back once. A step whose loss or gradient norm is not finite must change nothing,
+//! and the later steps of its window were already queued on top of its update; so the window
+//! is rolled back to its start (the model, EMA and optimiser handles kept there), the steps
+//! before the bad one are replayed, the bad one is skipped, and the steps after it are handed
+//! back to be run again. The result is exactly that of checking every step
+//! ([`train_step`](crate::step::train_step)). A window of one step (the CPU's default, where
+//! waiting costs nothing) is that checked step itself: read back before its update, nothing to
+//! roll back.
 
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
@@ -20,7 +21,7 @@ use diffusion::{NoiseSchedule, UNet};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::lr::LrSchedule;
-use crate::step::{read_back, train_step, train_step_deferred, PendingStep, StepOutcome};
+use crate::step::{gradients, read_back, train_step, PendingStep, StepOutcome};
 
 /// What training updates every step: the model, its EMA and the optimiser state, and the count
 /// of EMA updates (which sets the EMA's warmup decay).
@@ -60,14 +61,23 @@ pub fn run_window(
     batches: &[Batch],
 ) -> (Trainee, Vec<StepOutcome>) {
     if let [batch] = batches {
-        return checked_step(ctx, trainee, batch.clone());
+        // One step (the CPU's default): checked before its update, so no snapshot is kept and
+        // the weights, moments and EMA update in place.
+        let (trainee, step) = advance(ctx, trainee, batch.clone(), true);
+        let Step::Settled(outcome) = step else {
+            unreachable!("a checked step is settled")
+        };
+        return (trainee, vec![outcome]);
     }
     let start = trainee.clone();
     let mut trainee = trainee;
     let mut pending = Vec::with_capacity(batches.len());
     for batch in batches {
-        let p;
-        (trainee, p) = queue_step(ctx, trainee, batch.clone());
+        let step;
+        (trainee, step) = advance(ctx, trainee, batch.clone(), false);
+        let Step::Queued(p) = step else {
+            unreachable!("an unchecked step is queued")
+        };
         pending.push(p);
     }
     let mut outcomes = read_back(&pending);
@@ -77,49 +87,26 @@ pub fn run_window(
     // Roll back and replay the steps before the bad one; their outcomes are already known.
     trainee = start;
     for batch in &batches[..bad] {
-        (trainee, _) = queue_step(ctx, trainee, batch.clone());
+        (trainee, _) = advance(ctx, trainee, batch.clone(), false);
     }
     outcomes.truncate(bad + 1);
     (trainee, outcomes)
 }
 
-/// A window of one step (the CPU's default): read back before the update is applied, so a
-/// non-finite step is simply not applied and no snapshot is kept (the weights, moments and EMA
-/// are updated in place). The same result as the deferred step rolled back when bad.
-fn checked_step(ctx: &StepContext, trainee: Trainee, batch: Batch) -> (Trainee, Vec<StepOutcome>) {
-    let Trainee {
-        model,
-        ema,
-        mut optim,
-        ema_updates,
-    } = trainee;
-    let lr = ctx.lr.lr(batch.step);
-    let (model, outcome) = train_step(
-        ctx.config,
-        ctx.schedule,
-        model,
-        &mut optim,
-        batch,
-        lr,
-        ctx.device,
-    );
-    let (ema, ema_updates) = if outcome.skipped {
-        (ema, ema_updates)
-    } else {
-        (ctx.ema.update(ema, &model, ema_updates), ema_updates + 1)
-    };
-    let trainee = Trainee {
-        model,
-        ema,
-        optim,
-        ema_updates,
-    };
-    (trainee, vec![outcome])
+/// What [`advance`] knows of a step.
+enum Step {
+    /// Read back (and skipped when not finite).
+    Settled(StepOutcome),
+    /// Applied without waiting; its loss and gradient norm are still on the device.
+    Queued(PendingStep),
 }
 
-/// Queues one step and its EMA update. The trainee moves through by value, so that no second
-/// handle keeps Burn from updating weights, moments and EMA in place.
-fn queue_step(ctx: &StepContext, trainee: Trainee, batch: Batch) -> (Trainee, PendingStep) {
+/// One step of `trainee` on `batch`, then its EMA update. `checked`: [`train_step`], which
+/// reads the loss and gradient norm back before the AdamW step and skips the step when they are
+/// not finite; otherwise [`gradients`] and the AdamW step queued without waiting. The trainee
+/// moves through by value, so that no second handle keeps Burn from updating weights, moments
+/// and EMA in place.
+fn advance(ctx: &StepContext, trainee: Trainee, batch: Batch, checked: bool) -> (Trainee, Step) {
     let Trainee {
         model,
         ema,
@@ -127,23 +114,25 @@ fn queue_step(ctx: &StepContext, trainee: Trainee, batch: Batch) -> (Trainee, Pe
         ema_updates,
     } = trainee;
     let lr = ctx.lr.lr(batch.step);
-    let (model, pending) = train_step_deferred(
-        ctx.config,
-        ctx.schedule,
-        model,
-        &mut optim,
-        batch,
-        lr,
-        ctx.device,
-    );
-    let ema = ctx.ema.update(ema, &model, ema_updates);
+    let (config, schedule, device) = (ctx.config, ctx.schedule, ctx.device);
+    let (model, step) = if checked {
+        let (model, outcome) = train_step(config, schedule, model, &mut optim, batch, lr, device);
+        (model, Step::Settled(outcome))
+    } else {
+        let (grads, pending) = gradients(config, schedule, &model, batch, device);
+        (optim.step(lr, model, grads), Step::Queued(pending))
+    };
+    let (ema, ema_updates) = match step {
+        Step::Settled(StepOutcome { skipped: true, .. }) => (ema, ema_updates),
+        _ => (ctx.ema.update(ema, &model, ema_updates), ema_updates + 1),
+    };
     let trainee = Trainee {
         model,
         ema,
         optim,
-        ema_updates: ema_updates + 1,
+        ema_updates,
     };
-    (trainee, pending)
+    (trainee, step)
 }
 
 #[cfg(test)]

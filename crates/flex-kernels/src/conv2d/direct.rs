@@ -18,7 +18,7 @@
 use super::geometry::Geometry;
 #[cfg(feature = "autodiff")]
 use super::scratch::aligned;
-use super::scratch::{sized, Scratch};
+use super::scratch::{sized, Scratch, Shared};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -265,20 +265,6 @@ fn pack(g: &Geometry, weight: &[f32]) -> (Vec<f32>, Vec<(usize, usize, usize)>) 
         }
     });
     (packed, blocks)
-}
-
-/// A pointer the workers of one call share; each writes disjoint elements through it.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: only used to write disjoint output elements from the tasks of one call.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The convolution `[B, C_out, H_out, W_out]` (see [`super::forward::forward`]).

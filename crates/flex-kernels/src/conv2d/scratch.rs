@@ -1,8 +1,24 @@
 //! Per-thread working state: scratch buffers that the im2col blocks and the direct kernels'
-//! padded copies reuse across calls (neither allocated nor zeroed per image group), and the sum
-//! that reduces per-thread partial gradients.
+//! padded copies reuse across calls (neither allocated nor zeroed per image group), the pointer
+//! through which parallel tasks write one output, and the sum that reduces per-thread partial
+//! gradients.
 
 use std::mem::MaybeUninit;
+
+/// A pointer to one call's output that its parallel tasks share, each writing disjoint elements
+/// through it (the direct kernel's image groups, the wasm product's column panels).
+#[derive(Clone, Copy)]
+pub(super) struct Shared(pub(super) *mut f32);
+// SAFETY: only used to write disjoint output elements from the tasks of one call.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    pub(super) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// An initialised buffer viewed as one the product may overwrite.
 pub(super) fn uninit(buffer: &mut [f32]) -> &mut [MaybeUninit<f32>] {

@@ -24,6 +24,7 @@
 //! module compiles with 4-lane arrays in place of `v128`, so its packing, edges and order are
 //! tested by `cargo test`.
 
+use super::scratch::Shared;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -105,21 +106,6 @@ mod lanes {
 
 use lanes::{load, madd, splat, store, V};
 
-/// A raw pointer to the output that tasks writing disjoint column panels may share.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes only the columns of its own panel.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer (a method, so that a closure captures the whole `Out`, which is `Sync`, not
-    /// its raw-pointer field, which is not).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 thread_local! {
     /// The packed operands and one row of `rhs`, kept per thread across calls (neither
     /// allocated nor zeroed per product).
@@ -148,7 +134,7 @@ pub(super) fn matmul(
     let [mut packed_lhs, mut packed_rhs, mut row] = PACKED.take();
     pack_lhs(m, k, lhs, &mut packed_lhs);
     pack_rhs(k, n, rhs_row, &mut row, &mut packed_rhs);
-    let out = Out(dst.as_mut_ptr().cast());
+    let out = Shared(dst.as_mut_ptr().cast());
     let (a, b) = (&packed_lhs[..], &packed_rhs[..]);
     let panel = |index: usize| {
         // SAFETY: the panel's columns lie inside `dst` (checked above) and no other task
@@ -159,7 +145,7 @@ pub(super) fn matmul(
                 index,
                 a,
                 &b[index * k * NR..][..k * NR],
-                out.ptr(),
+                out.get(),
             )
         }
     };
