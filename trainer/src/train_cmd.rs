@@ -7,7 +7,7 @@ use crate::flags::{load_dataset, ScheduleFlags};
 use crate::progress::TrainBar;
 use anyhow::{bail, Result};
 use clap::Args;
-use diffusion::{ModelConfig, PredictionType, TimeMode, UNetConfig};
+use diffusion::{ModelConfig, Precision, PredictionType, TimeMode, UNetConfig};
 use training::train::{train, TrainConfig};
 
 #[derive(Args)]
@@ -96,6 +96,11 @@ pub(crate) struct TrainArgs {
     /// the CPU, where waiting costs nothing; 16 on a GPU]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     sync_every: Option<u64>,
+    /// Compute dtype of the forward and backward passes: `f32`, or `bf16` (mixed precision:
+    /// parameters, gradients, AdamW state and EMA stay f32; for GPUs, whose tensor cores run
+    /// bf16 — on the CPU it is correct but slower). A resumed run keeps its checkpoint's.
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 /// Model settings; image size, channels and classes come from the dataset.
@@ -187,6 +192,7 @@ impl ModelArgs {
 
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
+    let precision: Option<Precision> = a.precision.as_deref().map(str::parse).transpose()?;
     let (config, dataset) = match &a.resume {
         Some(dir) => {
             let dir = training::checkpoint::resolve(dir)?;
@@ -197,6 +203,12 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
                     bail!("--steps {s} is below the checkpoint's step {}", state.step);
                 }
                 cfg.steps = s;
+            }
+            if let Some(p) = precision.filter(|&p| p != cfg.precision) {
+                bail!(
+                    "--precision {p}: the checkpoint was trained in {} and a resumed run keeps it",
+                    cfg.precision
+                );
             }
             // The checkpoint's data, exactly (not this invocation's flags).
             let ds = load_dataset(&cfg.dataset, cfg.image_size, cfg.channels, cfg.limit)?;
@@ -224,6 +236,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             c.sample_guidance = a.sample_guidance;
             c.grid_cols = a.grid_cols;
             c.max_nonfinite = a.max_nonfinite;
+            c.precision = precision.unwrap_or_default();
             (c, ds)
         }
     };

@@ -247,6 +247,22 @@ fn resume_continues_to_more_steps() {
         dir.to_str().unwrap(),
     ]));
     assert!(dir.join("checkpoints/step-00000004").is_dir());
+    // Precision changes results, so a resumed run keeps the checkpoint's.
+    fails_with(
+        &trainer(&[
+            "train",
+            "--resume",
+            dir.to_str().unwrap(),
+            "--precision",
+            "bf16",
+            "--steps",
+            "6",
+            "--out",
+            dir.to_str().unwrap(),
+        ]),
+        "--precision bf16: the checkpoint was trained in f32",
+    );
+    assert!(!dir.join("checkpoints/step-00000006").exists());
 }
 
 #[test]
@@ -336,6 +352,10 @@ fn bad_flags() {
             r.to_str().unwrap(),
         ]),
         "norm_groups = 32 does not divide",
+    );
+    fails_with(
+        &trainer(&["train", "--precision", "fp16", "--out", r.to_str().unwrap()]),
+        "unknown precision `fp16` (expected f32 or bf16)",
     );
     assert!(!r.exists());
     // The server's batching and device flags.

@@ -14,8 +14,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::SamplerSettings;
 use diffusion::{
-    mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, NormalTensor, PredictionType,
-    UNetConfig,
+    mse_loss, q_sample, ModelConfig, NoiseRng, NoiseScheduleConfig, NormalTensor, Precision,
+    PredictionType, UNetConfig,
 };
 use training::ema::Ema;
 use training::grad::clip_global_norm;
@@ -34,8 +34,15 @@ fn shape(c: &UNetConfig, batch: usize) -> [usize; 4] {
     [batch, c.in_channels, c.resolution, c.resolution]
 }
 
-/// A training step closure for `config` at `batch`; `full` adds clipping and EMA.
-pub fn train_step(config: &UNetConfig, batch: usize, full: bool, device: &Device) -> impl FnMut() {
+/// A training step closure for `config` at `batch` in `precision`; `full` adds clipping and
+/// EMA.
+pub fn train_step(
+    config: &UNetConfig,
+    batch: usize,
+    full: bool,
+    precision: Precision,
+    device: &Device,
+) -> impl FnMut() {
     let ad = device.clone().autodiff();
     ad.seed(0);
     let mut model = Some(config.init(&ad).expect("valid config"));
@@ -58,7 +65,9 @@ pub fn train_step(config: &UNetConfig, batch: usize, full: bool, device: &Device
             .collect();
         let xt = q_sample(&schedule, x0.clone(), &t, noise.clone());
         let tf: Vec<f64> = t.iter().map(|&v| v as f64).collect();
-        let out = m.forward(xt, &tf, conditional.then_some(labels.as_slice()));
+        let out = m
+            .autocast(precision)
+            .forward(xt, &tf, conditional.then_some(labels.as_slice()));
         let target = PredictionType::Epsilon.target(&schedule, x0, noise, &t);
         let loss = mse_loss(out, target);
         // The trainer reads the loss every step (for the non-finite check and the metrics).

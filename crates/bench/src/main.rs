@@ -14,7 +14,7 @@ use bench::timing::{bench, Reps, Timing};
 use burn::tensor::Tensor;
 use clap::Parser;
 use diffusion::sampler::{SamplerKind, SamplerSettings};
-use diffusion::UNetConfig;
+use diffusion::{Precision, UNetConfig};
 use serde_json::{json, Map, Value};
 
 /// Time training, forward and sampling of the U-Net (medians after warm-up).
@@ -51,6 +51,10 @@ struct Cli {
     /// Images per run of the `ddim` and `dpm` sections (guidance doubles the forward's batch).
     #[arg(long, default_value_t = 16)]
     sample_batch: usize,
+    /// Compute dtype of the training steps (`train`, `cifar-train`): `f32`, or `bf16` (mixed
+    /// precision, as `trainer train --precision bf16`).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Also time the trainer's full step (with global grad-norm clip and EMA update).
     #[arg(long)]
     full_step: bool,
@@ -97,12 +101,13 @@ fn main() -> Result<()> {
         anyhow::bail!("batch sizes must be at least 1");
     }
     let device = training::device::parse_device(&cli.device)?;
+    let precision: Precision = cli.precision.parse()?;
     let has = |s: &str| cli.sections.iter().any(|x| x == s);
     let s = UNetConfig::mnist();
     let mut res = Map::new();
     res.insert(
         "env".into(),
-        json!({ "device": cli.device, "backend": "burn 0.22.1", "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "quick": cli.quick }),
+        json!({ "device": cli.device, "backend": "burn 0.22.1", "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "quick": cli.quick, "precision": precision.to_string() }),
     );
     res.insert(
         "flops".into(),
@@ -164,7 +169,7 @@ fn main() -> Result<()> {
                 }
                 let t = bench(
                     reps(cli.quick, 3, 7, 30, 20.0),
-                    train_step(&s, b, full, &device),
+                    train_step(&s, b, full, precision, &device),
                 );
                 let r = record(&t, b, unet_train_flops(&s));
                 let name = if full {
@@ -173,7 +178,7 @@ fn main() -> Result<()> {
                     format!("S_b{b}")
                 };
                 println!(
-                    "train {name}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
+                    "train {name} {precision}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
                     r["ms"].as_f64().unwrap(),
                     r["img_per_s"].as_f64().unwrap(),
                     r["gflops_per_s"].as_f64().unwrap()
@@ -240,11 +245,11 @@ fn main() -> Result<()> {
         let b = cli.cifar_train_batch;
         let t = bench(
             reps(cli.quick, 3, 7, 30, 20.0),
-            train_step(&c, b, false, &device),
+            train_step(&c, b, false, precision, &device),
         );
         let r = record(&t, b, unet_train_flops(&c));
         println!(
-            "train CIFAR10_DDPM b{b}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
+            "train CIFAR10_DDPM b{b} {precision}: {:.1} ms/step  {:.1} img/s  {:.1} GFLOP/s",
             r["ms"].as_f64().unwrap(),
             r["img_per_s"].as_f64().unwrap(),
             r["gflops_per_s"].as_f64().unwrap()

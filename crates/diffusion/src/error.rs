@@ -14,6 +14,9 @@ pub enum Error {
     /// A model (U-Net) configuration is inconsistent.
     #[error("invalid model config: {0}")]
     Config(String),
+    /// A precision name other than `f32` or `bf16`.
+    #[error("unknown precision `{0}` (expected f32 or bf16)")]
+    UnknownPrecision(String),
     /// A sampler setting (steps, eta, guidance, labels, ...) is out of range.
     #[error("invalid sampler setting: {0}")]
     Sampler(String),

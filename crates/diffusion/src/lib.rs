@@ -30,6 +30,8 @@ pub mod objective;
 
 pub mod unet;
 
+pub mod precision;
+
 pub mod sampler;
 
 pub mod guidance;
@@ -44,6 +46,7 @@ pub use error::{Error, Result};
 pub use guidance::classifier_free_guidance;
 pub use noise::{NoiseRng, NormalTensor};
 pub use objective::{mse_loss, q_sample, PredictionType};
+pub use precision::Precision;
 pub use sampler::{
     DdimScheduler, DdimSchedulerConfig, DdpmScheduler, DdpmSchedulerConfig, Denoiser,
     DpmSolverMultistep, DpmSolverMultistepConfig, SampleRequest, Sampling, Scheduler,

@@ -16,9 +16,14 @@
 //!
 //! The variance is the biased one with ε inside the square root, as in Burn and PyTorch.
 //! Non-affine norms, other dtypes and other backends use Burn's `GroupNorm::forward`.
+//!
+//! Half-precision (bf16, f16) inputs are normalised in f32 and the result rounded back, as
+//! under PyTorch's autocast, which runs `group_norm` in f32: bf16 keeps 8 significant bits,
+//! too few for x − μ and its square (Burn widens only f16's statistics, not bf16's).
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::GroupNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 /// [`GroupNorm::forward`], fused on Flex.
 ///
@@ -39,6 +44,12 @@ pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Te
 
 /// GroupNorm, then SiLU if `silu`: the fused kernels where they apply, Burn's ops otherwise.
 fn fused<const D: usize>(norm: &GroupNorm, input: Tensor<D>, silu: bool) -> Tensor<D> {
+    let dtype = input.dtype();
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        // The casts are autodiff nodes: gradients reach the half-precision input and parameters.
+        let norm = norm.clone().map(&mut CastParams(FloatDType::F32));
+        return fused(&norm, input.cast(FloatDType::F32), silu).cast(FloatDType::from(dtype));
+    }
     #[cfg(feature = "flex")]
     let input = match (&norm.gamma, &norm.beta) {
         (Some(gamma), Some(beta)) => {
@@ -57,6 +68,16 @@ fn fused<const D: usize>(norm: &GroupNorm, input: Tensor<D>, silu: bool) -> Tens
         crate::silu::silu(y)
     } else {
         y
+    }
+}
+
+/// Casts every float parameter of a module, inside the autodiff graph.
+struct CastParams(FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
     }
 }
 
@@ -322,5 +343,42 @@ mod tests {
             assert!(relative_error(dg, rg) < 1e-5, "{case}: dγ");
             assert!(relative_error(db, rb) < 1e-5, "{case}: dβ");
         }
+    }
+
+    #[test]
+    fn half_inputs_are_normalised_in_f32_and_rounded_back() {
+        let device = Device::flex().autodiff();
+        let shape = [2, 16, 6, 6];
+        // f32 parameters cast to bf16 in the graph, as `UNet::autocast` does.
+        let master = norm(4, 16, &device);
+        let half = master.clone().map(&mut CastParams(FloatDType::BF16));
+        // A large mean against the spread: x − μ in bf16 would keep few significant bits.
+        let x = Tensor::<4>::random(shape, Distribution::Normal(24.0, 1.0), &device)
+            .cast(FloatDType::BF16)
+            .require_grad();
+        let before = calls(Kernel::GroupNorm, Pass::Forward);
+        let y = group_norm_silu(&half, x.clone());
+        assert_eq!(y.dtype(), DType::BF16);
+        assert!(
+            calls(Kernel::GroupNorm, Pass::Forward) > before,
+            "the f32 computation did not reach the fused kernel"
+        );
+        // Exact arithmetic on the same bf16 values, in f32 throughout.
+        let exact = burn::tensor::activation::silu(
+            half.clone()
+                .map(&mut CastParams(FloatDType::F32))
+                .forward(x.clone().cast(FloatDType::F32)),
+        );
+        let err = relative_error(y.clone().cast(FloatDType::F32), exact);
+        // One rounding to bf16 (unit roundoff 2⁻⁹ relative).
+        assert!(err < 4e-3, "relative error {err}");
+        let grads = y.cast(FloatDType::F32).sum().backward();
+        let dx = x.grad(&grads).expect("the half input has a gradient");
+        assert_eq!(dx.dtype(), DType::BF16);
+        let dgamma = master.gamma.as_ref().unwrap().val().grad(&grads);
+        assert_eq!(
+            dgamma.expect("the f32 γ has a gradient").dtype(),
+            DType::F32
+        );
     }
 }

@@ -12,10 +12,13 @@
 //! `∂L/∂V = ∂L/∂O·Pᵀ`, `∂L/∂P = Vᵀ·∂L/∂O`, `∂L/∂S = P ⊙ (∂L/∂P − Σ_j P ⊙ ∂L/∂P)`,
 //! `∂L/∂Q = K·∂L/∂S / √d`, `∂L/∂K = Q·∂L/∂Sᵀ / √d`.
 //! For maps larger than 8×8 and on other backends it is Burn's own attention.
+//!
+//! Half-precision (bf16, f16) inputs are attended in f32 and the result rounded back: the
+//! scores' softmax needs more than bf16's 8 significant bits.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 /// Self-attention of the `num_heads` heads in `qkv`, whose channels are Q, then K, then V
 /// (each `C` channels, head `h` being channels `h·d..(h + 1)·d` of each, `d = C / num_heads`).
@@ -24,6 +27,10 @@ use burn::tensor::Tensor;
 /// - `qkv`: `[batch, 3·C, height, width]`
 /// - output: `[batch, C, height, width]`, channel `h·d + e` = component `e` of head `h`.
 pub fn self_attention(qkv: Tensor<4>, num_heads: usize) -> Tensor<4> {
+    let dtype = qkv.dtype();
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        return self_attention(qkv.cast(FloatDType::F32), num_heads).cast(FloatDType::from(dtype));
+    }
     #[cfg(feature = "flex")]
     let qkv = match flex::try_attention(qkv, num_heads) {
         Ok(y) => return y,

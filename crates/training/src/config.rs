@@ -5,7 +5,7 @@
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use datasets::Dataset;
 use diffusion::sampler::SamplerSettings;
-use diffusion::ModelConfig;
+use diffusion::{ModelConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::ema::Ema;
@@ -81,6 +81,10 @@ pub struct TrainConfig {
     /// Changes speed on a GPU, never results: a resumed run may use another value.
     #[serde(default = "one")]
     pub sync_every: u64,
+    /// The dtype of the forward and backward passes; parameters, gradients, AdamW state and
+    /// EMA stay f32 (`diffusion::precision`). Changes results: a resumed run keeps it.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> u64 {
@@ -122,6 +126,7 @@ impl TrainConfig {
             sample_seed: 0,
             log_every: 10,
             sync_every: 1,
+            precision: Precision::F32,
         }
     }
 

@@ -65,7 +65,8 @@ pub struct PendingStep {
     pub sum_squares: Tensor<1>,
 }
 
-/// x_t, the model's prediction and the loss of step `batch.step`, on the autodiff `device`.
+/// x_t, the model's prediction (in `config.precision`) and the f32 loss of step `batch.step`,
+/// on the autodiff `device`.
 fn forward_loss(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
@@ -81,7 +82,8 @@ fn forward_loss(
     let xt = q_sample(schedule, x0.clone(), &rnd.timesteps, noise.clone());
     let t_f64: Vec<f64> = rnd.timesteps.iter().map(|&t| t as f64).collect();
     let labels = config.model.unet.num_classes.map(|_| rnd.labels.as_slice());
-    let output = model.forward(xt, &t_f64, labels);
+    // Under bf16 the f32 parameters are cast inside the graph: the gradients reach them in f32.
+    let output = model.autocast(config.precision).forward(xt, &t_f64, labels);
     let target = config
         .model
         .prediction_type
@@ -173,7 +175,8 @@ pub fn read_back(pending: &[PendingStep]) -> Vec<StepOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diffusion::{ModelConfig, UNetConfig};
+    use burn::tensor::FloatDType;
+    use diffusion::{ModelConfig, Precision, UNetConfig};
 
     #[test]
     fn label_dropout_rate_is_p() {
@@ -235,61 +238,75 @@ mod tests {
 
     #[test]
     fn a_step_is_a_function_of_model_batch_and_seed_and_updates_the_model() {
-        let (config, schedule, device) = tiny();
+        let (mut config, schedule, device) = tiny();
+        // No dropout: its masks come from Burn's process-global RNG, which the tests running
+        // beside this one draw from too (tests/train.rs covers dropout under bf16).
+        config.model.unet.dropout = 0.0;
         device.seed(1);
-        let model = config.model.unet.init(&device).unwrap();
+        // Random weights throughout (the output convolution starts at zero, which would make
+        // the first loss independent of everything the precision changes).
+        let model = config.model.unet.init(&device).unwrap().randomize(2, 0.05);
         let before = conv_out(&model);
-        let run = || {
-            let mut optim = config.optimizer();
-            train_step(
-                &config,
-                &schedule,
-                model.clone(),
-                &mut optim,
-                batch(5, 1.0),
-                1e-3,
-                &device,
-            )
-        };
-        let (a, oa) = run();
-        let (b, ob) = run();
-        assert!(
-            !oa.skipped && oa.loss.is_finite() && oa.grad_norm > 0.0,
-            "{oa:?}"
-        );
-        assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "same step, same loss");
-        assert_eq!(conv_out(&a), conv_out(&b), "same step, same update");
-        assert_ne!(conv_out(&a), before, "the step changed the weights");
-        // Another step index draws other timesteps and noise.
-        let mut optim = config.optimizer();
-        let (_, oc) = train_step(
-            &config,
-            &schedule,
-            model.clone(),
-            &mut optim,
-            batch(6, 1.0),
-            1e-3,
-            &device,
-        );
-        assert_ne!(oa.loss.to_bits(), oc.loss.to_bits());
+        let mut loss_f32 = None;
+        for precision in [Precision::F32, Precision::Bf16] {
+            config.precision = precision;
+            let run = |step: u64| {
+                let mut optim = config.optimizer();
+                train_step(
+                    &config,
+                    &schedule,
+                    model.clone(),
+                    &mut optim,
+                    batch(step, 1.0),
+                    1e-3,
+                    &device,
+                )
+            };
+            let ((a, oa), (b, ob)) = (run(5), run(5));
+            assert!(
+                !oa.skipped && oa.loss.is_finite() && oa.grad_norm > 0.0,
+                "{precision}: {oa:?}"
+            );
+            assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "same step, same loss");
+            assert_eq!(conv_out(&a), conv_out(&b), "same step, same update");
+            assert_ne!(conv_out(&a), before, "the step changed the weights");
+            // The master weights stay f32 whatever the step computed in.
+            assert_eq!(a.compute_dtype(), FloatDType::F32);
+            // Another step index draws other timesteps and noise.
+            assert_ne!(oa.loss.to_bits(), run(6).1.loss.to_bits());
+            match loss_f32 {
+                None => loss_f32 = Some(oa.loss),
+                // bf16 rounds (so the loss differs) but computes the same step.
+                Some(l) => {
+                    assert_ne!(oa.loss.to_bits(), l.to_bits(), "bf16 computed in f32");
+                    assert!((oa.loss / l - 1.0).abs() < 0.02, "{} vs {l}", oa.loss);
+                }
+            }
+        }
     }
 
     #[test]
     fn a_non_finite_batch_is_skipped_and_changes_nothing() {
-        let (config, schedule, device) = tiny();
-        let model = config.model.unet.init(&device).unwrap();
-        let before = conv_out(&model);
-        let mut optim = config.optimizer();
-        let (after, outcome) = train_step(
-            &config,
-            &schedule,
-            model,
-            &mut optim,
-            batch(0, f32::NAN),
-            1e-3,
-            &device,
-        );
-        assert!(outcome.skipped && !outcome.loss.is_finite(), "{outcome:?}");
-        assert_eq!(conv_out(&after), before);
+        let (mut config, schedule, device) = tiny();
+        for precision in [Precision::F32, Precision::Bf16] {
+            config.precision = precision;
+            let model = config.model.unet.init(&device).unwrap();
+            let before = conv_out(&model);
+            let mut optim = config.optimizer();
+            let (after, outcome) = train_step(
+                &config,
+                &schedule,
+                model,
+                &mut optim,
+                batch(0, f32::NAN),
+                1e-3,
+                &device,
+            );
+            assert!(
+                outcome.skipped && !outcome.loss.is_finite(),
+                "{precision}: {outcome:?}"
+            );
+            assert_eq!(conv_out(&after), before);
+        }
     }
 }

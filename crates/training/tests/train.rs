@@ -117,3 +117,30 @@ fn resume_reproduces_the_uninterrupted_run_and_export_matches_checkpoint() {
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
 }
+
+#[test]
+fn bf16_training_learns_keeps_f32_weights_and_resumes_exactly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex();
+    let mut config = tiny_config(60);
+    config.precision = diffusion::Precision::Bf16;
+    let a = run_dir("bf16");
+    let full = train(&config, fixture(), &a, None, &device, &mut Quiet).unwrap();
+    assert_eq!(full.skipped_total, 0);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&full.losses[..10]), mean(&full.losses[50..]));
+    assert!(last < 0.6 * first, "loss {first:.4} → {last:.4}");
+    // The run's record says how it computed; its weights are the f32 masters.
+    let saved: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved.precision, diffusion::Precision::Bf16);
+    let (exported, _) = load_model(&a.join("ema.safetensors"), &device).unwrap();
+    assert_eq!(exported.compute_dtype(), burn::tensor::FloatDType::F32);
+    // Resume from step 54 in a fresh directory: the same last six losses, bit for bit.
+    let b = run_dir("bf16-resumed");
+    let ckpt = a.join("checkpoints/step-00000054");
+    let resumed = train(&config, fixture(), &b, Some(&ckpt), &device, &mut Quiet).unwrap();
+    assert_eq!(resumed.losses, full.losses[54..].to_vec());
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}

@@ -8,7 +8,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::{
     Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use flex_kernels as kernels;
 
 use super::config::BlockPlan;
@@ -144,6 +144,12 @@ impl UNet {
         self.config.num_classes
     }
 
+    /// The dtype the forward pass computes in: its parameters' (f32, or bf16 after
+    /// [`UNet::autocast`]).
+    pub fn compute_dtype(&self) -> FloatDType {
+        self.conv_in.weight.val().dtype().into()
+    }
+
     /// The combined time (+ class) embedding, after the SiLU every ResBlock applies to it.
     fn embedding(
         &self,
@@ -152,7 +158,8 @@ impl UNet {
         device: &Device,
     ) -> Tensor<2> {
         let b = timesteps.len();
-        let t = timestep_embedding(timesteps, self.config.base_channels, device);
+        let t = timestep_embedding(timesteps, self.config.base_channels, device)
+            .cast(self.compute_dtype());
         let mut emb = self
             .time_embed_2
             .forward(kernels::silu(self.time_embed_1.forward(t)));
@@ -184,6 +191,9 @@ impl UNet {
     /// there in `f64` so every backend sees identical inputs. A label equal to `num_classes` is
     /// the null class; `None` means null for every sample.
     ///
+    /// The pass computes in the parameters' dtype ([`UNet::compute_dtype`]): `x` is cast to it
+    /// and the output back to `x`'s dtype (no-ops when they agree).
+    ///
     /// # Shapes
     /// - `x`: `[batch, in_channels, resolution, resolution]`; `timesteps`, `class_labels`:
     ///   `batch` values.
@@ -196,6 +206,8 @@ impl UNet {
     ) -> Tensor<4> {
         let [b, _, _, _] = x.dims();
         assert_eq!(timesteps.len(), b, "one timestep per sample");
+        let out_dtype: FloatDType = x.dtype().into();
+        let x = x.cast(self.compute_dtype());
         let emb = self.embedding(timesteps, class_labels, &x.device());
         let mut h = kernels::conv2d(&self.conv_in, x);
         let mut skips = vec![h.clone()];
@@ -227,7 +239,7 @@ impl UNet {
                 h = up.forward(h);
             }
         }
-        kernels::conv2d(&self.conv_out, kernels::group_norm_silu(&self.norm_out, h))
+        kernels::conv2d(&self.conv_out, kernels::group_norm_silu(&self.norm_out, h)).cast(out_dtype)
     }
 }
 

@@ -1,0 +1,224 @@
+//! Mixed precision: the dtype a forward pass computes in, with the parameters kept in f32.
+//!
+//! Burn 0.22.1 has no autocast and no per-module dtype policy; a device has one default float
+//! dtype. What it does have is a differentiable [`Tensor::cast`], whose backward casts the
+//! gradient back to the source dtype. So mixed precision is built the way PyTorch's autocast
+//! behaves for a training step (Micikevicius et al., 2018, "Mixed Precision Training", §3.1):
+//!
+//! - the f32 parameters stay the master copy that the optimiser, the EMA, gradient clipping and
+//!   the checkpoints see;
+//! - each step casts them to the compute dtype **inside the autodiff graph**
+//!   ([`UNet::autocast`]), so the backward pass runs in bf16 and each gradient reaches its
+//!   f32 master through the cast's backward as an f32 tensor;
+//! - the U-Net casts its input and time embedding to its parameters' dtype and its output
+//!   back to the input's dtype ([`UNet::forward`]), so the loss is computed in f32;
+//! - GroupNorm and attention's softmax run in f32 on bf16 inputs (`flex_kernels::group_norm`,
+//!   `flex_kernels::self_attention`), as they do under autocast: bf16 keeps 8 significant bits,
+//!   too few for x − μ, its square, or the exponentials of a softmax.
+//!
+//! bf16 has f32's exponent range, so no loss scaling is needed (unlike f16).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::unet::UNet;
+
+/// The dtype a training step computes in (accelerate's `mixed_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Forward and backward in bf16, parameters, gradients and optimiser state in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the forward and backward passes compute in.
+    pub fn compute_dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    /// Parses `f32` (also `fp32`, `no`) or `bf16`.
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "f32" | "fp32" | "no" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(Error::UnknownPrecision(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl UNet {
+    /// The model as it computes under `precision`: for f32 a clone (no copy of the weights);
+    /// otherwise each parameter cast to the compute dtype. On an autodiff device the casts are
+    /// nodes of the graph, so the gradients of a loss computed with the returned model reach
+    /// `self`'s parameters, in f32: use `GradientsParams::from_grads(grads, self)`.
+    pub fn autocast(&self, precision: Precision) -> UNet {
+        match precision {
+            Precision::F32 => self.clone(),
+            _ => self.clone().map(&mut CastParams(precision.compute_dtype())),
+        }
+    }
+}
+
+/// Casts every float parameter, keeping the cast in the graph (no detach, no new leaf).
+struct CastParams(FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unet::UNetConfig;
+    use burn::module::ModuleVisitor;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{DType, Device, TensorData};
+
+    fn tiny() -> UNetConfig {
+        UNetConfig {
+            base_channels: 16,
+            channel_mults: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![4],
+            resolution: 8,
+            num_classes: Some(3),
+            num_heads: 2,
+            norm_groups: 4,
+            ..UNetConfig::mnist()
+        }
+    }
+
+    /// The dtypes of every float parameter.
+    fn dtypes(m: &UNet) -> Vec<DType> {
+        struct Dtypes(Vec<DType>);
+        impl ModuleVisitor for Dtypes {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                self.0.push(p.val().dtype());
+            }
+        }
+        let mut v = Dtypes(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    fn input(device: &Device) -> (Tensor<4>, Vec<f64>, Vec<usize>) {
+        let mut rng = crate::NoiseRng::new(5);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(rng.normal_vec(2 * 64), [2, 1, 8, 8]),
+            device,
+        );
+        (x, vec![10.0, 900.0], vec![0, 3])
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec().unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{p}\""));
+        }
+        let e = "fp16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
+    }
+
+    #[test]
+    fn bf16_forward_follows_the_f32_forward_and_returns_the_input_dtype() {
+        let device = Device::flex();
+        device.seed(1);
+        let model = tiny().init(&device).unwrap().randomize(2, 0.1);
+        let (x, t, y) = input(&device);
+        let reference = values(model.forward(x.clone(), &t, Some(&y)));
+        let cast = model.autocast(Precision::Bf16);
+        assert!(dtypes(&cast).iter().all(|&d| d == DType::BF16));
+        assert!(dtypes(&model).iter().all(|&d| d == DType::F32));
+        let out = cast.forward(x, &t, Some(&y));
+        assert_eq!(out.dtype(), DType::F32);
+        let out = values(out);
+        // Relative to the output's scale: bf16's unit roundoff is 2⁻⁸ ≈ 0.4 %, compounded
+        // over a dozen layers.
+        let scale = reference.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        let err = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(scale > 0.1, "a trivial output proves nothing: {scale}");
+        assert!(err < 0.05 * scale, "max |Δ| {err} against scale {scale}");
+        // … and it is not the f32 computation under another name.
+        assert!(err > 0.0);
+    }
+
+    #[test]
+    fn gradients_reach_the_f32_parameters() {
+        let device = Device::flex().autodiff();
+        device.seed(1);
+        let model = tiny().init(&device).unwrap().randomize(2, 0.1);
+        let grads_of = |precision: Precision| {
+            let (x, t, y) = input(&device);
+            let loss = model
+                .autocast(precision)
+                .forward(x, &t, Some(&y))
+                .powi_scalar(2)
+                .mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut all = Vec::new();
+            struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
+            impl ModuleVisitor for Collect<'_> {
+                fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                    let g = self
+                        .0
+                        .get::<D>(p.id)
+                        .expect("every parameter has a gradient");
+                    assert_eq!(g.dtype(), DType::F32, "gradients are f32");
+                    self.1.extend(g.into_data().try_into_vec::<f32>().unwrap());
+                }
+            }
+            model.visit(&mut Collect(&grads, &mut all));
+            all
+        };
+        let (g32, g16) = (grads_of(Precision::F32), grads_of(Precision::Bf16));
+        assert_eq!(g32.len(), g16.len());
+        let dot: f64 = g32
+            .iter()
+            .zip(&g16)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let n32: f64 = g32.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let n16: f64 = g16.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (n32 * n16);
+        assert!(n32 > 0.0 && cosine > 0.99, "cosine {cosine}");
+        assert!((n16 / n32 - 1.0).abs() < 0.05, "norms {n16} vs {n32}");
+    }
+}
