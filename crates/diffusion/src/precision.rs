@@ -75,7 +75,7 @@ impl UNet {
     /// The model as it computes under `precision`: for f32 a clone (no copy of the weights);
     /// otherwise each parameter cast to the compute dtype. On an autodiff device the casts are
     /// nodes of the graph, so the gradients of a loss computed with the returned model reach
-    /// `self`'s parameters, in f32: use `GradientsParams::from_grads(grads, self)`.
+    /// `self`'s parameters, in f32 (`GradientsParams::from_grads(grads, self)`).
     pub fn autocast(&self, precision: Precision) -> UNet {
         match precision {
             Precision::F32 => self.clone(),
@@ -99,7 +99,6 @@ mod tests {
     use super::*;
     use crate::unet::UNetConfig;
     use burn::module::ModuleVisitor;
-    use burn::optim::GradientsParams;
     use burn::tensor::{DType, Device, TensorData};
 
     fn tiny() -> UNetConfig {
@@ -192,15 +191,12 @@ mod tests {
                 .forward(x, &t, Some(&y))
                 .powi_scalar(2)
                 .mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = loss.backward();
             let mut all = Vec::new();
-            struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
+            struct Collect<'a>(&'a burn::tensor::Gradients, &'a mut Vec<f32>);
             impl ModuleVisitor for Collect<'_> {
                 fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                    let g = self
-                        .0
-                        .get::<D>(p.id)
-                        .expect("every parameter has a gradient");
+                    let g = p.val().grad(self.0).expect("every parameter has a gradient");
                     assert_eq!(g.dtype(), DType::F32, "gradients are f32");
                     self.1.extend(g.into_data().try_into_vec::<f32>().unwrap());
                 }
