@@ -249,6 +249,12 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             16
         });
     config.validate(&dataset)?;
+    if config.precision == Precision::Bf16 && matches!(a.device.as_str(), "cpu" | "flex") {
+        eprintln!(
+            "note: bf16 on the CPU is correct but slower than f32 (Burn's flex has no bf16 \
+             arithmetic and widens every op); it is meant for GPUs"
+        );
+    }
     let mut observer = TrainBar::new(config.steps);
     let summary = train(
         &config,

@@ -12,9 +12,10 @@
 //!   f32 master through the cast's backward as an f32 tensor;
 //! - the U-Net casts its input and time embedding to its parameters' dtype and its output
 //!   back to the input's dtype ([`UNet::forward`]), so the loss is computed in f32;
-//! - GroupNorm and attention's softmax run in f32 on bf16 inputs (`flex_kernels::group_norm`,
-//!   `flex_kernels::self_attention`), as they do under autocast: bf16 keeps 8 significant bits,
-//!   too few for x − μ, its square, or the exponentials of a softmax.
+//! - GroupNorm runs in f32 on bf16 inputs (`flex_kernels::group_norm`), as under autocast:
+//!   bf16 keeps 8 significant bits, too few for x − μ and its square. So does attention
+//!   (`flex_kernels::self_attention`): autocast's fused attention keeps its softmax statistics
+//!   in f32 inside the kernel, and Burn's attention makes no such promise.
 //!
 //! bf16 has f32's exponent range, so no loss scaling is needed (unlike f16).
 
@@ -196,7 +197,10 @@ mod tests {
             struct Collect<'a>(&'a burn::tensor::Gradients, &'a mut Vec<f32>);
             impl ModuleVisitor for Collect<'_> {
                 fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                    let g = p.val().grad(self.0).expect("every parameter has a gradient");
+                    let g = p
+                        .val()
+                        .grad(self.0)
+                        .expect("every parameter has a gradient");
                     assert_eq!(g.dtype(), DType::F32, "gradients are f32");
                     self.1.extend(g.into_data().try_into_vec::<f32>().unwrap());
                 }
