@@ -10,8 +10,10 @@
 //! with its own noise stream. The model's forward is batch-invariant, so a request's pixels are
 //! the same as when it runs alone. When the queue is full, [`Pool::submit`] refuses at once so the
 //! handler can answer 503. A request too large for `max_batch` runs alone. A panic (a bug) fails
-//! only the request it struck where that is known (the model call, starting a request) and
-//! otherwise the requests in flight; the executor itself always goes on serving.
+//! only the request it struck where that is known (starting a request; a model call that fails
+//! is retried one request at a time from the states before it, so only a request that fails
+//! alone is answered with the error) and otherwise the requests in flight; the executor itself
+//! always goes on serving.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -52,6 +54,8 @@ struct Run {
     task: Task,
     state: SamplingState,
     admitted: Instant,
+    /// Why its last step failed when it was retried alone (it is then answered with this).
+    failed: Option<String>,
 }
 
 /// Why a job was not accepted.
@@ -159,6 +163,7 @@ impl Executor {
                 task,
                 state,
                 admitted: Instant::now(),
+                failed: None,
             });
         }
     }
@@ -214,7 +219,10 @@ impl Executor {
         }
     }
 
-    /// One step of every request in flight, in one model call.
+    /// One step of every request in flight, in one model call. When that call fails (an error
+    /// or a panic) with several requests in it, each is stepped again alone from its state
+    /// before the call, so that only a request that fails by itself is answered with the error:
+    /// the model's forward is batch-invariant, so the others' pixels do not change.
     fn step(&mut self) {
         self.finish(
             |r| r.task.cancelled.load(Ordering::Relaxed),
@@ -225,25 +233,25 @@ impl Executor {
         }
         let rows = self.rows();
         let started = Instant::now();
-        let model = &self.model;
-        let active = &mut self.active;
-        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut batch: Vec<(&mut SamplingState, &AnyScheduler)> = active
-                .iter_mut()
-                .map(|r| (&mut r.state, &r.task.job.scheduler))
-                .collect();
-            step_together(model, &mut batch).map(|_| ())
-        }));
-        match stepped {
-            Ok(Ok(())) => {}
-            failed => {
-                let message = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => INTERNAL_ERROR.into(),
-                };
+        // Cheap: a state's tensor is shared, not copied.
+        let before: Vec<SamplingState> = if self.active.len() > 1 {
+            self.active.iter().map(|r| r.state.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(message) = step_guarded(&self.model, &mut self.active) {
+            if before.is_empty() {
                 self.finish(|_| true, |_| Err(message.clone()));
                 return;
             }
+            for (run, state) in self.active.iter_mut().zip(before) {
+                run.state = state;
+                run.failed = step_guarded(&self.model, std::slice::from_mut(run)).err();
+            }
+            self.finish(
+                |r| r.failed.is_some(),
+                |r| Err(r.failed.clone().unwrap_or_default()),
+            );
         }
         self.metrics
             .observe_iteration(rows, started.elapsed().as_secs_f64());
@@ -269,6 +277,27 @@ impl Executor {
                 })
             },
         );
+    }
+}
+
+/// One step of every run in `runs` in one model call ([`step_together`]), a panic in it (a
+/// bug) answered as [`INTERNAL_ERROR`].
+fn step_guarded(model: &UNet, runs: &mut [Run]) -> Result<(), String> {
+    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if runs.iter().any(|r| r.task.job.seed == tests::PANIC_IN_STEP) {
+            panic!("a bug in the model call (test)");
+        }
+        let mut batch: Vec<(&mut SamplingState, &AnyScheduler)> = runs
+            .iter_mut()
+            .map(|r| (&mut r.state, &r.task.job.scheduler))
+            .collect();
+        step_together(model, &mut batch).map(|_| ())
+    }));
+    match stepped {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(INTERNAL_ERROR.into()),
     }
 }
 
@@ -359,6 +388,8 @@ pub(crate) mod tests {
     /// Seeds that make `start` or the answer of a finished request panic, as a bug would.
     pub(crate) const PANIC_IN_START: u64 = 0xdead_0001;
     pub(crate) const PANIC_IN_FINISH: u64 = 0xdead_0002;
+    /// A seed that makes every model call it takes part in panic.
+    pub(crate) const PANIC_IN_STEP: u64 = 0xdead_0003;
 
     fn pool() -> (Pool, ModelConfig) {
         let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![])
@@ -370,9 +401,14 @@ pub(crate) mod tests {
             .init(&Device::flex())
             .unwrap()
             .randomize(1, 0.05);
+        // One file per pool: the tests run in parallel.
+        static POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!("server-worker-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tiny.safetensors");
+        let path = dir.join(format!(
+            "tiny-{}.safetensors",
+            POOLS.fetch_add(1, Ordering::Relaxed)
+        ));
         save_model(&model, &config, &path, false).unwrap();
         let weights = Arc::new(std::fs::read(&path).unwrap());
         let metrics = Arc::new(Metrics::default());
@@ -420,6 +456,34 @@ pub(crate) mod tests {
         assert!(failed.is_err());
         let after = answer(&pool, job(&config, 8));
         assert_eq!(after.expect("served after the panic").pngs.len(), 1);
+        assert_eq!(pool.metrics.queue_depth.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.metrics.in_progress.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_failing_model_call_fails_only_the_request_that_fails_alone() {
+        let (pool, config) = pool();
+        let long = |seed| {
+            let mut j = job(&config, seed);
+            j.scheduler = config
+                .scheduler(&SamplerSettings {
+                    sampler: SamplerKind::Ddim,
+                    num_inference_steps: 40,
+                    eta: 0.0,
+                    use_karras_sigmas: false,
+                })
+                .unwrap();
+            j
+        };
+        // Queued together, so they share model calls until the healthy one finishes.
+        let healthy = pool.submit(long(7)).expect("queued");
+        let poisoned = answer(&pool, long(PANIC_IN_STEP));
+        assert_eq!(poisoned.unwrap_err(), INTERNAL_ERROR);
+        let healthy = healthy.result.blocking_recv().expect("answered");
+        let healthy = healthy.expect("the request beside the failing one finishes");
+        // With the same pixels as when it runs alone.
+        let alone = answer(&pool, long(7)).expect("served alone");
+        assert_eq!(healthy.pngs, alone.pngs);
         assert_eq!(pool.metrics.queue_depth.load(Ordering::Relaxed), 0);
         assert_eq!(pool.metrics.in_progress.load(Ordering::Relaxed), 0);
     }

@@ -109,7 +109,9 @@ pub struct ModelQuery {
 /// scheduler's memory, the noise generator and the step index. Steps are split in two so that
 /// several runs can share one model call ([`super::step_together`]): [`Self::query`] says what
 /// to predict, [`Self::advance`] takes the prediction and does guidance and the scheduler step.
-/// [`Sampling`] is the same with the model and scheduler attached.
+/// [`Sampling`] is the same with the model and scheduler attached. A clone is cheap (the
+/// tensor is shared) and continues exactly as the original would: a snapshot to retry a step.
+#[derive(Clone)]
 pub struct SamplingState {
     sample: Tensor<4>,
     state: SchedulerState,
