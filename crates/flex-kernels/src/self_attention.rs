@@ -205,6 +205,25 @@ mod tests {
     }
 
     #[test]
+    fn half_inputs_are_attended_in_f32_and_rounded_back() {
+        let device = Device::flex().autodiff();
+        let qkv = Tensor::<4>::random([2, 3 * 32, 6, 6], Distribution::Normal(0.0, 3.0), &device)
+            .cast(FloatDType::BF16)
+            .require_grad();
+        let before = calls(Kernel::SelfAttention, Pass::Forward);
+        let y = self_attention(qkv.clone(), 4);
+        assert_eq!(y.dtype(), DType::BF16);
+        // The fused kernel takes f32 only: the count proves the f32 computation.
+        assert!(calls(Kernel::SelfAttention, Pass::Forward) > before);
+        let exact = burn_attention(qkv.clone().cast(FloatDType::F32), 4);
+        let err = relative_error(y.clone().cast(FloatDType::F32), exact);
+        // One rounding to bf16 (unit roundoff 2⁻⁹ relative).
+        assert!(err < 4e-3, "relative error {err}");
+        let grads = y.cast(FloatDType::F32).sum().backward();
+        assert_eq!(qkv.grad(&grads).expect("qkv grad").dtype(), DType::BF16);
+    }
+
+    #[test]
     fn fused_attention_gradients_match_burn() {
         let device = Device::flex().autodiff();
         for (b, c, h, w, heads) in CASES {

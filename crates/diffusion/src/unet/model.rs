@@ -147,7 +147,9 @@ impl UNet {
     /// The dtype the forward pass computes in: its parameters' (f32, or bf16 after
     /// [`UNet::autocast`]).
     pub fn compute_dtype(&self) -> FloatDType {
-        self.conv_in.weight.val().dtype().into()
+        // The first parameter the forward touches, so a lazily initialised model draws its
+        // values in the same order as before this was asked.
+        self.time_embed_1.weight.val().dtype().into()
     }
 
     /// The combined time (+ class) embedding, after the SiLU every ResBlock applies to it.
