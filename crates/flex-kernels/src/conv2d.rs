@@ -297,9 +297,24 @@ mod gemm;
 #[cfg(feature = "flex")]
 mod geometry;
 #[cfg(feature = "flex")]
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", feature = "wasm-relaxed-simd")
+    )),
+    allow(dead_code)
+)]
+mod grid;
+#[cfg(feature = "flex")]
 mod im2col;
 #[cfg(feature = "flex")]
 mod scratch;
+#[cfg(feature = "flex")]
+#[cfg_attr(
+    not(all(target_arch = "wasm32", feature = "wasm-relaxed-simd")),
+    allow(dead_code)
+)]
+mod wasm_direct;
 #[cfg(feature = "flex")]
 #[cfg_attr(
     not(all(target_arch = "wasm32", feature = "wasm-relaxed-simd")),

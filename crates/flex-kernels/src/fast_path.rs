@@ -14,7 +14,7 @@ use std::cell::Cell;
 pub enum Kernel {
     /// Convolution through im2col + `gemm` (or its dispatcher, which may go direct).
     Conv2d,
-    /// The direct AVX-512 stride-1 convolution.
+    /// A direct stride-1 convolution: AVX-512, or relaxed SIMD on WebAssembly.
     Conv2dDirect,
     /// GroupNorm (with or without the SiLU folded in).
     GroupNorm,

@@ -1,13 +1,9 @@
 //! Direct stride-1 convolution on AVX-512: no im2col matrix and no packed copy of the input.
 //!
-//! A group of images is copied once into a zero-padded buffer, one lane per input channel,
-//! whose rows are `W_p = W + max(left, right padding)` wide (a row's right padding is the next
-//! row's left padding), the images stacked vertically and sharing the zero rows between them. In that buffer the output pixel at grid position `q = row · W_p +
-//! col` reads tap `(i, j)` at `q + i · W_p + j` for *every* `q`, so the im2col row of
-//! `(c, i, j)` is lane `c` read at a constant offset, and the product
-//! `Y[m, q] = b[m] + Σ_{c,i,j} W[m, c, i, j] · X_pad[c, q + i·W_p + j]` streams it in place. The
-//! grid's extra positions (the padding column right of each row, the shared rows between
-//! images) are computed and dropped: 7 % of the work at 28×28 and 3×3, 13 % at 14×14 — less than
+//! The images lie on the zero-padded grid of `super::grid` (one lane per input channel, the
+//! im2col row of `(c, i, j)` being lane `c` read at a constant offset), and the product
+//! `Y[m, q] = b[m] + Σ_{c,i,j} W[m, c, i, j] · X_pad[c, q + i·W_p + j]` streams it in place.
+//! The grid's extra positions cost 7 % of the work at 28×28 and 3×3, 13 % at 14×14 — less than
 //! the 9× copy of im2col plus the gemm crate's packing of that copy.
 //!
 //! The micro-kernel holds an `MR × 16·NV` block of Y in 24 registers: per tap it loads `NV`
@@ -16,6 +12,7 @@
 //! only the lanes of real pixels (consecutive in the output, image by image).
 
 use super::geometry::Geometry;
+use super::grid::Grid;
 #[cfg(feature = "autodiff")]
 use super::scratch::aligned;
 use super::scratch::{sized, Scratch, Shared};
@@ -47,13 +44,8 @@ struct Segment {
 
 /// Where a convolution's grid and buffers lie; the same for every group of images.
 pub(super) struct Plan {
-    g: Geometry,
-    /// Padded row width `W_p`.
-    width: usize,
-    /// Grid rows from one image's first row to the next one's.
-    image_rows: usize,
-    /// Images per group.
-    group: usize,
+    /// The grid and the groups of images.
+    grid: Grid,
     /// Floats per channel lane of the padded buffer.
     lane: usize,
     /// Offset of each kernel tap `(i, j)` in the padded buffer, row-major.
@@ -72,43 +64,17 @@ impl Plan {
     /// of groups that the threads share evenly.
     pub(super) fn new(g: &Geometry, min_positions: usize) -> Option<Self> {
         let avx512 = crate::flex_tensor::avx512() && std::is_x86_feature_detected!("avx512vl");
-        if g.stride != [1, 1] || g.dilation != [1, 1] || !avx512 {
+        if !avx512 {
             return None;
         }
+        let grid = Grid::new(g, min_positions)?;
         let [kh, kw] = g.kernel;
-        // A row holds the image row and its left padding; the right padding is the next row's
-        // left padding (a read past a row's end lands there): at least the k_w − 1 − left
-        // columns the last outputs read beyond the image, and a whole output row.
-        let width = (g.width + g.pad[1])
-            .max(g.width_out + kw - 1 - g.pad[1].min(kw - 1))
-            .max(g.width_out);
-        // Rows of padding below the image (stride 1: H_out = H + top + bottom − k_h + 1).
-        let below = (g.height_out + kh - 1).checked_sub(g.height + g.pad[0])?;
-        // Consecutive images share zero rows: as many as both paddings have, and fewer than
-        // k_h (so every grid row still belongs to one image).
-        let image_rows = g.height_out + kh - 1 - g.pad[0].min(below).min(kh - 1);
-        let positions = |n: usize| ((n - 1) * image_rows + g.height_out) * width;
-        let smallest = (1..=g.batch)
-            .find(|&n| positions(n) >= min_positions)
-            .unwrap_or(g.batch);
-        let threads = rayon::current_num_threads();
-        let mut groups = g.batch.div_ceil(smallest);
-        if g.batch >= threads {
-            groups = groups.next_multiple_of(threads);
-        }
-        let group = g.batch.div_ceil(groups);
-        let tiles = positions(group).div_ceil(TILE);
-        let lane = (tiles * TILE + (kh - 1) * width + kw - 1).next_multiple_of(16);
-        let offsets = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| i * width + j))
-            .collect();
+        let tiles = grid.positions(grid.group).div_ceil(TILE);
+        let lane = (tiles * TILE + (kh - 1) * grid.width + kw - 1).next_multiple_of(16);
         let mut plan = Self {
-            g: *g,
-            width,
-            image_rows,
-            group,
+            grid,
             lane,
-            offsets,
+            offsets: grid.offsets(),
             segments: Vec::new(),
             starts: vec![0],
         };
@@ -121,21 +87,19 @@ impl Plan {
     /// images) or few output channels (≤ 64, where gemm's products are too thin to run at full
     /// speed). The measurements behind the thresholds: `docs/kernels.md`.
     pub(super) fn pays_off(&self) -> bool {
-        let g = &self.g;
-        let real = (self.group * g.p()) as f64;
-        let grid = (((self.group - 1) * self.image_rows + g.height_out) * self.width) as f64;
-        self.offsets.len() > 1 && (g.channels_out <= 64 || real / grid >= 0.9)
+        let g = &self.grid.g;
+        self.offsets.len() > 1 && (g.channels_out <= 64 || self.grid.real_fraction() >= 0.9)
     }
 
     /// Fills the segments of the first `vectors` vectors of a full group's grid.
     fn segment(&mut self, vectors: usize) {
-        let (g, p) = (&self.g, self.g.p());
+        let (g, p) = (&self.grid.g, self.grid.g.p());
         for v in 0..vectors {
             for lane in 0..16 {
                 let q = v * 16 + lane;
-                let (row, col) = (q / self.width, q % self.width);
-                let (image, oy) = (row / self.image_rows, row % self.image_rows);
-                if image >= self.group || oy >= g.height_out || col >= g.width_out {
+                let (row, col) = (q / self.grid.width, q % self.grid.width);
+                let (image, oy) = (row / self.grid.image_rows, row % self.grid.image_rows);
+                if image >= self.grid.group || oy >= g.height_out || col >= g.width_out {
                     continue;
                 }
                 let base = image * g.channels_out * p + oy * g.width_out + col;
@@ -155,34 +119,15 @@ impl Plan {
 
     /// Grid positions of a group of `n` images, rounded up to whole tiles.
     fn tiles(&self, n: usize) -> usize {
-        (((n - 1) * self.image_rows + self.g.height_out) * self.width).div_ceil(TILE)
+        self.grid.positions(n).div_ceil(TILE)
     }
 
     /// Copies a group's images (`x`: `[n, C_in, H, W]`) into the zero-padded buffer.
     fn pad(&self, x: &[f32], buffer: &mut [f32]) {
-        let g = &self.g;
-        let hw = g.height * g.width;
-        let n = x.len() / (g.channels_in * hw);
-        assert!(buffer.len() >= g.channels_in * self.lane && x.len() == n * g.channels_in * hw);
-        for (c, lane) in buffer.chunks_exact_mut(self.lane).enumerate() {
-            let mut filled = 0;
-            for b in 0..n {
-                let src = &x[(b * g.channels_in + c) * hw..][..hw];
-                let first = (b * self.image_rows + g.pad[0]) * self.width + g.pad[1];
-                for (y, row) in src.chunks_exact(g.width).enumerate() {
-                    let at = first + y * self.width;
-                    // SAFETY: Plan::new checked AVX-512F; both ranges lie inside `lane`
-                    // (rows end before the lane does) and `row`.
-                    unsafe {
-                        copy(&mut lane[filled..at], None);
-                        copy(&mut lane[at..at + g.width], Some(row));
-                    }
-                    filled = at + g.width;
-                }
-            }
-            // SAFETY: as above.
-            unsafe { copy(&mut lane[filled..], None) };
-        }
+        // SAFETY: Plan::new checked AVX-512F; `Grid::pad` hands over ranges of `buffer`
+        // and rows of `x`.
+        self.grid
+            .pad(x, buffer, self.lane, |dst, src| unsafe { copy(dst, src) });
     }
 }
 
@@ -220,9 +165,9 @@ impl Plan {
     #[target_feature(enable = "avx512f")]
     #[cfg(feature = "autodiff")]
     unsafe fn expand(&self, n: usize, dy: &[f32], dyg: &mut [f32]) {
-        let p = self.g.p();
+        let p = self.grid.g.p();
         let vectors = self.tiles(n) * NV;
-        assert!(dy.len() >= n * self.g.channels_out * p && vectors * 16 <= self.lane);
+        assert!(dy.len() >= n * self.grid.g.channels_out * p && vectors * 16 <= self.lane);
         for (m, lane) in dyg.chunks_exact_mut(self.lane).enumerate() {
             let src = dy.as_ptr().add(m * p);
             for (v, dst) in lane[..vectors * 16].chunks_exact_mut(16).enumerate() {
@@ -270,17 +215,17 @@ fn pack(g: &Geometry, weight: &[f32]) -> (Vec<f32>, Vec<(usize, usize, usize)>) 
 /// The convolution `[B, C_out, H_out, W_out]` (see [`super::forward::forward`]).
 pub(super) fn forward(plan: &Plan, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     crate::fast_path::hit(crate::Kernel::Conv2dDirect, crate::Pass::Forward);
-    let g = &plan.g;
+    let g = &plan.grid.g;
     let (packed, blocks) = pack(g, weight);
     let bias = bias.map_or_else(|| vec![0.0; g.channels_out], <[f32]>::to_vec);
     let plane = g.channels_in * g.height * g.width;
     let out_plane = g.channels_out * g.p();
-    let groups = g.batch.div_ceil(plan.group);
+    let groups = g.batch.div_ceil(plan.grid.group);
     crate::flex_tensor::written(g.batch * out_plane, |y| {
         let out = Shared(y.as_mut_ptr().cast::<f32>());
         // One group's tiles `range`, its padded buffer `xp`, output from image `b0`.
         let run = |b0: usize, xp: &[f32], range: std::ops::Range<usize>| {
-            let n = plan.group.min(g.batch - b0);
+            let n = plan.grid.group.min(g.batch - b0);
             // SAFETY: the group's output starts at image b0 of y; the segments of group-local
             // images < n address only its own [n, C_out, P] block, and tiles of different
             // tasks hold different positions, so no element is written twice.
@@ -290,25 +235,25 @@ pub(super) fn forward(plan: &Plan, x: &[f32], weight: &[f32], bias: Option<&[f32
             }
         };
         if groups >= rayon::current_num_threads() {
-            let chunks = x.par_chunks(plan.group * plane).enumerate();
+            let chunks = x.par_chunks(plan.grid.group * plane).enumerate();
             chunks.for_each_init(Scratch::take, |buffer, (index, x)| {
                 let n = x.len() / plane;
                 let xp = sized(&mut buffer.0[0], g.channels_in * plan.lane);
                 plan.pad(x, xp);
-                run(index * plan.group, xp, 0..plan.tiles(n));
+                run(index * plan.grid.group, xp, 0..plan.tiles(n));
             });
         } else {
             // Fewer groups than threads: split each group's tiles between the threads.
             let mut buffer = Scratch::take();
             let xp = sized(&mut buffer.0[0], g.channels_in * plan.lane);
             let parts = 4 * rayon::current_num_threads();
-            for (index, x) in x.chunks(plan.group * plane).enumerate() {
+            for (index, x) in x.chunks(plan.grid.group * plane).enumerate() {
                 plan.pad(x, xp);
                 let count = plan.tiles(x.len() / plane);
                 let xp = &*xp;
                 (0..parts).into_par_iter().for_each(|part| {
                     let range = count * part / parts..count * (part + 1) / parts;
-                    run(index * plan.group, xp, range);
+                    run(index * plan.grid.group, xp, range);
                 });
             }
         }
@@ -331,9 +276,9 @@ unsafe fn tiles(
     out: *mut f32,
     range: std::ops::Range<usize>,
 ) {
-    let k = plan.g.channels_in * plan.offsets.len();
-    assert!(xp.len() >= plan.g.channels_in * plan.lane);
-    assert!(range.end <= plan.tiles(plan.group) && range.end * NV < plan.starts.len());
+    let k = plan.grid.g.channels_in * plan.offsets.len();
+    assert!(xp.len() >= plan.grid.g.channels_in * plan.lane);
+    assert!(range.end <= plan.tiles(plan.grid.group) && range.end * NV < plan.starts.len());
     for tile in range {
         let segments: [&[Segment]; NV] = std::array::from_fn(|v| {
             let v = tile * NV + v;
@@ -342,9 +287,9 @@ unsafe fn tiles(
         let block = Block {
             x: xp[tile * TILE..].as_ptr(),
             lane: plan.lane,
-            channels: plan.g.channels_in,
+            channels: plan.grid.g.channels_in,
             offsets: &plan.offsets,
-            p: plan.g.p(),
+            p: plan.grid.g.p(),
             images: n,
             segments,
         };
@@ -369,7 +314,7 @@ unsafe fn tiles(
 /// grid (zero at the positions the forward drops) by expand-loads along the same segments.
 #[cfg(feature = "autodiff")]
 pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    let g = &plan.g;
+    let g = &plan.grid.g;
     let taps = plan.offsets.len();
     if taps != 9 {
         return None;
@@ -378,7 +323,7 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
     let k = g.channels_in * taps;
     let plane = g.channels_in * g.height * g.width;
     let out_plane = g.channels_out * g.p();
-    let groups = g.batch.div_ceil(plan.group);
+    let groups = g.batch.div_ceil(plan.grid.group);
     // Row blocks of 3 output channels (27 accumulators), then 2 and 1.
     let rows: Vec<(usize, usize)> = (0..g.channels_out)
         .step_by(3)
@@ -405,8 +350,8 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
     let mut dw = vec![0.0f32; g.channels_out * k];
     if groups >= rayon::current_num_threads() {
         let partial = x
-            .par_chunks(plan.group * plane)
-            .zip(dy.par_chunks(plan.group * out_plane))
+            .par_chunks(plan.grid.group * plane)
+            .zip(dy.par_chunks(plan.grid.group * out_plane))
             .fold(
                 || (Scratch::take(), Vec::new()),
                 |(mut buffer, mut dw), (x, dy)| {
@@ -428,8 +373,8 @@ pub(super) fn weight_gradient(plan: &Plan, x: &[f32], dy: &[f32]) -> Option<Vec<
     } else {
         let mut buffer = Scratch::take();
         for (x, dy) in x
-            .chunks(plan.group * plane)
-            .zip(dy.chunks(plan.group * out_plane))
+            .chunks(plan.grid.group * plane)
+            .zip(dy.chunks(plan.grid.group * out_plane))
         {
             let vectors = grid(&mut buffer, x, dy);
             let [xp, dyg, _] = &buffer.0;
@@ -455,7 +400,7 @@ unsafe fn correlate_rows(
     vectors: usize,
     dw: &mut [f32],
 ) {
-    let c_in = plan.g.channels_in;
+    let c_in = plan.grid.g.channels_in;
     let k = c_in * 9;
     let lane = plan.lane;
     let offsets: [usize; 9] = std::array::from_fn(|t| plan.offsets[t]);

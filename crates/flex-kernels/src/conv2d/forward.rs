@@ -3,7 +3,7 @@
 //! in parallel, each group's im2col block built in a per-thread scratch buffer and multiplied
 //! right away. With fewer groups than threads, the products themselves run in parallel. On
 //! WebAssembly with relaxed SIMD the product is `wasm_gemm`'s, which takes the im2col rows as
-//! they are built.
+//! they are built, and stride-1 convolutions larger than 1 × 1 skip im2col (`wasm_direct`).
 
 use super::geometry::Geometry;
 use super::scratch::{sized, uninit, Scratch};
@@ -20,6 +20,10 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
         if let Some(plan) = plan.filter(super::direct::Plan::pays_off) {
             return super::direct::forward(&plan, x, weight, bias);
         }
+    }
+    #[cfg(all(target_arch = "wasm32", feature = "wasm-relaxed-simd"))]
+    if let Some(plan) = super::wasm_direct::Plan::new(g) {
+        return super::wasm_direct::forward(&plan, x, weight, bias);
     }
     forward_im2col(g, x, weight, bias)
 }

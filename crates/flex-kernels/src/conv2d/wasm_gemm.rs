@@ -29,13 +29,44 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Rows of `W` (output channels) per register block.
-const MR: usize = 3;
+pub(super) const MR: usize = 3;
 /// Vectors of 4 columns per register block.
 const NV: usize = 3;
 /// Columns of `X` per packed panel.
-const NR: usize = 4 * NV;
+pub(super) const NR: usize = 4 * NV;
 /// Depth per block: a panel's `KC × NR` floats (12 KiB) stay in L1 across the row blocks.
 const KC: usize = 256;
+
+/// Where the micro-kernel reads the `NR` values of each depth step of a column panel: a packed
+/// panel here, or the zero-padded grid of the direct convolution (`super::wasm_direct`).
+pub(super) trait Panel: Copy {
+    /// The `NR` values of depth step `p`.
+    ///
+    /// # Safety
+    /// `p` must be a depth step of the panel.
+    unsafe fn row(self, p: usize) -> *const f32;
+    /// The panel from depth step `k0` on.
+    ///
+    /// # Safety
+    /// As for [`Panel::row`].
+    unsafe fn from(self, k0: usize) -> Self;
+}
+
+/// A packed panel, `[k][NR]`.
+#[derive(Clone, Copy)]
+struct Packed(*const f32);
+
+impl Panel for Packed {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        self.0.add(p * NR)
+    }
+
+    #[inline(always)]
+    unsafe fn from(self, k0: usize) -> Self {
+        Self(self.0.add(k0 * NR))
+    }
+}
 
 #[cfg(all(target_arch = "wasm32", feature = "wasm-relaxed-simd"))]
 mod lanes {
@@ -140,13 +171,8 @@ pub(super) fn matmul(
         // SAFETY: the panel's columns lie inside `dst` (checked above) and no other task
         // writes them.
         unsafe {
-            panel_product(
-                (m, n, k),
-                index,
-                a,
-                &b[index * k * NR..][..k * NR],
-                out.get(),
-            )
+            let panel = &b[index * k * NR..][..k * NR];
+            panel_product((m, n, k), index, a, Packed(panel.as_ptr()), out.get())
         }
     };
     let panels = n.div_ceil(NR);
@@ -159,7 +185,7 @@ pub(super) fn matmul(
 }
 
 /// `lhs` (`[m × k]`) as blocks of `MR` rows, each `[k][MR]`; rows past `m` are zeros.
-fn pack_lhs(m: usize, k: usize, lhs: &[f32], packed: &mut Vec<f32>) {
+pub(super) fn pack_lhs(m: usize, k: usize, lhs: &[f32], packed: &mut Vec<f32>) {
     packed.resize(m.div_ceil(MR) * k * MR, 0.0);
     for (block, dst) in packed.chunks_exact_mut(k * MR).enumerate() {
         let rows: [Option<&[f32]>; MR] = std::array::from_fn(|r| {
@@ -206,16 +232,17 @@ fn pack_rhs(
 /// Columns `index · NR ..` of the product, from the packed `lhs` and this panel of `rhs`.
 ///
 /// # Safety
-/// `dst` must point at `m × n` writable floats that no other thread touches in those columns.
+/// `dst` must point at `m × n` writable floats that no other thread touches in those columns;
+/// `panel` must hold `k` depth steps.
 #[cfg_attr(
     all(target_arch = "wasm32", feature = "wasm-relaxed-simd"),
     target_feature(enable = "simd128,relaxed-simd")
 )]
-unsafe fn panel_product(
+pub(super) unsafe fn panel_product(
     (m, n, k): (usize, usize, usize),
     index: usize,
     lhs: &[f32],
-    panel: &[f32],
+    panel: impl Panel,
     dst: *mut f32,
 ) {
     let (c0, width) = (index * NR, NR.min(n - index * NR));
@@ -224,7 +251,7 @@ unsafe fn panel_product(
     for k0 in (0..k).step_by(KC) {
         let depth = KC.min(k - k0);
         let first = k0 == 0;
-        let b = panel[k0 * NR..].as_ptr();
+        let b = panel.from(k0);
         for block in 0..m.div_ceil(MR) {
             let (r0, height) = (block * MR, MR.min(m - block * MR));
             let a = lhs[(block * k + k0) * MR..].as_ptr();
@@ -248,8 +275,8 @@ unsafe fn panel_product(
     }
 }
 
-/// `C[MR × NR] (+)= A · B` over `depth`: `a` is `[depth][MR]`, `b` `[depth][NR]`, `c` has row
-/// stride `ldc`; without `first` the block continues the sums already in `c`.
+/// `C[MR × NR] (+)= A · B` over `depth`: `a` is `[depth][MR]`, `b` gives `NR` values per
+/// step, `c` has row stride `ldc`; without `first` the block continues the sums already in `c`.
 ///
 /// # Safety
 /// `a`, `b` must hold `depth` steps and `c` an `MR × NR` block at stride `ldc`.
@@ -261,7 +288,7 @@ unsafe fn panel_product(
 unsafe fn block_product(
     depth: usize,
     a: *const f32,
-    b: *const f32,
+    b: impl Panel,
     c: *mut f32,
     ldc: usize,
     first: bool,
@@ -275,9 +302,10 @@ unsafe fn block_product(
         }
     }
     for p in 0..depth {
+        let row = b.row(p);
         let mut x: [V; NV] = [splat(0.0); NV];
         for (v, x) in x.iter_mut().enumerate() {
-            *x = load(b.add(p * NR + 4 * v));
+            *x = load(row.add(4 * v));
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let w = splat(*a.add(p * MR + r));
