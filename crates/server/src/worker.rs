@@ -233,7 +233,10 @@ impl Executor {
         }
         let rows = self.rows();
         let started = Instant::now();
-        // Cheap: a state's tensor is shared, not copied.
+        // Cheap: a state's tensor is shared, not copied. The retries start from these, so a
+        // request whose own step failed half-way (its noise drawn, its sample not yet
+        // updated) and succeeds alone continues from a whole state, and one whose step did
+        // finish before another failed is not stepped past its end.
         let before: Vec<SamplingState> = if self.active.len() > 1 {
             self.active.iter().map(|r| r.state.clone()).collect()
         } else {
@@ -244,6 +247,8 @@ impl Executor {
                 self.finish(|_| true, |_| Err(message.clone()));
                 return;
             }
+            #[cfg(test)]
+            tests::RETRIES.fetch_add(1, Ordering::Relaxed);
             for (run, state) in self.active.iter_mut().zip(before) {
                 run.state = state;
                 run.failed = step_guarded(&self.model, std::slice::from_mut(run)).err();
@@ -285,7 +290,17 @@ impl Executor {
 fn step_guarded(model: &UNet, runs: &mut [Run]) -> Result<(), String> {
     let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         #[cfg(test)]
-        if runs.iter().any(|r| r.task.job.seed == tests::PANIC_IN_STEP) {
+        if let Some(i) = runs
+            .iter()
+            .position(|r| r.task.job.seed == tests::PANIC_IN_STEP)
+        {
+            // As a bug in that request's own scheduler step would: the runs before it in the
+            // call have advanced already.
+            let mut before: Vec<(&mut SamplingState, &AnyScheduler)> = runs[..i]
+                .iter_mut()
+                .map(|r| (&mut r.state, &r.task.job.scheduler))
+                .collect();
+            let _ = step_together(model, &mut before);
             panic!("a bug in the model call (test)");
         }
         let mut batch: Vec<(&mut SamplingState, &AnyScheduler)> = runs
@@ -388,8 +403,12 @@ pub(crate) mod tests {
     /// Seeds that make `start` or the answer of a finished request panic, as a bug would.
     pub(crate) const PANIC_IN_START: u64 = 0xdead_0001;
     pub(crate) const PANIC_IN_FINISH: u64 = 0xdead_0002;
-    /// A seed that makes every model call it takes part in panic.
+    /// A seed that makes every model call it takes part in panic, after the requests before
+    /// it in the call have advanced.
     pub(crate) const PANIC_IN_STEP: u64 = 0xdead_0003;
+    /// Failed batched calls retried one request at a time.
+    pub(crate) static RETRIES: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
 
     fn pool() -> (Pool, ModelConfig) {
         let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![])
@@ -467,7 +486,7 @@ pub(crate) mod tests {
             let mut j = job(&config, seed);
             j.scheduler = config
                 .scheduler(&SamplerSettings {
-                    sampler: SamplerKind::Ddim,
+                    sampler: SamplerKind::Ddpm,
                     num_inference_steps: 40,
                     eta: 0.0,
                     use_karras_sigmas: false,
@@ -475,10 +494,16 @@ pub(crate) mod tests {
                 .unwrap();
             j
         };
-        // Queued together, so they share model calls until the healthy one finishes.
+        // Queued together, so they share model calls until the healthy one finishes; it comes
+        // first in the call, so it has advanced when the other one fails.
+        let retries = RETRIES.load(Ordering::Relaxed);
         let healthy = pool.submit(long(7)).expect("queued");
         let poisoned = answer(&pool, long(PANIC_IN_STEP));
         assert_eq!(poisoned.unwrap_err(), INTERNAL_ERROR);
+        assert!(
+            RETRIES.load(Ordering::Relaxed) > retries,
+            "they never shared a call"
+        );
         let healthy = healthy.result.blocking_recv().expect("answered");
         let healthy = healthy.expect("the request beside the failing one finishes");
         // With the same pixels as when it runs alone.

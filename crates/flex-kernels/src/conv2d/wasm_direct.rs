@@ -178,28 +178,48 @@ mod tests {
     fn equals_im2col_and_the_wasm_product_bit_for_bit() {
         use burn::tensor::ops::ConvOptions;
         // The U-Net's padded 3×3 at 28×28 (one image: its panels shared among threads) and
-        // 7×7 (images stacked in groups, a short last group), output channels that are not a
-        // multiple of MR, no padding, asymmetric padding with a 2×3 kernel, and no bias.
+        // 7×7 (images stacked in groups, a short last group), a depth of 288 (two depth
+        // blocks), output channels that are not a multiple of MR, no padding, asymmetric
+        // padding with a 2×3 kernel, and no bias.
         let cases = [
             ([1, 4, 28, 28], [8, 4, 3, 3], [(1, 1), (1, 1)], true),
             ([7, 6, 7, 7], [5, 6, 3, 3], [(1, 1), (1, 1)], true),
+            ([3, 32, 7, 7], [7, 32, 3, 3], [(1, 1), (1, 1)], true),
             ([3, 5, 9, 8], [4, 5, 3, 3], [(0, 0), (0, 0)], true),
             ([2, 3, 6, 9], [7, 3, 2, 3], [(1, 0), (2, 1)], false),
         ];
-        for (x_shape, w_shape, padding, with_bias) in cases {
-            let options = ConvOptions::new_with_padding([1, 1], padding, [1, 1], 1);
-            let g = Geometry::new(&x_shape, &w_shape, &options).expect("a plain convolution");
-            let plan = Plan::new(&g).expect("stride 1");
-            let x = values(x_shape.iter().product(), 7);
-            let w = values(w_shape.iter().product(), 8);
-            let bias = values(w_shape[0], 9);
-            let bias = with_bias.then_some(&bias[..]);
-            let got = forward(&plan, &x, &w, bias);
-            let want = im2col_product(&g, &x, &w, bias);
-            assert_eq!(got.len(), want.len());
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "{x_shape:?} ⋆ {w_shape:?} [{i}]");
-            }
+        // One thread (no parallel path), two, and eight (several groups, each with its panels
+        // shared among threads): the grouping follows the thread count.
+        let pools = [1, 2, 8].map(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .expect("a thread pool")
+        });
+        for ((x_shape, w_shape, padding, with_bias), pool) in cases
+            .into_iter()
+            .flat_map(|c| pools.iter().map(move |p| (c, p)))
+        {
+            pool.install(|| {
+                let options = ConvOptions::new_with_padding([1, 1], padding, [1, 1], 1);
+                let g = Geometry::new(&x_shape, &w_shape, &options).expect("a plain convolution");
+                let plan = Plan::new(&g).expect("stride 1");
+                let x = values(x_shape.iter().product(), 7);
+                let w = values(w_shape.iter().product(), 8);
+                let bias = values(w_shape[0], 9);
+                let bias = with_bias.then_some(&bias[..]);
+                let got = forward(&plan, &x, &w, bias);
+                let want = im2col_product(&g, &x, &w, bias);
+                assert_eq!(got.len(), want.len());
+                let threads = rayon::current_num_threads();
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{x_shape:?} ⋆ {w_shape:?} on {threads} threads [{i}]"
+                    );
+                }
+            });
         }
     }
 
