@@ -235,8 +235,8 @@ impl Executor {
         let started = Instant::now();
         // Cheap: a state's tensor is shared, not copied. The retries start from these, so a
         // request whose own step failed half-way (its noise drawn, its sample not yet
-        // updated) and succeeds alone continues from a whole state, and one whose step did
-        // finish before another failed is not stepped past its end.
+        // updated) and succeeds alone continues from a whole state. (One whose step finished
+        // before another's failed would be equally right continuing from where it is.)
         let before: Vec<SamplingState> = if self.active.len() > 1 {
             self.active.iter().map(|r| r.state.clone()).collect()
         } else {
