@@ -12,13 +12,15 @@
 //!   f32 master through the cast's backward as an f32 tensor;
 //! - the U-Net casts its input and time embedding to its parameters' dtype and its output
 //!   back to the input's dtype ([`UNet::forward`]), so the loss is computed in f32;
-//! - GroupNorm runs in f32 on bf16 inputs (`flex_kernels::group_norm`), as under autocast:
-//!   bf16 keeps 8 significant bits, too few for x − μ and its square. So does attention
+//! - GroupNorm runs in f32 on bf16 inputs (`flex_kernels::group_norm`), with its γ and β left
+//!   f32 by [`UNet::autocast`], as under autocast: bf16 keeps 8 significant bits, too few for
+//!   x − μ and its square. So does attention
 //!   (`flex_kernels::self_attention`): autocast's fused attention keeps its softmax statistics
 //!   in f32 inside the kernel, and Burn's attention makes no such promise.
 //!
 //! bf16 has f32's exponent range, so no loss scaling is needed (unlike f16).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -73,24 +75,47 @@ impl fmt::Display for Precision {
 }
 
 impl UNet {
-    /// The model as it computes under `precision`: for f32 a clone (no copy of the weights);
-    /// otherwise each parameter cast to the compute dtype. On an autodiff device the casts are
-    /// nodes of the graph, so the gradients of a loss computed with the returned model reach
-    /// `self`'s parameters, in f32 (`GradientsParams::from_grads(grads, self)`).
-    pub fn autocast(&self, precision: Precision) -> UNet {
+    /// The model as it computes under `precision`: for f32 the model itself; otherwise each
+    /// parameter cast to the compute dtype, except GroupNorm's γ and β (GroupNorm runs in f32).
+    /// On an autodiff device the casts are nodes of the graph, so the gradients of a loss
+    /// computed with the returned model reach `self`'s parameters, in f32
+    /// (`GradientsParams::from_grads(grads, self)`).
+    pub fn autocast(&self, precision: Precision) -> Cow<'_, UNet> {
         match precision {
-            Precision::F32 => self.clone(),
-            _ => self.clone().map(&mut CastParams(precision.compute_dtype())),
+            Precision::F32 => Cow::Borrowed(self),
+            _ => Cow::Owned(self.clone().map(&mut CastParams {
+                dtype: precision.compute_dtype(),
+                containers: Vec::new(),
+            })),
         }
     }
 }
 
-/// Casts every float parameter, keeping the cast in the graph (no detach, no new leaf).
-struct CastParams(FloatDType);
+/// The container type Burn's derived `Module::map` names a `GroupNorm`'s fields with.
+const GROUP_NORM: &str = "Struct:GroupNorm";
+
+/// Casts every float parameter outside a `GroupNorm`, keeping the cast in the graph (no
+/// detach, no new leaf).
+struct CastParams {
+    dtype: FloatDType,
+    /// The container types entered, innermost last.
+    containers: Vec<String>,
+}
 
 impl ModuleMapper for CastParams {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.containers.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = self.0;
+        if self.containers.last().is_some_and(|c| c == GROUP_NORM) {
+            return param;
+        }
+        let dtype = self.dtype;
         param.map(|t| t.cast(dtype))
     }
 }
@@ -118,17 +143,28 @@ mod tests {
         }
     }
 
-    /// The dtypes of every float parameter.
-    fn dtypes(m: &UNet) -> Vec<DType> {
-        struct Dtypes(Vec<DType>);
+    /// The dtypes of every float parameter: GroupNorms' and the others'.
+    fn dtypes(m: &UNet) -> (Vec<DType>, Vec<DType>) {
+        #[derive(Default)]
+        struct Dtypes(Vec<String>, Vec<DType>, Vec<DType>);
         impl ModuleVisitor for Dtypes {
+            fn enter_module(&mut self, _name: &str, container_type: &str) {
+                self.0.push(container_type.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.0.pop();
+            }
             fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                self.0.push(p.val().dtype());
+                let dtype = p.val().dtype();
+                match self.0.last() {
+                    Some(c) if c == GROUP_NORM => self.1.push(dtype),
+                    _ => self.2.push(dtype),
+                }
             }
         }
-        let mut v = Dtypes(Vec::new());
+        let mut v = Dtypes::default();
         m.visit(&mut v);
-        v.0
+        (v.1, v.2)
     }
 
     fn input(device: &Device) -> (Tensor<4>, Vec<f64>, Vec<usize>) {
@@ -163,8 +199,14 @@ mod tests {
         let (x, t, y) = input(&device);
         let reference = values(model.forward(x.clone(), &t, Some(&y)));
         let cast = model.autocast(Precision::Bf16);
-        assert!(dtypes(&cast).iter().all(|&d| d == DType::BF16));
-        assert!(dtypes(&model).iter().all(|&d| d == DType::F32));
+        let (norms, others) = dtypes(&cast);
+        // γ and β of the two norms of 8 ResBlocks (2 down, 2 middle, 4 up), of 4 attention
+        // blocks (at 4×4: 1 down, 1 middle, 2 up) and of the output norm.
+        assert_eq!(norms.len(), 2 * (2 * 8 + 4 + 1), "{norms:?}");
+        assert!(norms.iter().all(|&d| d == DType::F32));
+        assert!(others.iter().all(|&d| d == DType::BF16));
+        let (norms, others) = dtypes(&model);
+        assert!(norms.iter().chain(&others).all(|&d| d == DType::F32));
         let out = cast.forward(x, &t, Some(&y));
         assert_eq!(out.dtype(), DType::F32);
         let out = values(out);

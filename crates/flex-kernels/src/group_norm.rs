@@ -21,7 +21,7 @@
 //! under PyTorch's autocast, which runs `group_norm` in f32: bf16 keeps 8 significant bits,
 //! too few for x − μ and its square (Burn widens only f16's statistics, not bf16's).
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::nn::GroupNorm;
 use burn::tensor::{DType, FloatDType, Tensor};
 
@@ -46,8 +46,11 @@ pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, input: Tensor<D>) -> Te
 fn fused<const D: usize>(norm: &GroupNorm, input: Tensor<D>, silu: bool) -> Tensor<D> {
     let dtype = input.dtype();
     if matches!(dtype, DType::BF16 | DType::F16) {
-        // The casts are autodiff nodes: gradients reach the half-precision input and parameters.
-        let norm = norm.clone().map(&mut CastParams(FloatDType::F32));
+        // The casts are autodiff nodes: gradients reach the half-precision input (and γ, β
+        // where they are half too; under `UNet::autocast` they stay f32 and pass unchanged).
+        let mut norm = norm.clone();
+        let to_f32 = |p: Option<Param<Tensor<1>>>| p.map(|p| p.map(|t| t.cast(FloatDType::F32)));
+        (norm.gamma, norm.beta) = (to_f32(norm.gamma), to_f32(norm.beta));
         return fused(&norm, input.cast(FloatDType::F32), silu).cast(FloatDType::from(dtype));
     }
     #[cfg(feature = "flex")]
@@ -68,16 +71,6 @@ fn fused<const D: usize>(norm: &GroupNorm, input: Tensor<D>, silu: bool) -> Tens
         crate::silu::silu(y)
     } else {
         y
-    }
-}
-
-/// Casts every float parameter of a module, inside the autodiff graph.
-struct CastParams(FloatDType);
-
-impl ModuleMapper for CastParams {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = self.0;
-        param.map(|t| t.cast(dtype))
     }
 }
 
@@ -349,26 +342,21 @@ mod tests {
     fn half_inputs_are_normalised_in_f32_and_rounded_back() {
         let device = Device::flex().autodiff();
         let shape = [2, 16, 6, 6];
-        // f32 parameters cast to bf16 in the graph, as `UNet::autocast` does.
+        // f32 γ and β, as `UNet::autocast` leaves them.
         let master = norm(4, 16, &device);
-        let half = master.clone().map(&mut CastParams(FloatDType::BF16));
         // A large mean against the spread: x − μ in bf16 would keep few significant bits.
         let x = Tensor::<4>::random(shape, Distribution::Normal(24.0, 1.0), &device)
             .cast(FloatDType::BF16)
             .require_grad();
         let before = calls(Kernel::GroupNorm, Pass::Forward);
-        let y = group_norm_silu(&half, x.clone());
+        let y = group_norm_silu(&master, x.clone());
         assert_eq!(y.dtype(), DType::BF16);
         assert!(
             calls(Kernel::GroupNorm, Pass::Forward) > before,
             "the f32 computation did not reach the fused kernel"
         );
         // Exact arithmetic on the same bf16 values, in f32 throughout.
-        let exact = burn::tensor::activation::silu(
-            half.clone()
-                .map(&mut CastParams(FloatDType::F32))
-                .forward(x.clone().cast(FloatDType::F32)),
-        );
+        let exact = burn::tensor::activation::silu(master.forward(x.clone().cast(FloatDType::F32)));
         let err = relative_error(y.clone().cast(FloatDType::F32), exact);
         // One rounding to bf16 (unit roundoff 2⁻⁹ relative).
         assert!(err < 4e-3, "relative error {err}");
@@ -380,5 +368,14 @@ mod tests {
             dgamma.expect("the f32 γ has a gradient").dtype(),
             DType::F32
         );
+        // γ and β in bf16 too (a module cast whole, in the graph): widened the same way.
+        let mut half = master.clone();
+        let to_bf16 = |p: Option<Param<Tensor<1>>>| p.map(|p| p.map(|t| t.cast(FloatDType::BF16)));
+        (half.gamma, half.beta) = (to_bf16(half.gamma), to_bf16(half.beta));
+        let y = group_norm_silu(&half, x.clone());
+        assert_eq!(y.dtype(), DType::BF16);
+        let grads = y.cast(FloatDType::F32).sum().backward();
+        let dgamma = master.gamma.as_ref().unwrap().val().grad(&grads);
+        assert_eq!(dgamma.expect("γ has a gradient").dtype(), DType::F32);
     }
 }

@@ -122,18 +122,8 @@ pub(super) fn forward(plan: &Plan, x: &[f32], weight: &[f32], bias: Option<&[f32
                     let row = &product[m * cols..][..cols];
                     for (oy, dst) in dst.chunks_exact_mut(g.width_out).enumerate() {
                         let at = (image * grid.image_rows + oy) * grid.width;
-                        let src = &row[at..][..g.width_out];
-                        match bias {
-                            Some(bias) => {
-                                for (d, v) in dst.iter_mut().zip(src) {
-                                    d.write(v + bias[m]);
-                                }
-                            }
-                            None => {
-                                for (d, v) in dst.iter_mut().zip(src) {
-                                    d.write(*v);
-                                }
-                            }
+                        for (d, v) in dst.iter_mut().zip(&row[at..][..g.width_out]) {
+                            d.write(bias.map_or(*v, |b| v + b[m]));
                         }
                     }
                 }
@@ -143,18 +133,9 @@ pub(super) fn forward(plan: &Plan, x: &[f32], weight: &[f32], bias: Option<&[f32
 
 #[cfg(test)]
 mod tests {
+    use super::super::wasm_gemm::tests::values;
     use super::*;
     use std::mem::MaybeUninit;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / 16_777_216.0 - 0.5
-            })
-            .collect()
-    }
 
     /// What the forward pass computes without this kernel on wasm: im2col rows into
     /// `wasm_gemm`, then the bias, image by image.

@@ -322,10 +322,11 @@ unsafe fn block_product(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// `len` values in [−0.5, 0.5) from a linear congruential generator seeded with `seed`.
+    pub(in super::super) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..len)
             .map(|_| {
