@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
 use datasets::{DatasetSpec, Split};
 use diffusion::weights::load_model;
 use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
@@ -155,7 +155,10 @@ pub struct EvalArgs {
     device: String,
 }
 
-pub fn cmd_eval(a: EvalArgs) -> Result<()> {
+pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
+    for n in crate::flag_rules::eval(m)? {
+        eprintln!("note: {n}");
+    }
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
     let sampler = a.sampler.settings(&config)?;

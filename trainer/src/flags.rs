@@ -64,6 +64,51 @@ impl SamplerFlags {
     }
 }
 
+/// The image size and channels to load `spec` at: a fixed-size dataset's own (the flags, if
+/// given, were checked by `flag_rules::dataset_shape`); for an image folder the flags, or what
+/// its images are (grey or RGB; their smallest side, at most 64, rounded down to `multiple`),
+/// with a note saying what was chosen.
+pub(crate) fn dataset_shape(
+    spec: &str,
+    image_size: Option<usize>,
+    channels: Option<usize>,
+    multiple: usize,
+    notes: &mut Vec<String>,
+) -> Result<(usize, usize)> {
+    let parsed = DatasetSpec::parse(spec, 0, 0)?;
+    if let Some([c, h, _]) = parsed.fixed_shape() {
+        return Ok((h, c));
+    }
+    let DatasetSpec::Folder { dir, .. } = &parsed else {
+        unreachable!("every other dataset has a fixed shape")
+    };
+    if let (Some(s), Some(c)) = (image_size, channels) {
+        return Ok((s, c));
+    }
+    let probe = datasets::image_folder::probe(dir)?;
+    let channels = channels.unwrap_or_else(|| {
+        let c = probe.default_channels();
+        notes.push(if c == 1 {
+            "the folder's images are all grey: 1 channel (--channels 3 for RGB)".to_string()
+        } else {
+            "the folder's images are in colour: 3 channels (--channels 1 for grey)".to_string()
+        });
+        c
+    });
+    let image_size = image_size.unwrap_or_else(|| {
+        let s = probe.default_image_size(multiple);
+        let what = match probe.uniform {
+            Some((w, h)) => format!("the images are {w}×{h}"),
+            None => format!("the smallest image side is {}", probe.min_side),
+        };
+        notes.push(format!(
+            "{what}: training at {s}×{s} (--image-size to change)"
+        ));
+        s
+    });
+    Ok((image_size, channels))
+}
+
 pub(crate) fn load_dataset(
     spec: &str,
     image_size: usize,

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use crate::flags::ScheduleFlags;
+use crate::flag_rules;
+use crate::flags::{dataset_shape, ScheduleFlags};
 use anyhow::{bail, Result};
 use artifacts::{grid, save_png};
-use clap::Args;
+use clap::{ArgMatches, Args};
 use datasets::{DatasetSpec, Split};
 
 #[derive(Args)]
@@ -24,19 +25,26 @@ pub(crate) struct ForwardArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Image size for `folder:` datasets.
-    #[arg(long, default_value_t = 32)]
-    image_size: usize,
-    /// Channels for `folder:` datasets.
-    #[arg(long, default_value_t = 3)]
-    channels: usize,
+    /// Image size for `folder:` datasets [default: as `train` picks it].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Channels for `folder:` datasets [default: as `train` picks them].
+    #[arg(long)]
+    channels: Option<usize>,
     /// Output PNG strip.
     #[arg(long, default_value = "forward.png")]
     out: PathBuf,
 }
 
-pub(crate) fn cmd_forward(a: ForwardArgs) -> Result<()> {
-    let ds = DatasetSpec::parse(&a.dataset, a.image_size, a.channels)?.load(Split::Train)?;
+pub(crate) fn cmd_forward(a: ForwardArgs, m: &ArgMatches) -> Result<()> {
+    flag_rules::dataset_shape(m, &a.dataset)?;
+    // The size `train`'s default `mnist` preset would pick (its 3 levels divide by 4).
+    let mut notes = Vec::new();
+    let (size, channels) = dataset_shape(&a.dataset, a.image_size, a.channels, 4, &mut notes)?;
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    let ds = DatasetSpec::parse(&a.dataset, size, channels)?.load(Split::Train)?;
     if a.index >= ds.len() {
         bail!(
             "--index {} is out of range: {} has {} images",

@@ -7,29 +7,34 @@ mod cli;
 mod devices_cmd;
 mod eval_cmd;
 mod export_cmd;
+mod flag_rules;
 mod flags;
 mod forward_cmd;
 mod progress;
 mod sample_cmd;
 mod schedule_cmd;
 mod serve_cmd;
+mod signals;
 mod train_cmd;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command};
 
 fn main() {
     flex_kernels::allocator::retain_freed_memory();
-    let cli = Cli::parse();
+    // The matches as well as the parsed flags: `flag_rules` asks which flags were typed.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let m = matches.subcommand().expect("a subcommand is required").1;
     let result = match cli.command {
-        Command::Train(a) => train_cmd::cmd_train(a),
-        Command::Sample(a) => sample_cmd::cmd_sample(a),
+        Command::Train(a) => train_cmd::cmd_train(a, m),
+        Command::Sample(a) => sample_cmd::cmd_sample(a, m),
         Command::Schedule(a) => schedule_cmd::cmd_schedule(a),
-        Command::Forward(a) => forward_cmd::cmd_forward(a),
+        Command::Forward(a) => forward_cmd::cmd_forward(a, m),
         Command::Export(a) => export_cmd::cmd_export(a),
         Command::Serve(a) => serve_cmd::cmd_serve(a),
         Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
-        Command::Eval(a) => eval_cmd::cmd_eval(a),
+        Command::Eval(a) => eval_cmd::cmd_eval(a, m),
         Command::EvalCompare(a) => eval_cmd::cmd_eval_compare(a),
         Command::Devices(a) => devices_cmd::cmd_devices(a),
     };
@@ -43,6 +48,12 @@ fn main() {
             }
         }
         eprintln!("error: {}", msg.join(": "));
-        std::process::exit(1);
+        // A training run stopped by a signal (after saving) exits as the signal would have.
+        let code = match e.downcast_ref::<training::TrainError>() {
+            Some(training::TrainError::Stopped { reason, .. }) if reason == "SIGINT" => 130,
+            Some(training::TrainError::Stopped { .. }) => 143,
+            _ => 1,
+        };
+        std::process::exit(code);
     }
 }

@@ -4,11 +4,14 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use training::train::{StepMetrics, TrainObserver};
 
-/// Progress bar for training.
+use crate::signals::StopSignal;
+
+/// Progress bar for training; passes a stop signal on to the training loop.
 pub(crate) struct TrainBar {
     bar: ProgressBar,
     smoothed: Option<f64>,
     rate: Option<f64>,
+    stop: StopSignal,
 }
 
 impl TrainObserver for TrainBar {
@@ -48,15 +51,20 @@ impl TrainObserver for TrainBar {
     fn on_message(&mut self, message: &str) {
         self.bar.println(message);
     }
+
+    fn stop_requested(&mut self) -> Option<String> {
+        self.stop.received()
+    }
 }
 
 impl TrainBar {
-    /// A bar for a run of `steps` steps.
-    pub(crate) fn new(steps: u64) -> Self {
+    /// A bar for a run of `steps` steps that stops the run on `stop`.
+    pub(crate) fn new(steps: u64, stop: StopSignal) -> Self {
         Self {
             bar: bar(steps),
             smoothed: None,
             rate: None,
+            stop,
         }
     }
 

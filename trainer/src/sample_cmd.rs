@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
+use crate::flag_rules;
 use crate::flags::SamplerFlags;
 use anyhow::{anyhow, Result};
 use artifacts::{grid, save_npy, save_png};
-use clap::Args;
+use clap::{ArgMatches, Args};
 use diffusion::sampler::{ClassChoice, GridLabels};
 use diffusion::weights::load_model;
 use training::generate::{generate, generate_trajectory};
@@ -52,9 +53,12 @@ pub(crate) struct SampleArgs {
     device: String,
 }
 
-pub(crate) fn cmd_sample(a: SampleArgs) -> Result<()> {
+pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
+    for n in flag_rules::sample(m, config.unet.num_classes.is_none())? {
+        eprintln!("note: {n}");
+    }
     let GridLabels { labels, cols } =
         ClassChoice::parse_named(&a.class, config.class_names.as_deref())
             .and_then(|c| c.grid(a.num, config.unet.num_classes))

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::flags::{load_dataset, ScheduleFlags};
+use crate::flag_rules;
+use crate::flags::{dataset_shape, load_dataset, ScheduleFlags};
 use crate::progress::TrainBar;
+use crate::signals::StopSignal;
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
 use diffusion::{ModelConfig, Precision, PredictionType, TimeMode, UNetConfig};
 use training::train::{train, TrainConfig};
 
@@ -16,18 +18,20 @@ pub(crate) struct TrainArgs {
     /// `folder:DIR` (one sub-folder per class).
     #[arg(long, default_value = "mnist10k")]
     dataset: String,
-    /// Image size for `folder:` datasets (resize + centre crop).
-    #[arg(long, default_value_t = 32)]
-    image_size: usize,
-    /// Channels for `folder:` datasets: 1 (grey) or 3 (RGB).
-    #[arg(long, default_value_t = 3)]
-    channels: usize,
+    /// Image size for `folder:` datasets (resize + centre crop) [default: the images' smallest
+    /// side, at most 64, rounded down to what the U-Net's levels divide].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Channels for `folder:` datasets: 1 (grey) or 3 (RGB) [default: 1 when every image is
+    /// grey, else 3].
+    #[arg(long)]
+    channels: Option<usize>,
     /// Use only the first N training images (quick experiments, fixtures).
     #[arg(long)]
     limit: Option<usize>,
-    /// Output run directory.
-    #[arg(long, default_value = "runs/mnist")]
-    out: PathBuf,
+    /// Output run directory [default: runs/mnist; with --resume, the checkpoint's run].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue exactly from a checkpoint (a `checkpoints/step-N` directory, or a run
     /// directory for its newest); the checkpoint's settings are used, only --steps may grow.
     #[arg(long)]
@@ -118,7 +122,8 @@ struct ModelArgs {
     /// Override ResBlocks per level.
     #[arg(long)]
     num_res_blocks: Option<usize>,
-    /// Override the attention resolutions, e.g. `7` or `16,8`.
+    /// Override the attention resolutions, e.g. `7` or `16,8` [default: the preset's levels at
+    /// this image size: `mnist` its lowest (7 at 28, 16 at 64), `cifar10_ddpm` half the size].
     #[arg(long, value_delimiter = ',')]
     attention_resolutions: Option<Vec<usize>>,
     /// Override the attention heads.
@@ -141,8 +146,18 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn build(&self, dataset: &datasets::Dataset) -> Result<ModelConfig> {
-        let mut u = UNetConfig::preset(&self.preset)?;
+    /// The U-Net's downsampling factor, 2^(levels − 1): what the image size must divide by.
+    fn size_multiple(&self) -> Result<usize> {
+        let levels = match &self.channel_mults {
+            Some(m) => m.len(),
+            None => UNetConfig::preset(&self.preset)?.channel_mults.len(),
+        };
+        Ok(1 << levels.clamp(1, 16).saturating_sub(1))
+    }
+
+    fn build(&self, dataset: &datasets::Dataset, notes: &mut Vec<String>) -> Result<ModelConfig> {
+        let preset = UNetConfig::preset(&self.preset)?;
+        let mut u = preset.clone();
         let [c, h, w] = dataset.image_shape();
         if h != w {
             bail!(
@@ -162,8 +177,23 @@ impl ModelArgs {
         if let Some(v) = self.num_res_blocks {
             u.num_res_blocks = v;
         }
-        if let Some(v) = &self.attention_resolutions {
-            u.attention_resolutions = v.clone();
+        match &self.attention_resolutions {
+            Some(v) => u.attention_resolutions = v.clone(),
+            None => {
+                // The preset's attention levels at this image size and level count.
+                u = u.with_attention_levels(&preset.attention_levels());
+                if u.attention_resolutions != preset.attention_resolutions {
+                    notes.push(format!(
+                        "attention at {} (the {} preset's levels at {h}×{h})",
+                        u.attention_resolutions
+                            .iter()
+                            .map(|r| format!("{r}×{r}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        self.preset
+                    ));
+                }
+            }
         }
         if let Some(v) = self.num_heads {
             u.num_heads = v;
@@ -190,12 +220,18 @@ impl ModelArgs {
     }
 }
 
-pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
+pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
+    let mut notes = flag_rules::train(m)?;
     let device = training::device::parse_device(&a.device)?;
     let precision: Option<Precision> = a.precision.as_deref().map(str::parse).transpose()?;
+    let mut out = a.out.clone();
     let (config, dataset) = match &a.resume {
         Some(dir) => {
             let dir = training::checkpoint::resolve(dir)?;
+            // RUN/checkpoints/step-N: continue in RUN unless told otherwise.
+            if out.is_none() {
+                out = dir.parent().and_then(|p| p.parent()).map(PathBuf::from);
+            }
             let state = training::checkpoint::load_state(&dir)?;
             let mut cfg = state.config;
             if let Some(s) = a.steps {
@@ -215,11 +251,18 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             (cfg, ds)
         }
         None => {
-            let ds = load_dataset(&a.dataset, a.image_size, a.channels, a.limit)?;
-            let model = a.model.build(&ds)?;
+            let (image_size, channels) = dataset_shape(
+                &a.dataset,
+                a.image_size,
+                a.channels,
+                a.model.size_multiple()?,
+                &mut notes,
+            )?;
+            let ds = load_dataset(&a.dataset, image_size, channels, a.limit)?;
+            let model = a.model.build(&ds, &mut notes)?;
             let steps = a.steps.unwrap_or(4000);
             let mut c = TrainConfig::new(&a.dataset, model, steps, a.batch_size);
-            (c.image_size, c.channels, c.limit) = (a.image_size, a.channels, a.limit);
+            (c.image_size, c.channels, c.limit) = (image_size, channels, a.limit);
             c.lr = a.lr;
             c.min_lr = a.min_lr;
             c.warmup_steps = a.warmup_steps.unwrap_or(500.min(steps / 10));
@@ -255,11 +298,15 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
              arithmetic and widens every op); it is meant for GPUs"
         );
     }
-    let mut observer = TrainBar::new(config.steps);
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from("runs/mnist"));
+    let mut observer = TrainBar::new(config.steps, StopSignal::install()?);
     let summary = train(
         &config,
         Arc::new(dataset),
-        &a.out,
+        &out,
         a.resume.as_deref(),
         &device,
         &mut observer,

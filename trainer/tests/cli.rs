@@ -418,6 +418,8 @@ fn bad_flags() {
             "sample",
             "--weights",
             w.to_str().unwrap(),
+            "--sampler",
+            "ddim",
             "--eta",
             "2",
             "--out",
@@ -922,4 +924,210 @@ fn shipped_fashion_model_samples_a_class_by_name() {
         "seven",
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The config a run wrote (`RUN/config.json`).
+fn run_config(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
+}
+
+/// A class folder of `per_class` PNGs of `size`² per class (two classes), RGB or grey.
+fn image_folder(dir: &Path, size: u32, rgb: bool, per_class: u32) {
+    for (k, class) in ["circle", "square"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let v = |x: u32, y: u32, c: u32| {
+                ((x * 7 + y * 3 + c * 50 + i * 20 + k as u32 * 90) % 256) as u8
+            };
+            let path = dir.join(class).join(format!("{i}.png"));
+            if rgb {
+                image::RgbImage::from_fn(size, size, |x, y| {
+                    image::Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
+                })
+                .save(&path)
+                .unwrap();
+            } else {
+                image::GrayImage::from_fn(size, size, |x, y| image::Luma([v(x, y, 0)]))
+                    .save(&path)
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// With the default dataset and model flags, an image folder trains as it is: channels from
+/// the images (RGB stays RGB), the size from the images, and the preset's attention moved to
+/// the same level at that size. Only speed flags are set (2 steps, a small batch, 2 sampling
+/// steps for the final grid).
+#[test]
+fn default_flags_fit_the_data() {
+    let out = tmp("defaults");
+    let quick = |batch: &'static str| {
+        [
+            "--steps",
+            "2",
+            "--batch-size",
+            batch,
+            "--sample-steps",
+            "2",
+            "--grid-cols",
+            "1",
+        ]
+    };
+    for (size, rgb, channels, attention, notes) in [
+        (
+            32,
+            true,
+            3,
+            8,
+            &[
+                "3 channels",
+                "the images are 32×32: training at 32×32",
+                "attention at 8×8",
+            ][..],
+        ),
+        (
+            64,
+            true,
+            3,
+            16,
+            &["3 channels", "training at 64×64", "attention at 16×16"][..],
+        ),
+        (
+            28,
+            false,
+            1,
+            7,
+            &["all grey: 1 channel", "training at 28×28"][..],
+        ),
+    ] {
+        let data = out.join(format!("data-{size}-{rgb}"));
+        image_folder(&data, size, rgb, 3);
+        let run = out.join(format!("run-{size}-{rgb}"));
+        let spec = format!("folder:{}", data.display());
+        let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
+        args.extend(quick("4"));
+        let err = ok(&trainer(&args));
+        for n in notes {
+            assert!(
+                err.contains(&format!("note: ")) && err.contains(n),
+                "`{n}` not in: {err}"
+            );
+        }
+        let unet = &run_config(&run)["model"]["unet"];
+        assert_eq!(unet["in_channels"], channels, "{size}");
+        assert_eq!(unet["resolution"], size, "{size}");
+        assert_eq!(
+            unet["attention_resolutions"],
+            serde_json::json!([attention]),
+            "{size}"
+        );
+        assert!(run.join("ema.safetensors").is_file());
+    }
+    // Larger images train at 64 by default (resized down, never up); odd sizes round down to
+    // what the three levels divide.
+    let data = out.join("data-90");
+    image_folder(&data, 90, true, 1);
+    let run = out.join("run-90");
+    let spec = format!("folder:{}", data.display());
+    let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
+    args.extend(quick("2")); // one image per class
+    let err = ok(&trainer(&args));
+    assert!(
+        err.contains("the images are 90×90: training at 64×64"),
+        "{err}"
+    );
+    let data = out.join("data-30");
+    image_folder(&data, 30, false, 1);
+    let run = out.join("run-30");
+    let spec = format!("folder:{}", data.display());
+    let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
+    args.extend(quick("2")); // one image per class
+    let err = ok(&trainer(&args));
+    assert!(err.contains("training at 28×28"), "{err}");
+    // The fixed-size datasets keep refusing a size of their own.
+    fails_with(
+        &trainer(&[
+            "train",
+            "--dataset",
+            "mnist10k",
+            "--image-size",
+            "64",
+            "--out",
+            run.to_str().unwrap(),
+        ]),
+        "--image-size 64 does not apply to mnist10k: its images are 1×28×28",
+    );
+}
+
+/// SIGTERM mid-run: the steps in flight finish, a checkpoint is written, the exit status is
+/// 143 and the message says where; `--resume` then ends with the same EMA weights, byte for
+/// byte, as the run that was never interrupted.
+#[test]
+fn sigterm_saves_and_resume_is_exact() {
+    let out = tmp("sigterm");
+    let steps = "100";
+    let args = |dir: &Path| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--steps", steps, "--out", dir.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // TINY without its periodic checkpoints, and no grids: the checkpoint the signal
+        // writes is the only way back.
+        let tiny = TINY
+            .join(" ")
+            .replace("--checkpoint-every 2", "--checkpoint-every 0");
+        a.extend(tiny.split(' ').map(String::from));
+        a.extend(["--sample-every", "0"].map(String::from));
+        a
+    };
+    let whole = out.join("whole");
+    ok(&trainer(
+        &args(&whole).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+
+    let cut = out.join("cut");
+    let child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args(&cut))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a few steps are logged (metrics.jsonl: every 10th step), then signal.
+    let metrics = cut.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "the run never logged 3 lines");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_sigterm(child.id());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(143), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: stopped by SIGTERM at step "),
+        "{err}"
+    );
+    let step: u64 = line["error: stopped by SIGTERM at step ".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((20..100).contains(&step), "stopped at {step}: {err}");
+    let ckpt = cut.join(format!("checkpoints/step-{step:08}"));
+    assert!(line.contains(&format!("{}", ckpt.display())), "{line}");
+    assert!(ckpt.join("state.json").is_file());
+    assert!(
+        !cut.join("ema.safetensors").exists(),
+        "an interrupted run exports nothing"
+    );
+    // --resume continues in the checkpoint's run directory (no --out needed).
+    ok(&trainer(&["train", "--resume", cut.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(cut.join("ema.safetensors")).unwrap(),
+        std::fs::read(whole.join("ema.safetensors")).unwrap(),
+        "the resumed run's EMA differs from the uninterrupted one's"
+    );
 }

@@ -92,6 +92,77 @@ fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
     })
 }
 
+/// What a folder's image headers say (no pixels decoded): what the defaults of `trainer train`
+/// are taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderProbe {
+    /// Every image is grey (luma, with or without alpha).
+    pub grey: bool,
+    /// The smallest side of any image.
+    pub min_side: usize,
+    /// The images' size, `(width, height)`, when they all share one.
+    pub uniform: Option<(usize, usize)>,
+    /// How many images.
+    pub count: usize,
+}
+
+/// The largest image size a folder trains at by default: bigger images are resized to it
+/// (a larger model input is the user's explicit choice, `--image-size`).
+pub const MAX_DEFAULT_IMAGE_SIZE: usize = 64;
+
+impl FolderProbe {
+    /// The default training size: the images' smallest side, at most
+    /// [`MAX_DEFAULT_IMAGE_SIZE`], rounded down to a multiple of `multiple` (the U-Net's
+    /// downsampling factor), so that every image is only ever scaled down.
+    pub fn default_image_size(&self, multiple: usize) -> usize {
+        let m = multiple.max(1);
+        let s = self.min_side.min(MAX_DEFAULT_IMAGE_SIZE);
+        (s / m * m).max(m)
+    }
+
+    /// The default channel count: 1 when every image is grey, else 3.
+    pub fn default_channels(&self) -> usize {
+        if self.grey {
+            1
+        } else {
+            3
+        }
+    }
+}
+
+/// Reads the header of every image in the class folders of `dir` (size and colour type).
+pub fn probe(dir: &Path) -> Result<FolderProbe> {
+    let (_, files) = list(dir)?;
+    let mut probe = FolderProbe {
+        grey: true,
+        min_side: usize::MAX,
+        uniform: None,
+        count: files.len(),
+    };
+    let mut sizes = std::collections::BTreeSet::new();
+    for (_, path) in &files {
+        let decoder = image::ImageReader::open(path)
+            .map_err(|e| DataError::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| DataError::io(path, e))?
+            .into_decoder()
+            .map_err(|e| DataError::format(path, format!("not a readable PNG/JPEG image ({e})")))?;
+        let (w, h) = image::ImageDecoder::dimensions(&decoder);
+        let (w, h) = (w as usize, h as usize);
+        probe.min_side = probe.min_side.min(w.min(h));
+        sizes.insert((w, h));
+        use image::ColorType::*;
+        probe.grey &= matches!(
+            image::ImageDecoder::color_type(&decoder),
+            L8 | La8 | L16 | La16
+        );
+    }
+    if sizes.len() == 1 {
+        probe.uniform = sizes.into_iter().next();
+    }
+    Ok(probe)
+}
+
 /// Loads an image folder at `image_size` with 1 (grey) or 3 (RGB) channels.
 pub fn load(dir: &Path, image_size: usize, channels: usize) -> Result<Dataset> {
     if image_size == 0 || !(channels == 1 || channels == 3) {

@@ -76,6 +76,16 @@ impl DatasetSpec {
         }
     }
 
+    /// The image shape `[channels, size, size]` of a dataset whose images come in one size
+    /// (`None` for an image folder, which is resized to the caller's).
+    pub fn fixed_shape(&self) -> Option<[usize; 3]> {
+        match self {
+            Self::Mnist10k | Self::FashionMnist(_) => Some([1, 28, 28]),
+            Self::Cifar10(_) => Some([3, 32, 32]),
+            Self::Folder { .. } => None,
+        }
+    }
+
     /// Loads one split.
     pub fn load(&self, split: Split) -> Result<Dataset> {
         match self {

@@ -123,7 +123,8 @@ pub fn config_path(weights: &Path) -> PathBuf {
 }
 
 /// Serialises the model's weights to safetensors bytes (optionally as f16, half the size, for
-/// the web). Reads every tensor back synchronously, so call it on a native device.
+/// the web), with a canonical header: the same weights give the same bytes. Reads every tensor
+/// back synchronously, so call it on a native device.
 pub fn weights_to_bytes(model: &UNet, half_precision: bool) -> Result<Vec<u8>> {
     let err = |e: burn::store::SafetensorsStoreError| Error::Weights {
         path: "<bytes>".into(),
@@ -134,7 +135,12 @@ pub fn weights_to_bytes(model: &UNet, half_precision: bool) -> Result<Vec<u8>> {
         store = store.with_to_adapter(FloatCastAdapter::to(DType::F16));
     }
     model.valid().save_into(&mut store).map_err(err)?;
-    store.get_bytes().map_err(err)
+    // Burn's metadata goes through a HashMap: sort the header so the same weights always give
+    // the same bytes (and SHA-256).
+    artifacts::canonical_safetensors(&store.get_bytes().map_err(err)?).map_err(|e| Error::Weights {
+        path: "<bytes>".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Saves `NAME.safetensors` and `NAME.json` for `model` (atomically, each).
@@ -250,6 +256,54 @@ mod tests {
     /// A model whose every parameter, including the zero-initialised ones, is random.
     fn random_model(cfg: &ModelConfig, device: &Device) -> UNet {
         cfg.unet.init(device).unwrap().randomize(4, 0.1)
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Same weights ⇒ same bytes: Burn builds the safetensors metadata in a `HashMap`, whose
+    /// order changes from one map to the next, so repeated exports differed before the header
+    /// was sorted. The pinned hashes (f32 and f16) catch any other change to the bytes we
+    /// write; they depend only on the seeded portable RNG and the format.
+    #[test]
+    fn the_same_weights_always_give_the_same_bytes() {
+        let device = Device::flex();
+        let cfg = tiny();
+        let model = random_model(&cfg, &device);
+        let dir = std::env::temp_dir().join(format!("diffusion-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (half, pinned) in [
+            (
+                false,
+                "338886b794a9359401c65912598ec9ed4967bab99ffb2b45e9fa63220ff82ba5",
+            ),
+            (
+                true,
+                "dabd499998db51dc5edcbe1c807b57641a095f4d2431b8606c0816d6d98b68d9",
+            ),
+        ] {
+            let first = weights_to_bytes(&model, half).unwrap();
+            for i in 0..8 {
+                let path = dir.join(format!("w{i}.safetensors"));
+                save_model(&model, &cfg, &path, half).unwrap();
+                assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    first,
+                    "export {i} (f16: {half})"
+                );
+                assert_eq!(
+                    std::fs::read(config_path(&path)).unwrap(),
+                    cfg.to_json().as_bytes()
+                );
+            }
+            assert_eq!(sha256(&first), pinned, "f16: {half}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

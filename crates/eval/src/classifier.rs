@@ -395,6 +395,9 @@ pub fn save_classifier(model: &Classifier, info: &ClassifierInfo, path: &Path) -
     let bytes = store
         .get_bytes()
         .map_err(|e| EvalError::file(path, e.to_string()))?;
+    // Sorted header: the same classifier always gives the same bytes.
+    let bytes = artifacts::canonical_safetensors(&bytes)
+        .map_err(|e| EvalError::file(path, e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     }

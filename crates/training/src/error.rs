@@ -25,6 +25,18 @@ pub enum TrainError {
     /// Training stopped because too many consecutive steps were not finite.
     #[error("{0}")]
     Diverged(String),
+    /// Stopped on request (a signal) after checkpointing the last completed step.
+    #[error("stopped by {reason} at step {step}; checkpoint → {checkpoint} (continue with --resume {run})")]
+    Stopped {
+        /// What asked for the stop (`SIGTERM`, `SIGINT`).
+        reason: String,
+        /// Steps completed and saved.
+        step: u64,
+        /// The checkpoint directory written.
+        checkpoint: String,
+        /// The run directory.
+        run: String,
+    },
     /// An I/O error on `path`.
     #[error("{path}: {source}")]
     Io {

@@ -28,6 +28,11 @@ pub trait TrainObserver {
     fn on_step(&mut self, _metrics: &StepMetrics) {}
     /// For occasional messages (checkpoint written, grid written, ...).
     fn on_message(&mut self, _message: &str) {}
+    /// Asked after every window of steps: `Some(reason)` (e.g. `"SIGTERM"`) makes the run
+    /// write a checkpoint and stop with [`crate::error::TrainError::Stopped`].
+    fn stop_requested(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// An observer that ignores everything.

@@ -13,6 +13,9 @@
 //! `max_nonfinite` in a row training stops with an error, and no non-finite weights are ever
 //! written. Steps run in windows of `sync_every` (`crate::window`): the host reads the losses
 //! back once per window, so a GPU is never idle waiting for it, with the same results.
+//!
+//! When the observer reports a stop request (the CLI's SIGTERM/SIGINT), the loop finishes the
+//! window in flight, writes a checkpoint and returns [`TrainError::Stopped`].
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -224,23 +227,31 @@ pub fn train(
             sample_grid(&config, &trainee.ema, device, &path)?;
             observer.on_message(&format!("sample grid → {}", path.display()));
         }
-        if config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0 || done {
-            if !all_finite(&trainee.model) || !all_finite(&trainee.ema) {
-                return Err(TrainError::Diverged(format!(
-                    "step {}: the weights are no longer finite; not writing them (the last checkpoint is intact)",
-                    state.step
-                )));
-            }
-            let dir = checkpoint::save(
-                run_dir,
-                &state,
-                &trainee.model,
-                &trainee.ema,
-                &trainee.optim,
-                config.keep_checkpoints,
-            )?;
-            plot_loss(run_dir, &history)?;
-            observer.on_message(&format!("checkpoint → {}", dir.display()));
+        let due = config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0;
+        let mut saved = None;
+        if due || done {
+            saved = Some(save_checkpoint(
+                run_dir, &state, &trainee, &config, &history,
+            )?);
+            observer.on_message(&format!(
+                "checkpoint → {}",
+                saved.as_ref().unwrap().display()
+            ));
+        }
+        // A stop signal: the window just run is complete, so save it (unless that just
+        // happened) and stop; `--resume` continues exactly from here. At the last step the run
+        // simply finishes.
+        if let Some(reason) = (!done).then(|| observer.stop_requested()).flatten() {
+            let dir = match saved {
+                Some(dir) => dir,
+                None => save_checkpoint(run_dir, &state, &trainee, &config, &history)?,
+            };
+            return Err(TrainError::Stopped {
+                reason,
+                step: state.step,
+                checkpoint: dir.display().to_string(),
+                run: run_dir.display().to_string(),
+            });
         }
     }
     drop(loader);
@@ -256,6 +267,32 @@ pub fn train(
         elapsed_s: state.elapsed_s,
         weights,
     })
+}
+
+/// Writes the checkpoint of `state` (refusing non-finite weights) and the loss plot.
+fn save_checkpoint(
+    run_dir: &Path,
+    state: &CheckpointState,
+    trainee: &Trainee,
+    config: &TrainConfig,
+    history: &[(u64, f64)],
+) -> Result<std::path::PathBuf> {
+    if !all_finite(&trainee.model) || !all_finite(&trainee.ema) {
+        return Err(TrainError::Diverged(format!(
+            "step {}: the weights are no longer finite; not writing them (the last checkpoint is intact)",
+            state.step
+        )));
+    }
+    let dir = checkpoint::save(
+        run_dir,
+        state,
+        &trainee.model,
+        &trainee.ema,
+        &trainee.optim,
+        config.keep_checkpoints,
+    )?;
+    plot_loss(run_dir, history)?;
+    Ok(dir)
 }
 
 /// The first step count after `step` at which a sample grid or a checkpoint is due, or the end.

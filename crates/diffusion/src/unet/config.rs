@@ -86,6 +86,31 @@ impl UNetConfig {
         }
     }
 
+    /// The levels (0 = full resolution, 1 = half, …) at which this config attends: the
+    /// resolution-independent form of `attention_resolutions` (the `mnist` preset: level 2,
+    /// its lowest; `cifar10_ddpm`: level 1, 16×16 of 32×32).
+    pub fn attention_levels(&self) -> Vec<usize> {
+        let levels = self.channel_mults.len();
+        self.attention_resolutions
+            .iter()
+            .filter_map(|&r| (0..levels).find(|&i| self.resolution >> i == r))
+            .collect()
+    }
+
+    /// Attention at `levels` of this config's own resolution and level count, a level past the
+    /// lowest becoming the lowest: how a preset's attention follows the image size (the
+    /// `mnist` preset attends at 7×7 for 28×28 images and at 16×16 for 64×64 ones).
+    pub fn with_attention_levels(mut self, levels: &[usize]) -> Self {
+        let lowest = self.channel_mults.len().saturating_sub(1);
+        let mut res: Vec<usize> = levels
+            .iter()
+            .map(|&l| self.resolution >> l.min(lowest))
+            .collect();
+        res.dedup();
+        self.attention_resolutions = res;
+        self
+    }
+
     /// The shape of one image, `[in_channels, resolution, resolution]`.
     pub fn image_shape(&self) -> [usize; 3] {
         [self.in_channels, self.resolution, self.resolution]
@@ -229,6 +254,32 @@ impl UNetConfig {
 mod tests {
     use super::*;
     use burn::tensor::Device;
+
+    #[test]
+    fn attention_follows_the_image_size() {
+        let mnist = UNetConfig::mnist();
+        assert_eq!(mnist.attention_levels(), vec![2]);
+        let cifar = UNetConfig::cifar10_ddpm();
+        assert_eq!(cifar.attention_levels(), vec![1]);
+        for (preset, size, want) in [
+            (&mnist, 28, vec![7]),
+            (&mnist, 32, vec![8]),
+            (&mnist, 64, vec![16]),
+            (&cifar, 32, vec![16]),
+            (&cifar, 64, vec![32]),
+        ] {
+            let mut u = preset.clone();
+            u.resolution = size;
+            let u = u.with_attention_levels(&preset.attention_levels());
+            assert_eq!(u.attention_resolutions, want, "{size}");
+            u.validate().unwrap();
+        }
+        // Fewer levels than the preset's: the lowest one.
+        let mut u = mnist.clone();
+        u.channel_mults = vec![1, 2];
+        let u = u.with_attention_levels(&mnist.attention_levels());
+        assert_eq!(u.attention_resolutions, vec![14]);
+    }
 
     #[test]
     fn bad_configs_are_errors() {
