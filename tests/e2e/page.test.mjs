@@ -125,7 +125,7 @@ try {
   const maxDiff = await canvasDiff(page, expected, cols, zoom);
   console.log(`page canvas (${expected.length / 784} images, zoom ${zoom}) vs native golden: max |Δ| = ${maxDiff}/255`);
   if (maxDiff > 2) throw new Error(`canvas differs from the golden grid (max |Δ| ${maxDiff})`);
-  // PAGE_SCREENSHOT=docs/page-16-grid.png: the README's picture of the page after this run.
+  // PAGE_SCREENSHOT=docs/page.png (scripts/screenshot-page.sh): the README's picture of the page after this run.
   if (process.env.PAGE_SCREENSHOT) await page.screenshot({ path: process.env.PAGE_SCREENSHOT, fullPage: true });
   // Another zoom redraws the same grid without sampling again.
   await page.evaluate(() => { document.body.dataset.done = ""; });

@@ -7,7 +7,7 @@
 //! - `forward`: one no-grad forward pass at per-sample t with labels.
 //! - `ddim`: 50-step DDIM with classifier-free guidance (w = 3, cond + uncond as one 2B batch),
 //!   through the same `Sampling` loop as the CLI, the server and the browser; `dpm` the same
-//!   with 15 DPM-Solver++ steps (its quality matches DDIM-50's; see the README).
+//!   with 15 DPM-Solver++ steps (its quality matches DDIM-50's; see docs/samplers.md).
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
