@@ -30,8 +30,9 @@ cd "$root"
 carry="$root/gpu-carry"
 
 prepare() {
-    # The workspace's binaries with the test command's features, so it reuses that build.
-    scripts/cuda-offline.sh build --release --workspace --bins
+    # The workspace's binaries with the test command's features (CUDA is in the default
+    # build), so it reuses that build.
+    cargo build --release --workspace --bins
     local target="${CARGO_TARGET_DIR:-$root/target}"
     rm -rf "$carry.tmp" && mkdir -p "$carry.tmp"
     for exe in trainer bench; do

@@ -4,7 +4,7 @@
 //! `cpp` feature makes CUDA C++ through NVRTC the default, so with that feature the LLVM compiler
 //! is never constructed. This crate gives the LLVM side's types so that `cubecl-cuda` builds, and
 //! makes every LLVM compilation fail with an error that says why. Patched in only by
-//! `scripts/cuda-offline.sh`; see docs/cli.md's CUDA section.
+//! the workspace's `[patch.crates-io]`; see docs/cli.md's CUDA section.
 
 use cubecl_core::ir::amd::GfxArch;
 use cubecl_core::ir::nvidia::SmArch;

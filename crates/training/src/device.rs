@@ -93,8 +93,8 @@ fn cuda_device(index: usize) -> Result<Device> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(_index: usize) -> Result<Device> {
     Err(TrainError::Invalid(
-        "this build has no CUDA backend: rebuild with `--features cuda` \
-         (or `scripts/cuda-offline.sh` without internet)"
+        "this build has no CUDA backend: rebuild without `--no-default-features` \
+         (or with `--features cuda`)"
             .into(),
     ))
 }
