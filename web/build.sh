@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the browser bundles into pkg/ (what index.html loads) with wasm-pack, as
+# Builds the browser bundles into pkg/ (what index.html loads), laid out as
 # `wasm-pack build --target web` lays them out:
 #   pkg/web.js + web_bg.wasm         the CPU bundle (Burn's flex compiled to wasm): the page's
 #                                    first and usually only download (baseline SIMD128)
@@ -10,17 +10,21 @@
 #   pkg/webgpu/web.js + web_bg.wasm  WebGPU (with the CPU backend as its fallback), fetched by
 #                                    the worker only where a hardware adapter exists
 #   pkg/worker.js                    the Web Worker that imports one of them
-# The CPU bundle uses the `wasm-release` profile (fat LTO, one codegen unit, stripped: smaller
-# and faster); the WebGPU bundle uses `release` with the default features, the very build the
-# in-browser tests (`wasm-pack test --release`) reuse; wasm-opt strips its names (no
-# optimisation passes: measured slower, docs/web-bundle.md). Installs the pinned
-# wasm-bindgen-cli, wasm-pack and (npm) binaryen when missing.
+# Each bundle is `cargo build -p web --target wasm32-unknown-unknown`, then the pinned
+# `wasm-bindgen --target web`, then npm binaryen's `wasm-opt --strip-debug --strip-producers`
+# (names and producers only; its optimisation passes measured slower, docs/web-bundle.md) —
+# what wasm-pack did, without installing wasm-pack. The CPU bundles use the `wasm-release`
+# profile (fat LTO, one codegen unit: smaller and faster); the WebGPU bundle uses `release` with
+# the default features, the very build the in-browser tests (`cargo test --release --target
+# wasm32-unknown-unknown -p web`) reuse. The threads bundle (nightly, its own target dir) builds
+# in the background while the others build: its long single-threaded steps (std, the LTO link)
+# fill the cores the others leave idle. Installs the pinned wasm-bindgen-cli and (npm) binaryen
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One target dir for `cargo run`, the scripts and the tests: ./target unless set (CI sets its cache).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-WB_VERSION=0.2.130  # = the crate's wasm-bindgen (wasm-pack uses this CLI from PATH)
-WASM_PACK_VERSION=0.15.1
+WB_VERSION=0.2.130  # = the crate's wasm-bindgen
 # A pinned tool, with its own lockfile when the registry has every version it pins, else resolved
 # afresh: a fresh machine's crates.io index lacked a version that wasm-bindgen-cli 0.2.130's
 # lockfile pins (webpki-roots 1.0.11), and `--locked` alone then fails the whole test command.
@@ -32,27 +36,21 @@ install_pinned() {
 if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
   install_pinned wasm-bindgen-cli "$WB_VERSION"
 fi
-if ! command -v wasm-pack >/dev/null || [ "$(wasm-pack --version | awk '{print $2}')" != "$WASM_PACK_VERSION" ]; then
-  install_pinned wasm-pack "$WASM_PACK_VERSION"
-fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-# wasm-opt from npm's binaryen (Debian's breaks wasm-bindgen output); wasm-pack finds it on PATH.
+# wasm-opt from npm's binaryen (Debian's breaks wasm-bindgen output).
 [ -x web/node_modules/.bin/wasm-opt ] || (cd web && npm ci --no-audit --no-fund)
-export PATH="$PWD/web/node_modules/.bin:$PATH"
+WASM_OPT="$PWD/web/node_modules/.bin/wasm-opt"
 rm -rf pkg.tmp
-# One bundle into pkg.tmp/<dir> (then wasm-pack's own flags; cargo's after `--`).
-# --mode no-install: use the wasm-bindgen above, never download one.
-pack() {
-  local dir="$1"; shift
-  wasm-pack build web --target web --mode no-install --no-gitignore --out-dir "../pkg.tmp/$dir" --out-name web "$@"
+# One bundle into pkg.tmp/<dir>: bundle DIR PROFILE [cargo flags…]. Binaryen reads the wasm
+# features from the target_features section (`--all-features` would write compact imports,
+# which Chromium rejects).
+bundle() {
+  local dir="$1" profile="$2"; shift 2
+  cargo build -p web --lib --target wasm32-unknown-unknown --profile "$profile" "$@"
+  local wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/$profile/web.wasm"
+  wasm-bindgen "$wasm" --target web --out-dir "pkg.tmp/$dir" --out-name web
+  "$WASM_OPT" "pkg.tmp/$dir/web_bg.wasm" -o "pkg.tmp/$dir/web_bg.wasm" --strip-debug --strip-producers
 }
-pack . --profile wasm-release -- --no-default-features --features cpu
-# pkg/relaxed/: the same with relaxed SIMD (the convolution product's fused multiply-add,
-# flex-kernels' conv2d/wasm_gemm.rs), which the worker loads instead where the browser
-# validates relaxed SIMD (Chrome/Edge 114+); a browser without it cannot compile this module.
-# Same flags and target dir as pkg/: only the crates that see the feature rebuild.
-pack relaxed --profile wasm-release -- --no-default-features --features cpu,relaxed-simd
-pack webgpu --release
 # pkg/threads/: the CPU bundle with WebAssembly threads (rayon on Web Workers through
 # wasm-bindgen-rayon), for cross-origin-isolated pages, with relaxed SIMD as pkg/relaxed/ (the
 # worker loads it only where the browser validates relaxed SIMD; a browser with threads but
@@ -62,16 +60,35 @@ pack webgpu --release
 # target dir (other RUSTFLAGS).
 # Without a nightly toolchain it is skipped and the page runs the single-threaded bundle.
 NIGHTLY="${RUST_DDPM_NIGHTLY:-nightly}"
+threads_pid=""
 if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
   rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src' || rustup component add rust-src --toolchain "$NIGHTLY"
   rustup target list --toolchain "$NIGHTLY" --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown --toolchain "$NIGHTLY"
-  echo "threads bundle: $(rustup run "$NIGHTLY" rustc --version)"
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" \
-    RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 -C link-arg=--max-memory=4294967296" \
-    RUSTUP_TOOLCHAIN="$NIGHTLY" \
-    pack threads --profile wasm-release -- --no-default-features --features threads,relaxed-simd -Z build-std=panic_abort,std
+  echo "threads bundle (in the background, log: pkg.tmp/threads.log): $(rustup run "$NIGHTLY" rustc --version)"
+  mkdir -p pkg.tmp
+  ( export CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" RUSTUP_TOOLCHAIN="$NIGHTLY"
+    export RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 -C link-arg=--max-memory=4294967296"
+    bundle threads wasm-release --no-default-features --features threads,relaxed-simd -Z build-std=panic_abort,std
+  ) > pkg.tmp/threads.log 2>&1 &
+  threads_pid=$!
 else
   echo "threads bundle skipped: no $NIGHTLY toolchain (rustup toolchain install $NIGHTLY)" >&2
+fi
+bundle . wasm-release --no-default-features --features cpu
+# pkg/relaxed/: the same with relaxed SIMD (the convolution product's fused multiply-add,
+# flex-kernels' conv2d/wasm_gemm.rs), which the worker loads instead where the browser
+# validates relaxed SIMD (Chrome/Edge 114+); a browser without it cannot compile this module.
+# Same flags and target dir as pkg/: only the crates that see the feature rebuild.
+# (The CPU bundles share one output file per profile, so each is bound before the next builds.)
+bundle relaxed wasm-release --no-default-features --features cpu,relaxed-simd
+bundle webgpu release
+if [ -n "$threads_pid" ]; then
+  if ! wait "$threads_pid"; then
+    tail -40 pkg.tmp/threads.log >&2
+    echo "error: the threads bundle failed (log above: pkg.tmp/threads.log)" >&2
+    exit 1
+  fi
+  rm pkg.tmp/threads.log
 fi
 # The page runs the sampler in this Web Worker, which imports ./web.js or ./webgpu/web.js.
 cp web/worker.js pkg.tmp/worker.js
