@@ -1026,25 +1026,20 @@ fn default_flags_fit_the_data() {
     }
     // Larger images train at 64 by default (resized down, never up); odd sizes round down to
     // what the three levels divide.
-    let data = out.join("data-90");
-    image_folder(&data, 90, true, 1);
-    let run = out.join("run-90");
-    let spec = format!("folder:{}", data.display());
-    let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
-    args.extend(quick("2")); // one image per class
-    let err = ok(&trainer(&args));
-    assert!(
-        err.contains("the images are 90×90: training at 64×64"),
-        "{err}"
-    );
-    let data = out.join("data-30");
-    image_folder(&data, 30, false, 1);
-    let run = out.join("run-30");
-    let spec = format!("folder:{}", data.display());
-    let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
-    args.extend(quick("2")); // one image per class
-    let err = ok(&trainer(&args));
-    assert!(err.contains("training at 28×28"), "{err}");
+    for (size, rgb, note) in [
+        (90, true, "the images are 90×90: training at 64×64"),
+        (30, false, "the images are 30×30: training at 28×28"),
+    ] {
+        let data = out.join(format!("data-{size}"));
+        image_folder(&data, size, rgb, 1);
+        let run = out.join(format!("run-{size}"));
+        let spec = format!("folder:{}", data.display());
+        let mut args = vec!["train", "--dataset", &spec, "--out", run.to_str().unwrap()];
+        args.extend(quick("2")); // one image per class
+        let err = ok(&trainer(&args));
+        assert!(err.contains(note), "{err}");
+    }
+    let run = out.join("run-mnist");
     // The fixed-size datasets keep refusing a size of their own.
     fails_with(
         &trainer(&[

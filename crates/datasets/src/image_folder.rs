@@ -52,14 +52,21 @@ fn list(dir: &Path) -> Result<(Vec<String>, Vec<(usize, PathBuf)>)> {
     Ok((names, files))
 }
 
-/// Decodes one file into `channels × size × size` bytes.
-fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
+/// A reader of `path` that knows its format from the content.
+fn reader(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+    image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?
-        .decode()
-        .map_err(|e| DataError::format(path, format!("not a readable PNG/JPEG image ({e})")))?;
+        .map_err(|e| DataError::io(path, e))
+}
+
+fn unreadable(path: &Path, e: image::ImageError) -> DataError {
+    DataError::format(path, format!("not a readable PNG/JPEG image ({e})"))
+}
+
+/// Decodes one file into `channels × size × size` bytes.
+fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
+    let img = reader(path)?.decode().map_err(|e| unreadable(path, e))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w.min(h) < size {
         return Err(DataError::format(
@@ -141,12 +148,9 @@ pub fn probe(dir: &Path) -> Result<FolderProbe> {
     };
     let mut sizes = std::collections::BTreeSet::new();
     for (_, path) in &files {
-        let decoder = image::ImageReader::open(path)
-            .map_err(|e| DataError::io(path, e))?
-            .with_guessed_format()
-            .map_err(|e| DataError::io(path, e))?
+        let decoder = reader(path)?
             .into_decoder()
-            .map_err(|e| DataError::format(path, format!("not a readable PNG/JPEG image ({e})")))?;
+            .map_err(|e| unreadable(path, e))?;
         let (w, h) = image::ImageDecoder::dimensions(&decoder);
         let (w, h) = (w as usize, h as usize);
         probe.min_side = probe.min_side.min(w.min(h));
