@@ -85,6 +85,25 @@ fn record_bytes<M: Module>(m: &M, what: &str) -> Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+/// A burnpack record with its tensors in name order. `ModuleOptimizer::to_record` (burn-optim
+/// 0.22.1) lists the AdamW state in a `HashMap`'s order, which changes from run to run, and the
+/// data section follows that list: rewritten in order, the same state always gives the same
+/// bytes. The reader lists tensors by name; metadata and scalars are sorted maps already.
+fn sorted_record(bytes: Bytes) -> Result<Vec<u8>> {
+    let err = |e: burn_pack::Error| TrainError::Invalid(format!("serialising the optimiser: {e}"));
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(err)?;
+    let metadata = reader.metadata().clone();
+    let scalars = reader.scalars().clone();
+    let mut writer = burn_pack::Writer::new(reader.into_tensors().map_err(err)?);
+    for (k, v) in &metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    for (k, v) in scalars {
+        writer = writer.with_scalar(&k, v);
+    }
+    Ok(writer.into_bytes().map_err(err)?.to_vec())
+}
+
 /// One file of a checkpoint, written (and flushed) through the one atomic writer; the
 /// checkpoint as a whole becomes visible when its directory is renamed into place.
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
@@ -111,7 +130,8 @@ pub fn save(
         write(&tmp, EMA, &record_bytes(ema, "the EMA model")?)?;
         let optim_bytes = optim
             .into_bytes()
-            .map_err(|e| TrainError::Invalid(format!("serialising the optimiser: {e}")))?;
+            .map_err(|e| TrainError::Invalid(format!("serialising the optimiser: {e}")))
+            .and_then(sorted_record)?;
         write(&tmp, OPTIM, &optim_bytes)?;
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         write(&tmp, STATE, json.as_bytes())?;

@@ -115,14 +115,12 @@ fn resume_reproduces_the_uninterrupted_run_and_export_matches_checkpoint() {
     };
     assert_eq!(sample(&exported), sample(&ema));
 
-    // Same weights ⇒ same bytes: the resumed run's step-12 checkpoint of the model and the EMA,
+    // Same weights ⇒ same bytes: the resumed run's step-12 checkpoint (model, EMA, AdamW state),
     // its exported weights and its sample grid are the uninterrupted run's, byte for byte.
-    // (Not `optim.bpk`: Burn's `ModuleOptimizer::to_record` lists the AdamW state in the order
-    // of a `HashMap`, so its bytes vary from run to run; it loads by name, so resuming is
-    // unaffected.)
     for f in [
         "checkpoints/step-00000012/model.bpk",
         "checkpoints/step-00000012/ema.bpk",
+        "checkpoints/step-00000012/optim.bpk",
         "ema.safetensors",
         "ema.json",
         "samples/step-00000012.png",
