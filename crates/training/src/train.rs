@@ -228,16 +228,13 @@ pub fn train(
             observer.on_message(&format!("sample grid → {}", path.display()));
         }
         let due = config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0;
-        let mut saved = None;
-        if due || done {
-            saved = Some(save_checkpoint(
-                run_dir, &state, &trainee, &config, &history,
-            )?);
-            observer.on_message(&format!(
-                "checkpoint → {}",
-                saved.as_ref().unwrap().display()
-            ));
-        }
+        let saved = if due || done {
+            let dir = save_checkpoint(run_dir, &state, &trainee, &config, &history)?;
+            observer.on_message(&format!("checkpoint → {}", dir.display()));
+            Some(dir)
+        } else {
+            None
+        };
         // A stop signal: the window just run is complete, so save it (unless that just
         // happened) and stop; `--resume` continues exactly from here. At the last step the run
         // simply finishes.
