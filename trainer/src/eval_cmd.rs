@@ -156,9 +156,7 @@ pub struct EvalArgs {
 }
 
 pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
-    for n in crate::flag_rules::eval(m)? {
-        eprintln!("note: {n}");
-    }
+    crate::flag_rules::print_notes(&crate::flag_rules::eval(m)?);
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
     let sampler = a.sampler.settings(&config)?;

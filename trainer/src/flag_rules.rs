@@ -10,6 +10,13 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use datasets::DatasetSpec;
 
+/// Prints each note on stderr as `note: …`.
+pub(crate) fn print_notes(notes: &[String]) {
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+}
+
 /// Whether flag `id` (the field name) was given on the command line.
 pub(crate) fn given(m: &ArgMatches, id: &str) -> bool {
     m.try_get_raw(id).is_ok_and(|v| v.is_some())

@@ -38,12 +38,12 @@ pub(crate) struct ForwardArgs {
 
 pub(crate) fn cmd_forward(a: ForwardArgs, m: &ArgMatches) -> Result<()> {
     flag_rules::dataset_shape(m, &a.dataset)?;
-    // The size `train`'s default `mnist` preset would pick (its 3 levels divide by 4).
+    // The size `train`'s default `mnist` preset would pick (what its levels divide).
+    let multiple = diffusion::UNetConfig::mnist().downsampling_factor();
     let mut notes = Vec::new();
-    let (size, channels) = dataset_shape(&a.dataset, a.image_size, a.channels, 4, &mut notes)?;
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
+    let (size, channels) =
+        dataset_shape(&a.dataset, a.image_size, a.channels, multiple, &mut notes)?;
+    flag_rules::print_notes(&notes);
     let ds = DatasetSpec::parse(&a.dataset, size, channels)?.load(Split::Train)?;
     if a.index >= ds.len() {
         bail!(

@@ -56,9 +56,7 @@ pub(crate) struct SampleArgs {
 pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
     let device = training::device::parse_device(&a.device)?;
     let (model, config) = load_model(&a.weights, &device)?;
-    for n in flag_rules::sample(m, config.unet.num_classes.is_none())? {
-        eprintln!("note: {n}");
-    }
+    flag_rules::print_notes(&flag_rules::sample(m, config.unet.num_classes.is_none())?);
     let GridLabels { labels, cols } =
         ClassChoice::parse_named(&a.class, config.class_names.as_deref())
             .and_then(|c| c.grid(a.num, config.unet.num_classes))

@@ -146,13 +146,14 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The U-Net's downsampling factor, 2^(levels − 1): what the image size must divide by.
+    /// What the image size must divide by: the preset's downsampling factor, or that of the
+    /// `--channel-mults` given.
     fn size_multiple(&self) -> Result<usize> {
-        let levels = match &self.channel_mults {
-            Some(m) => m.len(),
-            None => UNetConfig::preset(&self.preset)?.channel_mults.len(),
-        };
-        Ok(1 << levels.clamp(1, 16).saturating_sub(1))
+        let mut u = UNetConfig::preset(&self.preset)?;
+        if let Some(m) = &self.channel_mults {
+            u.channel_mults = m.clone();
+        }
+        Ok(u.downsampling_factor())
     }
 
     fn build(&self, dataset: &datasets::Dataset, notes: &mut Vec<String>) -> Result<ModelConfig> {
@@ -298,9 +299,7 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
              arithmetic and widens every op); it is meant for GPUs"
         );
     }
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
+    flag_rules::print_notes(&notes);
     let out = out.unwrap_or_else(|| PathBuf::from("runs/mnist"));
     let mut observer = TrainBar::new(config.steps, StopSignal::install()?);
     let summary = train(

@@ -109,8 +109,6 @@ pub struct FolderProbe {
     pub min_side: usize,
     /// The images' size, `(width, height)`, when they all share one.
     pub uniform: Option<(usize, usize)>,
-    /// How many images.
-    pub count: usize,
 }
 
 /// The largest image size a folder trains at by default: bigger images are resized to it
@@ -144,7 +142,6 @@ pub fn probe(dir: &Path) -> Result<FolderProbe> {
         grey: true,
         min_side: usize::MAX,
         uniform: None,
-        count: files.len(),
     };
     let mut sizes = std::collections::BTreeSet::new();
     for (_, path) in &files {

@@ -86,6 +86,11 @@ impl UNetConfig {
         }
     }
 
+    /// The U-Net's downsampling factor, 2^(levels − 1): what the image size must divide by.
+    pub fn downsampling_factor(&self) -> usize {
+        1 << (self.channel_mults.len().clamp(1, 16) - 1)
+    }
+
     /// The levels (0 = full resolution, 1 = half, …) at which this config attends: the
     /// resolution-independent form of `attention_resolutions` (the `mnist` preset: level 2,
     /// its lowest; `cifar10_ddpm`: level 1, 16×16 of 32×32).
@@ -148,7 +153,7 @@ impl UNetConfig {
             return err("num_heads must be at least 1".into());
         }
         let levels = self.channel_mults.len();
-        let factor = 1usize << (levels - 1);
+        let factor = self.downsampling_factor();
         if self.resolution % factor != 0 {
             return err(format!(
                 "resolution {} is not divisible by 2^{} = {factor}, needed for {levels} levels",
