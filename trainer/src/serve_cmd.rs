@@ -19,13 +19,26 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Rows per batched model call (a guided image counts twice, for its two passes); requests
-    /// at different steps share one call. 1 serves one request at a time.
+    /// at different steps share one call, and a request with more rows takes each step over
+    /// several calls. Size it to the device: the rows where a call's time per row stops
+    /// falling (`bench --sections forward`).
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// Requests that may wait to join a batch; beyond that the answer is 503 + Retry-After.
-    #[arg(long, default_value_t = 4)]
-    queue: usize,
-    /// Per-request time limit in seconds (queueing + sampling); past it the answer is 504.
+    /// Rows one request puts in a call while others share it (default: half of --max-batch),
+    /// so a many-image request never holds the whole batch.
+    #[arg(long)]
+    max_request_rows: Option<usize>,
+    /// Rows held at most, in flight and waiting: the bound that protects memory (default: as
+    /// many rows as 256 MiB of sample state holds, at least 4 batches per worker). Requests
+    /// are admitted while they fit it and are predicted to finish within --timeout; otherwise
+    /// 503 with a Retry-After from that prediction.
+    #[arg(long)]
+    max_rows: Option<usize>,
+    /// Replaced by --max-rows (admission by capacity and deadline): an error if given.
+    #[arg(long, hide = true)]
+    queue: Option<usize>,
+    /// Per-request time limit in seconds (waiting + sampling): admission predicts against it,
+    /// and past it the answer is 504.
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
     /// Directory served at `/` (with `index.html` and `pkg/`).
@@ -47,6 +60,17 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
     if a.max_batch == 0 {
         bail!("--max-batch must be at least 1");
     }
+    if a.queue.is_some() {
+        bail!("--queue is gone: the service admits requests by capacity and deadline; bound the rows held with --max-rows (see docs/http-api.md)");
+    }
+    if let Some(r) = a.max_request_rows {
+        if !(1..=a.max_batch).contains(&r) {
+            bail!("--max-request-rows must lie in 1..=--max-batch ({}), got {r}", a.max_batch);
+        }
+    }
+    if a.max_rows == Some(0) {
+        bail!("--max-rows must be at least 1");
+    }
     tracing_subscriber::fmt()
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -56,7 +80,8 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
         weights: a.weights,
         workers: a.workers,
         max_batch: a.max_batch,
-        queue: a.queue,
+        max_request_rows: a.max_request_rows,
+        max_rows: a.max_rows,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         static_dir: a.static_dir,
         device: training::device::parse_device(&a.device)?,

@@ -6,13 +6,17 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use diffusion::sampler::{
-    step_together, to_host, AnyScheduler, SamplerKind, SamplerSettings, SamplingState,
+    rows_left, step_in_parts, step_together, to_host, AnyScheduler, PartialStep, SamplerKind,
+    SamplerSettings, SamplingState, Share,
 };
 use diffusion::weights::load_model;
 use diffusion::{SampleRequest, Sampling, Scheduler};
 
-#[test]
-fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
+type Made = Vec<(AnyScheduler, SampleRequest, usize)>;
+
+/// The shipped model, the runs (scheduler, request, the iteration it joins at) and each run's
+/// image alone.
+fn runs() -> (diffusion::UNet, diffusion::ModelConfig, Made, Vec<Vec<f32>>, Device) {
     let device = Device::flex();
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/mnist.safetensors");
     let (model, config) = load_model(&weights, &device).unwrap();
@@ -69,6 +73,12 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
         .iter()
         .map(|(s, r, _)| to_host(Sampling::new(&model, s, r, &device).unwrap().run(|_| {})))
         .collect();
+    (model, config, made, alone, device)
+}
+
+#[test]
+fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
+    let (model, config, made, alone, device) = runs();
     // Each iteration: the runs that join now start, every active run takes one step in one
     // shared model call, and the runs that took their last step leave.
     let mut active: Vec<(usize, SamplingState)> = Vec::new();
@@ -78,6 +88,7 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
         for (i, (_, request, joins)) in made.iter().enumerate() {
             if *joins == iteration {
                 let run = SamplingState::new(config.unet.num_classes, request, &device).unwrap();
+                assert_eq!(request.rows(config.unet.num_classes), run.rows());
                 active.push((i, run));
             }
         }
@@ -113,4 +124,50 @@ fn runs_stepped_together_equal_runs_alone_bit_for_bit() {
     }
     // 34 steps in all, in 13 shared model calls (the last run joins at iteration 9).
     assert_eq!(calls, 13);
+}
+
+#[test]
+fn runs_stepped_in_parts_equal_runs_alone_bit_for_bit() {
+    // Every run puts 1–3 of its rows in each call (varying by call and run), so its step's
+    // model call is spread over several shared calls, and split at different rows each step.
+    let (model, config, made, alone, device) = runs();
+    let mut active: Vec<(usize, SamplingState, Option<PartialStep>)> = made
+        .iter()
+        .enumerate()
+        .map(|(i, (_, request, _))| {
+            let run = SamplingState::new(config.unet.num_classes, request, &device).unwrap();
+            (i, run, None)
+        })
+        .collect();
+    let mut finished: Vec<Option<Vec<f32>>> = made.iter().map(|_| None).collect();
+    let (mut calls, mut steps) = (0, 0);
+    while !active.is_empty() {
+        let mut shares: Vec<Share<'_, AnyScheduler>> = active
+            .iter_mut()
+            .map(|(i, run, partial)| Share {
+                state: run,
+                scheduler: &made[*i].0,
+                partial,
+                max_rows: 1 + (calls + *i) % 3,
+            })
+            .collect();
+        let outputs = step_in_parts(&model, &mut shares).unwrap();
+        steps += outputs.iter().flatten().count();
+        calls += 1;
+        active.retain(|(i, run, partial)| {
+            let done = rows_left(run, &made[*i].0, partial) == 0;
+            if done {
+                finished[*i] = Some(to_host(run.sample().clone()));
+            }
+            !done
+        });
+    }
+    for (i, (got, want)) in finished.iter().zip(&alone).enumerate() {
+        assert!(
+            got.as_deref() == Some(want.as_slice()),
+            "run {i} stepped in parts differs from the run alone"
+        );
+    }
+    assert_eq!(steps, 34);
+    assert!(calls > 34 / 5, "the steps were not split: {calls} calls");
 }

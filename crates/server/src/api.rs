@@ -5,12 +5,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use diffusion::sampler::{AnyScheduler, SamplerKind, SamplerSettings};
-use diffusion::ModelConfig;
+use diffusion::{ModelConfig, SampleRequest};
 
 /// Largest guidance scale accepted.
 pub const MAX_GUIDANCE: f64 = 30.0;
-/// Largest number of images per request.
-pub const MAX_IMAGES: u32 = 16;
+/// Largest number of images per request (the service steps a many-image request in parts
+/// beside others, so it does not hold the batch).
+pub const MAX_IMAGES: u32 = 64;
 /// Largest request body, bytes.
 pub const MAX_BODY: usize = 16 * 1024;
 
@@ -74,9 +75,9 @@ pub struct GenerateRequest {
     /// Noise seed; `null` picks one at random (it is returned, so the result can be repeated).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Images to return, 1..=16 (all from one noise stream of `seed`).
+    /// Images to return, 1..=64 (all from one noise stream of `seed`).
     #[serde(default = "default_num_images")]
-    #[schema(default = 1, minimum = 1, maximum = 16)]
+    #[schema(default = 1, minimum = 1, maximum = 64)]
     pub num_images: u32,
 }
 
@@ -200,6 +201,18 @@ pub struct Job {
     pub num_images: usize,
 }
 
+impl Job {
+    /// What it samples, for a model of images of `image_shape`.
+    pub fn request(&self, image_shape: [usize; 3]) -> SampleRequest {
+        SampleRequest {
+            image_shape,
+            class_labels: vec![self.class_label; self.num_images],
+            guidance_scale: self.guidance_scale,
+            seed: self.seed,
+        }
+    }
+}
+
 /// Checks ranges against the model (classes, T, the sampler's own rules) and builds the
 /// sampler; the message names the field.
 pub fn validate(req: &GenerateRequest, config: &ModelConfig, seed: u64) -> Result<Job, String> {
@@ -316,7 +329,7 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    num_images: 17,
+                    num_images: 65,
                     ..ok.clone()
                 },
                 "num_images",

@@ -22,6 +22,7 @@ use crate::api::{
     SamplerName, MAX_BODY,
 };
 use crate::metrics::Metrics;
+use crate::admission::Refusal;
 use crate::worker::{JobOutput, Pool, SubmitError};
 
 /// Shared state of the service.
@@ -54,40 +55,64 @@ pub struct AppState {
 )]
 pub struct ApiDoc;
 
-/// An error response: `{"error": "..."}` with a status.
-pub struct ApiError(StatusCode, String);
+/// An error response: `{"error": "..."}` with a status, and a `Retry-After` (seconds) where
+/// the service predicts when it could take the request.
+pub struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.0, Json(ErrorBody { error: self.1 })).into_response();
-        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(s) = self.2 {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
-    ApiError(status, msg.into())
+    ApiError(status, msg.into(), None)
+}
+
+/// The answer to a refused request.
+fn refused(r: Refusal, timeout: Duration) -> ApiError {
+    let busy = |msg: String, s: u64| ApiError(StatusCode::SERVICE_UNAVAILABLE, msg, Some(s));
+    match r {
+        Refusal::Deadline {
+            retry_after_s,
+            predicted_s,
+        } => busy(
+            format!(
+                "busy: this request would finish in about {predicted_s:.0} s, past the {:.0} s time limit; retry in {retry_after_s} s",
+                timeout.as_secs_f64()
+            ),
+            retry_after_s,
+        ),
+        Refusal::Capacity { retry_after_s } => busy(
+            format!("busy: the rows in flight and waiting are at the service's bound; retry in {retry_after_s} s"),
+            retry_after_s,
+        ),
+        Refusal::TooLarge { rows, max_rows } => err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("num_images: the request needs {rows} rows (images, twice when guided), over the service's bound of {max_rows} (--max-rows)"),
+        ),
+        Refusal::Closed => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down",
+        ),
+    }
 }
 
 /// Runs a validated job on the pool within the time limit.
 async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
     let n = job.num_images as u64;
-    let ticket = state.pool.submit(job).map_err(|e| match e {
-        SubmitError::Busy => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the sampling queue is full; retry later",
-        ),
-        SubmitError::Closed => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the service is shutting down",
-        ),
-    })?;
-    // Abandons the job when this future is dropped before it is answered: the client went away
-    // (the server drops the handler), so its rows leave the batch at the next step.
-    let _abandon = Abandon(ticket.cancelled.clone());
+    let ticket = state
+        .pool
+        .submit(job)
+        .map_err(|SubmitError::Refused(r)| refused(r, state.timeout))?;
+    // Abandons the job when this future is dropped before it is answered (the client went
+    // away: the server drops the handler) or when the time limit passes: its rows leave the
+    // queue at once, or the batch at the next step.
+    let _abandon = ticket.abandon_on_drop;
     match tokio::time::timeout(state.timeout, ticket.result).await {
         Ok(Ok(Ok(out))) => {
             state
@@ -108,15 +133,6 @@ async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
                 state.timeout.as_secs_f64()
             ),
         )),
-    }
-}
-
-/// Sets the job's cancelled flag when dropped (after an answer it is no longer read).
-struct Abandon(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for Abandon {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -148,7 +164,7 @@ fn random_seed() -> u64 {
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Content type is not application/json", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
-        (status = 503, description = "Queue full (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "Busy: it would not finish within the time limit, or the rows held are at the bound (Retry-After: when it would be admitted, predicted)", body = ErrorBody),
         (status = 504, description = "Over the time limit", body = ErrorBody)
     )
 )]
@@ -231,7 +247,7 @@ async fn generate_json(
         (status = 200, description = "The image", content_type = "image/png"),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
-        (status = 503, description = "Queue full", body = ErrorBody)
+        (status = 503, description = "Busy (see Retry-After)", body = ErrorBody)
     )
 )]
 async fn generate_png(

@@ -6,14 +6,18 @@
 //! `GET /metrics` (Prometheus), `GET /openapi.json` (generated with utoipa), and the browser
 //! page (`/`, `/pkg/*`, `/weights/*`). Sampling runs on batch executor threads that batch the
 //! requests in flight step by step (one model call per step for all of them, the same pixels
-//! as alone; [`worker`]) behind a bounded queue (503 with `Retry-After` past it) with a
-//! per-request time limit; a request whose client is gone is dropped between steps; bad input
-//! is a 4xx `{"error": "..."}` naming the field; shutdown lets in-flight requests finish.
+//! as alone; [`worker`]). Requests are admitted by capacity and deadline ([`admission`]): when
+//! they can join a batch now, or are predicted to finish within their time limit, while the
+//! rows held stay within a bound; otherwise 503 with a `Retry-After` from the prediction. A
+//! request whose client is gone leaves the queue at once or its batch at the next step; bad
+//! input is a 4xx `{"error": "..."}` naming the field; shutdown lets in-flight requests finish.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod load;
 pub mod metrics;
+pub mod step_time;
 pub mod worker;
 
 use std::future::Future;
@@ -35,11 +39,14 @@ pub struct ServeConfig {
     pub weights: PathBuf,
     /// Batch executors (threads), each with its own copy of the model.
     pub workers: usize,
-    /// Rows per batched model call (a guided image counts twice); 1 serves one request at a
-    /// time. A request with more rows runs alone.
+    /// Rows per batched model call (a guided image counts twice); 1 serves one row at a
+    /// time. A request with more rows takes each step over several calls.
     pub max_batch: usize,
-    /// Jobs that may wait for a worker; more get 503.
-    pub queue: usize,
+    /// Rows one request puts in a call while others share it (`None`: half of `max_batch`).
+    pub max_request_rows: Option<usize>,
+    /// Rows held at most, in flight and waiting (`None`: from the image size,
+    /// [`admission::default_max_rows`]).
+    pub max_rows: Option<usize>,
     /// Per-request time limit.
     pub timeout: Duration,
     /// Directory served at `/` (holds `index.html` and `pkg/`).
@@ -77,12 +84,22 @@ pub fn state(config: &ServeConfig) -> Result<Arc<AppState>, ServeError> {
         (&config_file, &config_bytes),
     )?;
     let metrics = Arc::new(Metrics::default());
+    let limits = admission::Limits {
+        executors: config.workers,
+        max_batch: config.max_batch,
+        max_request_rows: config
+            .max_request_rows
+            .unwrap_or(config.max_batch.div_ceil(2)),
+        max_rows: config.max_rows.unwrap_or_else(|| {
+            let elems = model_config.unet.image_shape().iter().product();
+            admission::default_max_rows(elems, config.workers, config.max_batch)
+        }),
+        timeout: config.timeout,
+    };
     let pool = Pool::start(
         model_config.clone(),
         Arc::new(bytes),
-        config.workers,
-        config.queue,
-        config.max_batch,
+        limits,
         metrics.clone(),
         config.device.clone(),
     )?;

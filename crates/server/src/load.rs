@@ -1,6 +1,7 @@
 //! Closed-loop load against the service: a fixed number of requests from a fixed number of
-//! clients, stopped at a time limit, over plain HTTP/1.1 on loopback; and the mixed requests of
-//! the batching benchmark. The `loadgen` binary drives it.
+//! clients, stopped at a time limit, over plain HTTP/1.1 on loopback; the mixed requests of
+//! the batching benchmark; and a soak (mixed load for a set time, reported per time window
+//! with the server's memory). The `loadgen` binary drives it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -212,7 +213,8 @@ pub async fn run_load(
 
 /// `n` mixed requests for a model with `num_classes` classes (`None`: unconditional, so every
 /// request asks for `"class_label": null`), the same for a seed: 20–50 steps, guidance 0–5,
-/// DDIM or DDPM, 1–`max_images` images, any class, each with the images it asks for.
+/// DDIM, DDPM, DPM-Solver++ or SDE-DPM-Solver++, 1–`max_images` images, any class, each with
+/// the images it asks for.
 pub fn mixed_requests(
     n: usize,
     num_classes: Option<usize>,
@@ -232,7 +234,7 @@ pub fn mixed_requests(
         .map(|_| {
             let steps = 20 + next(31);
             let guidance = next(11) as f64 / 2.0;
-            let sampler = ["ddim", "ddpm"][next(2) as usize];
+            let sampler = ["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++"][next(4) as usize];
             let images = 1 + next(max_images.max(1) as u64) as usize;
             let class = num_classes.map_or("null".to_string(), |k| {
                 next(k.max(1) as u64).to_string()
@@ -244,6 +246,294 @@ pub fn mixed_requests(
             (body, images)
         })
         .collect()
+}
+
+/// One request of a soak: when it finished and how.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Seconds from the soak's start to its answer.
+    pub at_s: f64,
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+/// A soak's record: every request with its time, and the server's memory over time.
+#[derive(Debug, Clone, Default)]
+pub struct Soak {
+    /// Clients sending at once.
+    pub concurrency: usize,
+    /// Seconds it ran.
+    pub wall_s: f64,
+    /// Every request, in completion order.
+    pub requests: Vec<Timed>,
+    /// `(seconds from start, resident set in bytes)` of the server, sampled.
+    pub rss: Vec<(f64, u64)>,
+}
+
+/// One time window of a soak.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// Its end, seconds from the start.
+    pub end_s: f64,
+    /// Requests answered 200.
+    pub ok: usize,
+    /// Requests answered 503.
+    pub busy: usize,
+    /// Requests answered otherwise or not at all (errors, 4xx, 5xx other than 503).
+    pub errors: usize,
+    /// Images of the 200 answers per second.
+    pub images_per_s: f64,
+    /// Latency percentiles of the 200 answers, seconds.
+    pub p50_s: f64,
+    /// The 99th percentile.
+    pub p99_s: f64,
+    /// The server's resident set at the window's last sample, MiB.
+    pub rss_mib: Option<f64>,
+}
+
+impl Soak {
+    /// The record cut into windows of `window_s` seconds (the last may be shorter).
+    pub fn windows(&self, window_s: f64) -> Vec<Window> {
+        let n = (self.wall_s / window_s).ceil().max(1.0) as usize;
+        (0..n)
+            .map(|i| {
+                let (start, end) = (i as f64 * window_s, ((i + 1) as f64 * window_s).min(self.wall_s));
+                let here: Vec<&Outcome> = self
+                    .requests
+                    .iter()
+                    .filter(|t| t.at_s >= start && (t.at_s < end || (i + 1 == n && t.at_s <= end)))
+                    .map(|t| &t.outcome)
+                    .collect();
+                let mut lat: Vec<f64> = here
+                    .iter()
+                    .filter(|o| o.status == "200")
+                    .map(|o| o.seconds)
+                    .collect();
+                lat.sort_by(f64::total_cmp);
+                let images: usize = here
+                    .iter()
+                    .filter(|o| o.status == "200")
+                    .map(|o| o.images)
+                    .sum();
+                let busy = here.iter().filter(|o| o.status == "503").count();
+                Window {
+                    end_s: end,
+                    ok: lat.len(),
+                    busy,
+                    errors: here.len() - lat.len() - busy,
+                    images_per_s: images as f64 / (end - start).max(1e-9),
+                    p50_s: percentile(&lat, 0.5),
+                    p99_s: percentile(&lat, 0.99),
+                    rss_mib: self
+                        .rss
+                        .iter()
+                        .filter(|(t, _)| *t <= end + 1e-9)
+                        .next_back()
+                        .map(|(_, b)| *b as f64 / (1 << 20) as f64),
+                }
+            })
+            .collect()
+    }
+
+    /// The windows as a Markdown table, with a line for the whole run.
+    pub fn table(&self, window_s: f64) -> String {
+        let mut out = String::from(
+            "| until | 200 | 503 | errors | images/s | p50 | p99 | server RSS |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        let row = |w: &Window, label: String| {
+            format!(
+                "| {label} | {} | {} | {} | {:.2} | {:.2} s | {:.2} s | {} |\n",
+                w.ok,
+                w.busy,
+                w.errors,
+                w.images_per_s,
+                w.p50_s,
+                w.p99_s,
+                w.rss_mib.map_or("–".into(), |m| format!("{m:.0} MiB"))
+            )
+        };
+        for w in self.windows(window_s) {
+            out.push_str(&row(&w, format!("{:.0} min", w.end_s / 60.0)));
+        }
+        let all = self.windows(self.wall_s.max(1e-9));
+        if let Some(w) = all.first() {
+            out.push_str(&row(w, "**all**".into()));
+        }
+        out
+    }
+
+    /// An SVG of the windows: images/s, p50 and p99 latency, and the server's RSS over time,
+    /// three panels sharing the time axis.
+    pub fn svg(&self, window_s: f64, title: &str) -> String {
+        let w = self.windows(window_s);
+        let (width, panel, left, top) = (760.0, 150.0, 70.0, 40.0);
+        let minutes = (self.wall_s / 60.0).max(1e-9);
+        let x = |t: f64| left + (width - left - 20.0) * (t / 60.0) / minutes;
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{}</text>\n",
+            top + 3.0 * (panel + 30.0) + 20.0,
+            xml_escape(title)
+        );
+        let series: [(&str, Vec<(&str, &str, Vec<(f64, f64)>)>); 3] = [
+            ("images/s", vec![("images/s", "#1f77b4", w.iter().map(|w| (w.end_s, w.images_per_s)).collect())]),
+            (
+                "latency (s)",
+                vec![
+                    ("p50", "#2ca02c", w.iter().map(|w| (w.end_s, w.p50_s)).collect()),
+                    ("p99", "#d62728", w.iter().map(|w| (w.end_s, w.p99_s)).collect()),
+                ],
+            ),
+            (
+                "server RSS (MiB)",
+                vec![(
+                    "RSS",
+                    "#9467bd",
+                    self.rss.iter().map(|&(t, b)| (t, b as f64 / (1 << 20) as f64)).collect(),
+                )],
+            ),
+        ];
+        for (i, (label, lines)) in series.iter().enumerate() {
+            let y0 = top + i as f64 * (panel + 30.0);
+            let max = lines
+                .iter()
+                .flat_map(|l| l.2.iter().map(|p| p.1))
+                .fold(0.0f64, f64::max)
+                .max(1e-9)
+                * 1.1;
+            let y = |v: f64| y0 + panel - panel * v / max;
+            svg.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{y0}\" width=\"{}\" height=\"{panel}\" fill=\"none\" stroke=\"#999\"/>\n<text x=\"4\" y=\"{}\">{label}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n",
+                width - left - 20.0,
+                y0 - 6.0,
+                left - 4.0,
+                y0 + 12.0,
+                format_tick(max),
+                left - 4.0,
+                y0 + panel
+            ));
+            for (j, (name, colour, points)) in lines.iter().enumerate() {
+                let path: Vec<String> = points.iter().map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v))).collect();
+                svg.push_str(&format!(
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{name}</text>\n",
+                    path.join(" "),
+                    width - 80.0,
+                    y0 + 16.0 + 14.0 * j as f64
+                ));
+            }
+        }
+        let axis_y = top + 3.0 * (panel + 30.0) - 14.0;
+        for k in 0..=4 {
+            let t = self.wall_s * k as f64 / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{axis_y}\" text-anchor=\"middle\">{:.0} min</text>\n",
+                x(t),
+                t / 60.0
+            ));
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+fn format_tick(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Mixed load for `duration`: `concurrency` clients, each sending the next of
+/// [`mixed_requests`]' stream (for the served model's `num_classes`) when its last is answered,
+/// each request with a time limit of `request_limit`; `rss` is sampled every `rss_every`.
+pub async fn soak(
+    addr: &str,
+    num_classes: Option<usize>,
+    max_images: usize,
+    seed: u64,
+    concurrency: usize,
+    duration: Duration,
+    request_limit: Duration,
+    rss_every: Duration,
+    rss: impl Fn() -> Option<u64> + Send + 'static,
+) -> Soak {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let started = Instant::now();
+    let deadline = started + duration;
+    // A long stream from one seed: request i is the same in every soak with that seed.
+    let bodies = Arc::new(mixed_requests(100_000, num_classes, max_images, seed));
+    let next = Arc::new(AtomicUsize::new(0));
+    let record = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(b) = rss() {
+                samples.push((started.elapsed().as_secs_f64(), b));
+            }
+            tokio::time::sleep(rss_every.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+        if let Some(b) = rss() {
+            samples.push((started.elapsed().as_secs_f64(), b));
+        }
+        samples
+    });
+    let mut clients = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, bodies, record, addr) = (next.clone(), bodies.clone(), record.clone(), addr.to_string());
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
+                let (body, images) = &bodies[i];
+                let t0 = Instant::now();
+                let status = match tokio::time::timeout(request_limit, post_generate(&addr, body)).await {
+                    Ok(Ok(s)) => s.to_string(),
+                    Ok(Err(e)) => format!("error ({e})"),
+                    Err(_) => "time limit".into(),
+                };
+                let outcome = Outcome {
+                    status,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    images: *images,
+                };
+                let at_s = started.elapsed().as_secs_f64();
+                record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Timed { at_s, outcome });
+            }
+        }));
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    let rss = sampler.await.unwrap_or_default();
+    let requests = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
+    Soak {
+        concurrency,
+        wall_s: started.elapsed().as_secs_f64(),
+        requests,
+        rss,
+    }
+}
+
+/// The resident set of process `pid` (`/proc/PID/status`'s VmRSS), bytes; `None` where there
+/// is no such file (not Linux, or the process is gone).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
@@ -280,13 +570,53 @@ mod tests {
         assert_eq!(range(values("guidance_scale")), (0.0, 5.0));
         assert_eq!(range(values("num_images")), (1.0, 4.0));
         assert_eq!(range(values("class_label")), (0.0, 9.0));
-        assert!(
-            r.iter().any(|(b, _)| b.contains("\"ddim\""))
-                && r.iter().any(|(b, _)| b.contains("\"ddpm\""))
-        );
+        for sampler in ["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++"] {
+            let name = format!("\"{sampler}\"");
+            assert!(r.iter().any(|(b, _)| b.contains(&name)), "{sampler}");
+        }
         assert!(r
             .iter()
             .all(|(b, n)| b.contains(&format!("\"num_images\": {n}"))));
+    }
+
+    #[test]
+    fn a_soak_is_cut_into_windows() {
+        let ok = |at_s, seconds, images| Timed {
+            at_s,
+            outcome: Outcome {
+                status: "200".into(),
+                seconds,
+                images,
+            },
+        };
+        let mut s = Soak {
+            concurrency: 2,
+            wall_s: 25.0,
+            requests: vec![ok(1.0, 1.0, 2), ok(9.0, 3.0, 1), ok(12.0, 2.0, 4), ok(25.0, 4.0, 1)],
+            rss: vec![(0.0, 100 << 20), (10.0, 101 << 20), (20.0, 101 << 20), (25.0, 102 << 20)],
+        };
+        s.requests.push(Timed {
+            at_s: 15.0,
+            outcome: Outcome {
+                status: "503".into(),
+                seconds: 0.001,
+                images: 1,
+            },
+        });
+        let w = s.windows(10.0);
+        assert_eq!(w.len(), 3);
+        assert_eq!((w[0].ok, w[0].busy, w[0].errors), (2, 0, 0));
+        assert_eq!(w[0].images_per_s, 0.3);
+        assert_eq!((w[0].p50_s, w[0].p99_s), (3.0, 3.0));
+        assert_eq!(w[0].rss_mib, Some(101.0));
+        assert_eq!((w[1].ok, w[1].busy), (1, 1));
+        // The last window is 5 s long and holds the request that ended with the run.
+        assert_eq!((w[2].end_s, w[2].ok, w[2].images_per_s), (25.0, 1, 0.2));
+        assert_eq!(w[2].rss_mib, Some(102.0));
+        let table = s.table(10.0);
+        assert!(table.contains("| **all** | 4 | 1 | 0 |"), "{table}");
+        assert!(s.svg(10.0, "t").starts_with("<svg"));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
     }
 
     #[test]

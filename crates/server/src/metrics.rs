@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Upper bounds of the latency histogram, seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -97,10 +97,22 @@ pub struct Metrics {
     batching: Mutex<Batching>,
     /// Images generated.
     pub images: AtomicU64,
-    /// Jobs waiting to join a batch (in the queue, or taken from it and waiting for room).
-    pub queue_depth: Arc<AtomicUsize>,
-    /// Jobs being sampled right now.
-    pub in_progress: Arc<AtomicUsize>,
+    admission: Mutex<AdmissionGauges>,
+}
+
+/// Admission's gauges and counters ([`crate::admission`]).
+#[derive(Default)]
+struct AdmissionGauges {
+    requests_waiting: usize,
+    requests_in_flight: usize,
+    rows_waiting: usize,
+    rows_in_flight: usize,
+    max_rows: usize,
+    predicted_wait_s: f64,
+    admitted: u64,
+    refused_deadline: u64,
+    refused_capacity: u64,
+    abandoned: u64,
 }
 
 impl Metrics {
@@ -118,6 +130,53 @@ impl Metrics {
             .observe(seconds);
     }
 
+    fn admission(&self) -> std::sync::MutexGuard<'_, AdmissionGauges> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the admission gauges: requests and rows waiting and in flight, and the predicted
+    /// time for all of it to drain.
+    pub fn set_admission(
+        &self,
+        requests_waiting: usize,
+        requests_in_flight: usize,
+        rows_waiting: usize,
+        rows_in_flight: usize,
+        predicted_wait_s: f64,
+    ) {
+        let mut a = self.admission();
+        a.requests_waiting = requests_waiting;
+        a.requests_in_flight = requests_in_flight;
+        a.rows_waiting = rows_waiting;
+        a.rows_in_flight = rows_in_flight;
+        a.predicted_wait_s = predicted_wait_s;
+    }
+
+    /// Sets the bound on rows held.
+    pub fn set_max_rows(&self, max_rows: usize) {
+        self.admission().max_rows = max_rows;
+    }
+
+    /// Counts an admitted request.
+    pub fn count_admitted(&self) {
+        self.admission().admitted += 1;
+    }
+
+    /// Counts a refused request: by capacity (`max_rows`) or else by deadline.
+    pub fn count_refused(&self, capacity: bool) {
+        let mut a = self.admission();
+        if capacity {
+            a.refused_capacity += 1;
+        } else {
+            a.refused_deadline += 1;
+        }
+    }
+
+    /// Counts `n` admitted requests that went away before their answer.
+    pub fn count_abandoned(&self, n: usize) {
+        self.admission().abandoned += n as u64;
+    }
+
     fn batching(&self) -> std::sync::MutexGuard<'_, Batching> {
         self.batching.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -129,7 +188,7 @@ impl Metrics {
         b.step.observe(seconds);
     }
 
-    /// Records how long a request waited in the queue before it was admitted.
+    /// Records how long a request waited in the queue before an executor started it.
     pub fn observe_queue_wait(&self, seconds: f64) {
         self.batching().queue_wait.observe(seconds);
     }
@@ -199,16 +258,34 @@ impl Metrics {
             "# HELP sampler_images_per_second Images finished per second over the last {RATE_WINDOW_S} s.\n# TYPE sampler_images_per_second gauge\nsampler_images_per_second {}",
             images as f64 / RATE_WINDOW_S
         );
+        let a = self.admission();
+        let gauges: [(&str, &str, f64); 6] = [
+            ("sampler_queue_depth", "Requests admitted and waiting to join a batch.", a.requests_waiting as f64),
+            ("sampler_jobs_in_progress", "Requests being sampled.", a.requests_in_flight as f64),
+            ("sampler_rows_waiting", "Rows (images, twice when guided) of the requests waiting.", a.rows_waiting as f64),
+            ("sampler_rows_in_flight", "Rows of the requests being sampled.", a.rows_in_flight as f64),
+            ("sampler_max_rows", "The bound on rows in flight + waiting (--max-rows).", a.max_rows as f64),
+            ("sampler_predicted_wait_seconds", "Predicted time for the work in flight and waiting to finish.", a.predicted_wait_s),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
         let _ = writeln!(
             out,
-            "# HELP sampler_queue_depth Jobs waiting to join a batch.\n# TYPE sampler_queue_depth gauge\nsampler_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed)
+            "# HELP sampler_admitted_total Requests admitted.\n# TYPE sampler_admitted_total counter\nsampler_admitted_total {}",
+            a.admitted
         );
         let _ = writeln!(
             out,
-            "# HELP sampler_jobs_in_progress Jobs being sampled.\n# TYPE sampler_jobs_in_progress gauge\nsampler_jobs_in_progress {}",
-            self.in_progress.load(Ordering::Relaxed)
+            "# HELP sampler_refused_total Requests refused (503) by reason: deadline (would not finish within the time limit) or capacity (--max-rows).\n# TYPE sampler_refused_total counter\nsampler_refused_total{{reason=\"deadline\"}} {}\nsampler_refused_total{{reason=\"capacity\"}} {}",
+            a.refused_deadline, a.refused_capacity
         );
+        let _ = writeln!(
+            out,
+            "# HELP sampler_abandoned_total Admitted requests that went away before their answer (client gone or time limit); their rows were freed.\n# TYPE sampler_abandoned_total counter\nsampler_abandoned_total {}",
+            a.abandoned
+        );
+        drop(a);
         let _ = writeln!(
             out,
             "# HELP images_generated_total Images generated.\n# TYPE images_generated_total counter\nimages_generated_total {}",

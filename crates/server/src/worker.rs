@@ -1,32 +1,36 @@
-//! Sampling off the async runtime: batch executors behind a bounded queue, batching requests
-//! step by step.
+//! Sampling off the async runtime: batch executors that batch the requests in flight step by
+//! step, fed by [`crate::admission`].
 //!
 //! Each executor thread builds its own copy of the model from the weight bytes and keeps a set
-//! of requests in flight. Every iteration it admits waiting requests while their rows fit in
-//! `max_batch` (a guided image counts twice: both passes), drops the abandoned ones (time limit,
-//! client gone), and runs one step of every request in flight as one batched model call
-//! ([`diffusion::sampler::step_together`]): requests at different steps, with different samplers,
-//! step counts, classes and guidance scales share it, and each applies its own scheduler step
-//! with its own noise stream. The model's forward is batch-invariant, so a request's pixels are
-//! the same as when it runs alone. When the queue is full, [`Pool::submit`] refuses at once so the
-//! handler can answer 503. A request too large for `max_batch` runs alone. A panic (a bug) fails
-//! only the request it struck where that is known (starting a request; a model call that fails
-//! is retried one request at a time from the states before it, so only a request that fails
-//! alone is answered with the error) and otherwise the requests in flight; the executor itself
-//! always goes on serving.
+//! of requests in flight. Every iteration it takes the waiting requests that fit (in arrival
+//! order), drops the abandoned ones (time limit, client gone), and runs one model call for the
+//! requests in flight ([`diffusion::sampler::step_in_parts`]): requests at different steps, with
+//! different samplers, step counts, classes and guidance scales share it, and each applies its
+//! own scheduler step with its own noise stream. Each puts its share of rows in the call (its
+//! rows, at most `max_request_rows` while others need room; the rest of the batch goes to the
+//! requests with more rows in arrival order), so a call never has more than `max_batch` rows
+//! and a many-image request takes a step over several calls while small ones step every call.
+//! The model's forward is batch-invariant, so a request's pixels are the same as alone.
+//!
+//! A panic (a bug) fails only the request it struck where that is known (starting a request; a
+//! model call that fails is retried one request at a time from the states before it, so only a
+//! request that fails alone is answered with the error) and otherwise the requests in flight;
+//! the executor itself always goes on serving.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use artifacts::{grid, png_bytes};
-use burn::tensor::Device;
-use diffusion::sampler::{step_together, to_host, AnyScheduler, SamplingState};
+use burn::tensor::{Device, Tensor};
+use diffusion::sampler::{
+    rows_left, step_in_parts, to_host, AnyScheduler, Denoiser, PartialStep, SamplingState, Share,
+};
 use diffusion::weights::load_model_from_bytes;
-use diffusion::{ModelConfig, SampleRequest, Scheduler, UNet};
+use diffusion::{ModelConfig, Scheduler, UNet};
 use tokio::sync::oneshot;
 
+use crate::admission::{Admission, Limits, Load, Refusal, Task};
 use crate::api::Job;
 use crate::metrics::Metrics;
 
@@ -42,43 +46,75 @@ pub struct JobOutput {
     pub elapsed_ms: f64,
 }
 
-struct Task {
-    job: Job,
-    cancelled: Arc<AtomicBool>,
-    reply: oneshot::Sender<Result<JobOutput, String>>,
-    queued: Instant,
-}
-
 /// A request in flight.
 struct Run {
     task: Task,
     state: SamplingState,
+    /// Its step when the last call predicted only some of its rows.
+    partial: Option<PartialStep>,
     admitted: Instant,
     /// Why its last step failed when it was retried alone (it is then answered with this).
     failed: Option<String>,
 }
 
-/// Why a job was not accepted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The queue is full.
-    Busy,
-    /// The workers are gone.
-    Closed,
+impl Run {
+    fn steps(&self) -> usize {
+        self.task.job.scheduler.timesteps().len()
+    }
+
+    /// Row-predictions left: its current step's rows not yet predicted and every later step's.
+    fn work_left(&self) -> f64 {
+        let steps_left = self.steps() - self.state.steps_done();
+        match &self.partial {
+            Some(p) => (p.rows_left() + self.task.rows * (steps_left - 1)) as f64,
+            None => (self.task.rows * steps_left) as f64,
+        }
+    }
+
+    fn done(&self) -> bool {
+        rows_left(&self.state, &self.task.job.scheduler, &self.partial) == 0
+    }
 }
 
-/// A handle to a submitted job.
+/// A handle to an admitted job.
 pub struct Ticket {
     /// Resolves with the result.
     pub result: oneshot::Receiver<Result<JobOutput, String>>,
-    /// Set it to abandon the job (checked between steps).
-    pub cancelled: Arc<AtomicBool>,
+    /// Abandons the job when dropped before the result is read (checked between steps, or
+    /// out of the queue at once).
+    pub abandon_on_drop: AbandonOnDrop,
+}
+
+/// Abandons its job when dropped: a handler dropped before its answer means the client went
+/// away (or the time limit passed), so the job's rows leave the queue now or its batch at the
+/// next step. After the answer it does nothing.
+pub struct AbandonOnDrop {
+    admission: Arc<Admission>,
+    id: u64,
+    cancelled: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl AbandonOnDrop {
+    /// The job was answered: dropping does nothing.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.admission.abandon(self.id, &self.cancelled);
+        }
+    }
 }
 
 /// The executor pool.
 pub struct Pool {
-    tx: SyncSender<Task>,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    num_classes: Option<usize>,
+    image_shape: [usize; 3],
 }
 
 /// Encodes one image (values in [-1, 1], `[c, h, w]`) as PNG, exactly as
@@ -87,85 +123,67 @@ pub fn image_png(values: &[f32], [c, h, w]: [usize; 3]) -> Vec<u8> {
     png_bytes(&grid(values, [1, c, h, w], 1, 0, 1))
 }
 
-/// One executor: the model, its requests in flight and the queue it admits from.
+/// How many rows each run puts in the next call: first every run its rows up to
+/// `max_request_rows`, then what is left of `max_batch` to the runs with rows left, in
+/// order. `left`: each run's rows left in its step.
+fn call_shares(left: &[usize], max_batch: usize, max_request_rows: usize) -> Vec<usize> {
+    let mut shares: Vec<usize> = left.iter().map(|&l| l.min(max_request_rows)).collect();
+    let mut room = max_batch.saturating_sub(shares.iter().sum());
+    for (s, &l) in shares.iter_mut().zip(left) {
+        let more = (l - *s).min(room);
+        *s += more;
+        room -= more;
+    }
+    shares
+}
+
+/// One executor: the model and its requests in flight.
 struct Executor {
+    index: usize,
     model: UNet,
     config: ModelConfig,
     device: Device,
-    max_batch: usize,
+    limits: Limits,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     active: Vec<Run>,
-    /// Taken from the queue but not admitted yet: its rows did not fit.
-    next: Option<(Task, SamplingState)>,
 }
 
 impl Executor {
-    fn rows(&self) -> usize {
-        self.active.iter().map(|r| r.state.rows()).sum()
+    fn load(&self) -> Load {
+        Load {
+            runs: self.active.len(),
+            rows: self.active.iter().map(|r| r.task.rows).sum(),
+            share: self
+                .active
+                .iter()
+                .map(|r| self.admission.share(r.task.rows))
+                .sum(),
+            work: self.active.iter().map(Run::work_left).sum(),
+        }
     }
 
-    /// Admits waiting requests while they fit; blocks for one when nothing is in flight.
-    /// Returns false when the queue is closed and nothing is left to do.
-    ///
-    /// An idle executor holds the queue's lock while it waits for a request, so an executor
-    /// with requests in flight only tries the lock: blocking on it would stall its requests
-    /// until the next request arrived.
-    fn admit(&mut self, rx: &Mutex<Receiver<Task>>) -> bool {
-        loop {
-            // A request taken earlier that waited for room keeps its sampling state.
-            let (task, state) = match self.next.take() {
-                Some((task, state)) => (task, Some(state)),
-                None => {
-                    let task = if self.active.is_empty() {
-                        let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        match rx.recv() {
-                            Ok(t) => t,
-                            Err(_) => return false, // the pool is gone
-                        }
-                    } else {
-                        let rx = match rx.try_lock() {
-                            Ok(rx) => rx,
-                            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-                            Err(TryLockError::WouldBlock) => return true,
-                        };
-                        match rx.try_recv() {
-                            Ok(t) => t,
-                            Err(_) => return true,
-                        }
-                    };
-                    (task, None)
-                }
-            };
-            // A task counts as queued until it is admitted (or dropped); one that waited, in
-            // the queue or for room, may have been abandoned meanwhile.
-            let dequeue = || self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            if task.cancelled.load(Ordering::Relaxed) {
-                dequeue();
-                continue;
-            }
-            let state = match state.map_or_else(|| self.start_guarded(&task.job), Ok) {
-                Ok(state) => state,
+    /// Starts the waiting requests that fit; blocks for one when nothing is in flight.
+    /// Returns false when the pool is closed and nothing is left to do.
+    fn admit(&mut self) -> bool {
+        let Some(tasks) = self.admission.take(self.index, self.load()) else {
+            return false;
+        };
+        for task in tasks {
+            match self.start_guarded(&task.job) {
+                Ok(state) => self.active.push(Run {
+                    task,
+                    state,
+                    partial: None,
+                    admitted: Instant::now(),
+                    failed: None,
+                }),
                 Err(e) => {
-                    dequeue();
                     let _ = task.reply.send(Err(e));
-                    continue;
                 }
-            };
-            if !self.active.is_empty() && self.rows() + state.rows() > self.max_batch {
-                self.next = Some((task, state));
-                return true;
             }
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            self.metrics
-                .observe_queue_wait(task.queued.elapsed().as_secs_f64());
-            self.metrics.in_progress.fetch_add(1, Ordering::Relaxed);
-            self.active.push(Run {
-                task,
-                state,
-                admitted: Instant::now(),
-                failed: None,
-            });
         }
+        true
     }
 
     /// [`Self::start`], a panic in it (a bug) answered as an error for this request alone.
@@ -179,25 +197,17 @@ impl Executor {
         if job.seed == tests::PANIC_IN_START {
             panic!("a bug in start (test)");
         }
-        let request = SampleRequest {
-            image_shape: self.config.unet.image_shape(),
-            class_labels: vec![job.class_label; job.num_images],
-            guidance_scale: job.guidance_scale,
-            seed: job.seed,
-        };
+        let request = job.request(self.config.unet.image_shape());
         SamplingState::new(self.config.unet.num_classes, &request, &self.device)
             .map_err(|e| e.to_string())
     }
 
-    /// After a panic outside the guarded calls (a bug): answers every request in flight, and
-    /// the one waiting for room, with an error, so that the executor goes on serving instead of
-    /// dying with them (its thread gone, later requests would wait for the time limit).
+    /// After a panic outside the guarded calls (a bug): answers every request in flight with
+    /// an error, so that the executor goes on serving instead of dying with them (its thread
+    /// gone, later requests would wait for the time limit).
     fn recover(&mut self) {
         self.finish(|_| true, |_| Err(INTERNAL_ERROR.into()));
-        if let Some((task, _)) = self.next.take() {
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            let _ = task.reply.send(Err(INTERNAL_ERROR.into()));
-        }
+        self.admission.report(self.index, self.load(), None);
     }
 
     /// Removes the runs `done` picks, answering each with `answer`.
@@ -205,109 +215,128 @@ impl Executor {
         &mut self,
         done: impl Fn(&Run) -> bool,
         answer: impl Fn(&Run) -> Result<JobOutput, String>,
-    ) {
-        let mut i = 0;
+    ) -> usize {
+        let (mut i, mut n) = (0, 0);
         while i < self.active.len() {
             if done(&self.active[i]) {
-                let run = self.active.swap_remove(i);
-                self.metrics.in_progress.fetch_sub(1, Ordering::Relaxed);
+                // In arrival order: the shares of the next call go to the oldest first.
+                let run = self.active.remove(i);
                 let answer = answer(&run);
                 let _ = run.task.reply.send(answer);
+                n += 1;
             } else {
                 i += 1;
             }
         }
+        n
     }
 
-    /// One step of every request in flight, in one model call. When that call fails (an error
-    /// or a panic) with several requests in it, each is stepped again alone from its state
-    /// before the call, so that only a request that fails by itself is answered with the error:
-    /// the model's forward is batch-invariant, so the others' pixels do not change.
+    /// One model call for the requests in flight (each its share of rows). When the call
+    /// fails (an error or a panic) with several requests in it, each is stepped again alone
+    /// from its state before the call, so that only a request that fails by itself is answered
+    /// with the error: the model's forward is batch-invariant, so the others' pixels do not
+    /// change.
     fn step(&mut self) {
-        self.finish(
+        let gone = self.finish(
             |r| r.task.cancelled.load(Ordering::Relaxed),
             |_| Err("cancelled".into()),
         );
+        self.metrics.count_abandoned(gone);
         if self.active.is_empty() {
+            self.admission.report(self.index, self.load(), None);
             return;
         }
-        let rows = self.rows();
+        let left: Vec<usize> = self
+            .active
+            .iter()
+            .map(|r| rows_left(&r.state, &r.task.job.scheduler, &r.partial))
+            .collect();
+        let shares = call_shares(&left, self.limits.max_batch, self.limits.max_request_rows);
+        let rows: usize = shares.iter().sum();
         let started = Instant::now();
-        // Cheap: a state's tensor is shared, not copied. The retries start from these, so a
+        // Cheap: a state's tensors are shared, not copied. The retries start from these, so a
         // request whose own step failed half-way (its noise drawn, its sample not yet
-        // updated) and succeeds alone continues from a whole state. (One whose step finished
-        // before another's failed would be equally right continuing from where it is.)
-        let before: Vec<SamplingState> = if self.active.len() > 1 {
-            self.active.iter().map(|r| r.state.clone()).collect()
+        // updated) and succeeds alone continues from a whole state.
+        let before: Vec<(SamplingState, Option<PartialStep>)> = if self.active.len() > 1 {
+            self.active
+                .iter()
+                .map(|r| (r.state.clone(), r.partial.clone()))
+                .collect()
         } else {
             Vec::new()
         };
-        if let Err(message) = step_guarded(&self.model, &mut self.active) {
+        if let Err(message) = step_guarded(&self.model, &mut self.active, &shares) {
             if before.is_empty() {
                 self.finish(|_| true, |_| Err(message.clone()));
+                self.admission.report(self.index, self.load(), None);
                 return;
             }
             #[cfg(test)]
             tests::RETRIES.fetch_add(1, Ordering::Relaxed);
-            for (run, state) in self.active.iter_mut().zip(before) {
+            for ((run, (state, partial)), &share) in self.active.iter_mut().zip(before).zip(&shares)
+            {
                 run.state = state;
-                run.failed = step_guarded(&self.model, std::slice::from_mut(run)).err();
+                run.partial = partial;
+                run.failed =
+                    step_guarded(&self.model, std::slice::from_mut(run), &[share]).err();
             }
             self.finish(
                 |r| r.failed.is_some(),
                 |r| Err(r.failed.clone().unwrap_or_default()),
             );
         }
-        self.metrics
-            .observe_iteration(rows, started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.observe_iteration(rows, seconds);
         let shape = self.config.unet.image_shape();
         let metrics = self.metrics.clone();
-        self.finish(
-            |r| r.state.steps_done() == r.task.job.scheduler.timesteps().len(),
-            |r| {
-                #[cfg(test)]
-                if r.task.job.seed == tests::PANIC_IN_FINISH {
-                    panic!("a bug in finish (test)");
-                }
-                let values = to_host(r.state.sample().clone());
-                let per: usize = shape.iter().product();
-                let pngs: Vec<Vec<u8>> = values
-                    .chunks_exact(per)
-                    .map(|img| image_png(img, shape))
-                    .collect();
-                metrics.observe_images(pngs.len());
-                Ok(JobOutput {
-                    pngs,
-                    elapsed_ms: r.admitted.elapsed().as_secs_f64() * 1e3,
-                })
-            },
-        );
+        self.finish(Run::done, |r| {
+            #[cfg(test)]
+            if r.task.job.seed == tests::PANIC_IN_FINISH {
+                panic!("a bug in finish (test)");
+            }
+            let values = to_host(r.state.sample().clone());
+            let per: usize = shape.iter().product();
+            let pngs: Vec<Vec<u8>> = values
+                .chunks_exact(per)
+                .map(|img| image_png(img, shape))
+                .collect();
+            metrics.observe_images(pngs.len());
+            Ok(JobOutput {
+                pngs,
+                elapsed_ms: r.admitted.elapsed().as_secs_f64() * 1e3,
+            })
+        });
+        self.admission
+            .report(self.index, self.load(), Some((rows, seconds)));
     }
 }
 
-/// One step of every run in `runs` in one model call ([`step_together`]), a panic in it (a
-/// bug) answered as [`INTERNAL_ERROR`].
-fn step_guarded(model: &UNet, runs: &mut [Run]) -> Result<(), String> {
+/// One model call for `runs`, each putting its `shares` of rows in it
+/// ([`step_in_parts`]), a panic in it (a bug) answered as [`INTERNAL_ERROR`].
+fn step_guarded(model: &UNet, runs: &mut [Run], shares: &[usize]) -> Result<(), String> {
     let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         #[cfg(test)]
-        if let Some(i) = runs
+        let poisoned = runs
             .iter()
-            .position(|r| r.task.job.seed == tests::PANIC_IN_STEP)
-        {
+            .position(|r| r.task.job.seed == tests::PANIC_IN_STEP);
+        let mut call: Vec<Share<'_, AnyScheduler>> = runs
+            .iter_mut()
+            .zip(shares)
+            .map(|(r, &max_rows)| Share {
+                state: &mut r.state,
+                scheduler: &r.task.job.scheduler,
+                partial: &mut r.partial,
+                max_rows,
+            })
+            .collect();
+        #[cfg(test)]
+        if let Some(i) = poisoned {
             // As a bug in that request's own scheduler step would: the runs before it in the
             // call have advanced already.
-            let mut before: Vec<(&mut SamplingState, &AnyScheduler)> = runs[..i]
-                .iter_mut()
-                .map(|r| (&mut r.state, &r.task.job.scheduler))
-                .collect();
-            let _ = step_together(model, &mut before);
+            let _ = step_in_parts(model, &mut call[..i]);
             panic!("a bug in the model call (test)");
         }
-        let mut batch: Vec<(&mut SamplingState, &AnyScheduler)> = runs
-            .iter_mut()
-            .map(|r| (&mut r.state, &r.task.job.scheduler))
-            .collect();
-        step_together(model, &mut batch).map(|_| ())
+        step_in_parts(model, &mut call).map(|_| ())
     }));
     match stepped {
         Ok(Ok(())) => Ok(()),
@@ -316,43 +345,75 @@ fn step_guarded(model: &UNet, runs: &mut [Run]) -> Result<(), String> {
     }
 }
 
+/// Times the model's call at 1 row and at `max_batch` rows (after a warm-up call each): the
+/// starting point of admission's call cost, before the executors have made calls of their own.
+fn calibrate(model: &UNet, config: &ModelConfig, max_batch: usize, device: &Device) -> Vec<(usize, f64)> {
+    let [c, h, w] = config.unet.image_shape();
+    let mut points = Vec::new();
+    for rows in [1, max_batch] {
+        let call = || {
+            let x = Tensor::<4>::zeros([rows, c, h, w], device);
+            let labels = model.num_classes().map(|n| vec![n; rows]);
+            let out = model.predict(x, &vec![500.0; rows], labels.as_deref());
+            let _ = to_host(out.slice([0..1, 0..1, 0..1, 0..1]));
+        };
+        call();
+        let t = Instant::now();
+        call();
+        points.push((rows, t.elapsed().as_secs_f64()));
+        if max_batch == 1 {
+            break;
+        }
+    }
+    points
+}
+
+/// Why a job was not admitted.
+#[derive(Debug, PartialEq)]
+pub enum SubmitError {
+    /// Refused by admission (busy, too large, shutting down).
+    Refused(Refusal),
+}
+
 impl Pool {
-    /// Starts `workers` batch executors on `device`, each with its own model from `weights` and
-    /// at most `max_batch` rows per model call, behind a queue of `queue` waiting jobs.
+    /// Starts `limits.executors` batch executors on `device`, each with its own model from
+    /// `weights`, admitting as [`crate::admission`] describes. Times the model's call first
+    /// (a second or less).
     pub fn start(
         config: ModelConfig,
         weights: Arc<Vec<u8>>,
-        workers: usize,
-        queue: usize,
-        max_batch: usize,
+        limits: Limits,
         metrics: Arc<Metrics>,
         device: Device,
     ) -> Result<Self, diffusion::Error> {
         // Fail early on bad weights, before any thread starts.
-        load_model_from_bytes(&config, weights.to_vec(), "weights", &device)?;
-        let (tx, rx) = sync_channel::<Task>(queue);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..workers.max(1) {
-            let (rx, config, weights) = (rx.clone(), config.clone(), weights.clone());
-            let (metrics, device) = (metrics.clone(), device.clone());
+        let model = load_model_from_bytes(&config, weights.to_vec(), "weights", &device)?;
+        let calibration = calibrate(&model, &config, limits.max_batch.max(1), &device);
+        drop(model);
+        let admission = Arc::new(Admission::new(limits, &calibration, metrics.clone()));
+        let limits = admission.limits();
+        for index in 0..limits.executors {
+            let (config, weights) = (config.clone(), weights.clone());
+            let (metrics, device, admission) = (metrics.clone(), device.clone(), admission.clone());
             std::thread::Builder::new()
-                .name(format!("sampler-{i}"))
+                .name(format!("sampler-{index}"))
                 .spawn(move || {
                     let model =
                         load_model_from_bytes(&config, weights.to_vec(), "weights", &device)
                             .expect("weights were checked before the pool started");
                     let mut executor = Executor {
+                        index,
                         model,
                         config,
                         device,
-                        max_batch: max_batch.max(1),
+                        limits,
+                        admission,
                         metrics,
                         active: Vec::new(),
-                        next: None,
                     };
                     loop {
                         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            executor.admit(&rx) && {
+                            executor.admit() && {
                                 executor.step();
                                 true
                             }
@@ -366,30 +427,41 @@ impl Pool {
                 })
                 .expect("spawning a worker thread");
         }
-        Ok(Self { tx, metrics })
+        Ok(Self {
+            admission,
+            num_classes: config.unet.num_classes,
+            image_shape: config.unet.image_shape(),
+        })
     }
 
-    /// Queues a job, or refuses at once if the queue is full.
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.admission.limits()
+    }
+
+    /// Admits a job, or refuses it at once ([`crate::admission`]).
     pub fn submit(&self, job: Job) -> Result<Ticket, SubmitError> {
+        let rows = job.request(self.image_shape).rows(self.num_classes);
         let (reply, result) = oneshot::channel();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let task = Task {
-            job,
-            cancelled: cancelled.clone(),
-            reply,
-            queued: Instant::now(),
-        };
-        match self.tx.try_send(task) {
-            Ok(()) => Ok(Ticket { result, cancelled }),
-            Err(e) => {
-                self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::Busy,
-                    TrySendError::Disconnected(_) => SubmitError::Closed,
-                })
-            }
-        }
+        let (id, cancelled) = self
+            .admission
+            .submit(job, rows, reply)
+            .map_err(SubmitError::Refused)?;
+        Ok(Ticket {
+            result,
+            abandon_on_drop: AbandonOnDrop {
+                admission: self.admission.clone(),
+                id,
+                cancelled,
+                answered: false,
+            },
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.admission.close();
     }
 }
 
@@ -410,7 +482,7 @@ pub(crate) mod tests {
     pub(crate) static RETRIES: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
-    fn pool() -> (Pool, ModelConfig) {
+    fn pool() -> (Pool, ModelConfig, Arc<Metrics>) {
         let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![])
             .with_num_res_blocks(1)
             .with_num_classes(Some(3));
@@ -431,8 +503,15 @@ pub(crate) mod tests {
         save_model(&model, &config, &path, false).unwrap();
         let weights = Arc::new(std::fs::read(&path).unwrap());
         let metrics = Arc::new(Metrics::default());
-        let pool = Pool::start(config.clone(), weights, 1, 8, 16, metrics, Device::flex());
-        (pool.unwrap(), config)
+        let limits = Limits {
+            executors: 1,
+            max_batch: 16,
+            max_request_rows: 8,
+            max_rows: 1000,
+            timeout: std::time::Duration::from_secs(1000),
+        };
+        let pool = Pool::start(config.clone(), weights, limits, metrics.clone(), Device::flex());
+        (pool.unwrap(), config, metrics)
     }
 
     fn job(config: &ModelConfig, seed: u64) -> Job {
@@ -459,9 +538,35 @@ pub(crate) mod tests {
             .unwrap_or_else(|_| Err("the executor dropped the request".into()))
     }
 
+    /// Nothing waits or runs, by the gauges.
+    fn idle(metrics: &Metrics) {
+        let text = metrics.render();
+        for gauge in [
+            "sampler_queue_depth 0",
+            "sampler_jobs_in_progress 0",
+            "sampler_rows_in_flight 0",
+            "sampler_rows_waiting 0",
+        ] {
+            assert!(text.contains(gauge), "{gauge} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn call_shares_cap_each_run_and_give_the_rest_in_order() {
+        // A 40-row run beside two small ones: 8 (the cap) + 2 + 3, then the 3 rows left of the
+        // batch of 16 to the big run.
+        assert_eq!(call_shares(&[40, 2, 3], 16, 8), [11, 2, 3]);
+        // Alone, a big run fills the batch; two big runs take the cap each.
+        assert_eq!(call_shares(&[40], 16, 8), [16]);
+        assert_eq!(call_shares(&[40, 40], 16, 8), [8, 8]);
+        // A run with only part of its step left takes just that.
+        assert_eq!(call_shares(&[3, 40], 16, 8), [3, 13]);
+        assert_eq!(call_shares(&[1, 0], 16, 8), [1, 0]);
+    }
+
     #[test]
     fn a_panicking_request_gets_an_error_and_the_executor_serves_on() {
-        let (pool, config) = pool();
+        let (pool, config, metrics) = pool();
         // In `start` (guarded per request): that request alone fails, one beside it finishes.
         let healthy = pool.submit(job(&config, 7)).expect("queued");
         let failed = answer(&pool, job(&config, PANIC_IN_START));
@@ -475,13 +580,12 @@ pub(crate) mod tests {
         assert!(failed.is_err());
         let after = answer(&pool, job(&config, 8));
         assert_eq!(after.expect("served after the panic").pngs.len(), 1);
-        assert_eq!(pool.metrics.queue_depth.load(Ordering::Relaxed), 0);
-        assert_eq!(pool.metrics.in_progress.load(Ordering::Relaxed), 0);
+        idle(&metrics);
     }
 
     #[test]
     fn a_failing_model_call_fails_only_the_request_that_fails_alone() {
-        let (pool, config) = pool();
+        let (pool, config, metrics) = pool();
         let long = |seed| {
             let mut j = job(&config, seed);
             j.scheduler = config
@@ -509,7 +613,6 @@ pub(crate) mod tests {
         // With the same pixels as when it runs alone.
         let alone = answer(&pool, long(7)).expect("served alone");
         assert_eq!(healthy.pngs, alone.pngs);
-        assert_eq!(pool.metrics.queue_depth.load(Ordering::Relaxed), 0);
-        assert_eq!(pool.metrics.in_progress.load(Ordering::Relaxed), 0);
+        idle(&metrics);
     }
 }

@@ -1,7 +1,6 @@
 //! The service over real HTTP on 127.0.0.1.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -10,8 +9,11 @@ use diffusion::sampler::{to_host, SamplerKind, SamplerSettings};
 use diffusion::weights::save_model;
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNetConfig};
 use server::{serve, state, ServeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
+
+mod common;
+use common::{http, metric, post, retry_after};
 
 /// A tiny random model (8×8 grey, 3 classes) saved once per test binary.
 fn weights() -> PathBuf {
@@ -39,15 +41,16 @@ struct Running {
 }
 
 /// A server batching up to 8 rows per model call (four guided images).
-async fn start(workers: usize, queue: usize, timeout: Duration) -> Running {
-    start_batching(workers, 8, queue, timeout).await
+async fn start(workers: usize, timeout: Duration) -> Running {
+    start_batching(workers, 8, None, timeout).await
 }
 
-/// A server whose executors batch up to `max_batch` rows per model call.
+/// A server whose executors batch up to `max_batch` rows per model call, holding at most
+/// `max_rows` rows (`None`: the default).
 async fn start_batching(
     workers: usize,
     max_batch: usize,
-    queue: usize,
+    max_rows: Option<usize>,
     timeout: Duration,
 ) -> Running {
     let w = weights();
@@ -55,8 +58,9 @@ async fn start_batching(
         weights: w.clone(),
         workers,
         max_batch,
+        max_request_rows: None,
+        max_rows,
         device: Device::flex(),
-        queue,
         timeout,
         static_dir: w.parent().unwrap().to_path_buf(),
     };
@@ -74,81 +78,6 @@ async fn start_batching(
     }
 }
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// A minimal HTTP/1.1 client (Connection: close, read to EOF).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Reply {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = headers[9..12].parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend(&b[nl + 2..nl + 2 + n]);
-        b = &b[nl + 4 + n..];
-    }
-}
-
-async fn post(addr: std::net::SocketAddr, json: &str) -> Reply {
-    http(
-        addr,
-        "POST",
-        "/v1/generate",
-        Some("application/json"),
-        json.as_bytes(),
-    )
-    .await
-}
-
 fn png_dims(png: &[u8]) -> (u32, u32) {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     (
@@ -159,7 +88,7 @@ fn png_dims(png: &[u8]) -> (u32, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_is_reproducible_and_equals_the_library() {
-    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let mut srv = start(1, Duration::from_secs(60)).await;
     let body = r#"{"class_label": 1, "guidance_scale": 2.5, "sampler": "ddim", "num_inference_steps": 20, "eta": 0.0, "seed": 42, "num_images": 2}"#;
     let a = post(srv.addr, body).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
@@ -268,7 +197,7 @@ async fn happy_path_is_reproducible_and_equals_the_library() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_get_4xx_naming_the_problem() {
-    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let mut srv = start(1, Duration::from_secs(60)).await;
     let cases: &[(&str, u16, &str)] = &[
         (
             r#"{"class_label": 1, "colour": "red"}"#,
@@ -308,7 +237,7 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
             422,
             "sampler: invalid sampler setting: num_inference_steps = 1000 repeats timestep",
         ),
-        (r#"{"num_images": 17}"#, 422, "num_images"),
+        (r#"{"num_images": 65}"#, 422, "num_images"),
         (r#"{"num_images": 0}"#, 422, "num_images"),
         (r#"{"class_label": 1"#, 400, "invalid request"),
         (r#"[1, 2]"#, 400, "invalid request"),
@@ -400,42 +329,8 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bounded_queue_answers_every_request_with_200_or_503() {
-    let srv = Arc::new(start(1, 4, Duration::from_secs(60)).await);
-    let started = Instant::now();
-    let body = r#"{"class_label": 0, "num_inference_steps": 100, "seed": 1}"#;
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let addr = srv.addr;
-            tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(60), post(addr, body)).await
-            })
-        })
-        .collect();
-    let (mut ok, mut busy) = (0, 0);
-    for t in tasks {
-        let r = t.await.unwrap().expect("no request hangs");
-        match r.status {
-            200 => ok += 1,
-            503 => {
-                assert!(r.headers.to_ascii_lowercase().contains("retry-after: 1"));
-                busy += 1;
-            }
-            s => panic!("unexpected status {s}"),
-        }
-    }
-    assert_eq!(ok + busy, 32);
-    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
-    assert!(
-        ok <= 4 + 4 + 8,
-        "at most a batch (4 guided images) + queue (+ requests arriving after others finished): {ok}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(60));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_limit_gives_504() {
-    let mut srv = start(1, 4, Duration::from_millis(1)).await;
+    let mut srv = start(1, Duration::from_millis(1)).await;
     let r = post(
         srv.addr,
         r#"{"class_label": 0, "num_inference_steps": 500}"#,
@@ -454,7 +349,7 @@ async fn time_limit_gives_504() {
 async fn with_two_executors_a_request_finishes_while_the_other_waits_for_work() {
     // One executor takes the request; the other then waits on the empty queue. The busy one
     // must not wait for the queue in turn (it did: 504 at the time limit).
-    let mut srv = start_batching(2, 8, 4, Duration::from_secs(20)).await;
+    let mut srv = start_batching(2, 8, None, Duration::from_secs(20)).await;
     for seed in 0..2 {
         let body = format!(r#"{{"class_label": 1, "num_inference_steps": 20, "seed": {seed}}}"#);
         let r = tokio::time::timeout(Duration::from_secs(15), post(srv.addr, &body))
@@ -468,7 +363,7 @@ async fn with_two_executors_a_request_finishes_while_the_other_waits_for_work() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let mut srv = start(1, 4, Duration::from_secs(60)).await;
+    let mut srv = start(1, Duration::from_secs(60)).await;
     let addr = srv.addr;
     let body = r#"{"class_label": 2, "num_inference_steps": 200, "seed": 5}"#;
     let inflight: Vec<_> = (0..2).map(|_| tokio::spawn(post(addr, body))).collect();
@@ -496,15 +391,6 @@ async fn until_no_job_in_progress(addr: std::net::SocketAddr, within: Duration) 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A value of the `/metrics` text, e.g. `sampler_jobs_in_progress`.
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let r = http(addr, "GET", "/metrics", None, b"").await;
-    let text = String::from_utf8(r.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Mixed requests (samplers, step counts, guidance scales, classes, image counts, seeds).
@@ -536,7 +422,7 @@ fn mixed_requests(n: usize) -> Vec<(String, usize)> {
 async fn batched_requests_equal_their_solo_results_byte_for_byte() {
     let requests = mixed_requests(16);
     // Each alone, one at a time.
-    let mut solo = start_batching(1, 1, 16, Duration::from_secs(60)).await;
+    let mut solo = start_batching(1, 1, None, Duration::from_secs(60)).await;
     let mut alone = Vec::new();
     for (body, _) in &requests {
         let r = post(solo.addr, body).await;
@@ -555,7 +441,7 @@ async fn batched_requests_equal_their_solo_results_byte_for_byte() {
     solo.stop.take().unwrap().send(()).unwrap();
     solo.done.await.unwrap().unwrap();
     // All 16 at once: batched step by step, up to 32 rows per model call.
-    let mut srv = start_batching(1, 32, 16, Duration::from_secs(60)).await;
+    let mut srv = start_batching(1, 32, None, Duration::from_secs(60)).await;
     let tasks: Vec<_> = requests
         .iter()
         .map(|(body, _)| {
@@ -585,34 +471,54 @@ async fn batched_requests_equal_their_solo_results_byte_for_byte() {
     srv.done.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_frees_its_rows() {
-    let mut srv = start_batching(1, 8, 4, Duration::from_secs(120)).await;
-    // A long request whose client goes away while it runs.
-    let body = r#"{"class_label": 1, "num_inference_steps": 1000, "num_images": 4, "seed": 1}"#;
-    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+/// Opens a `POST /v1/generate` with `body` and returns the connection without reading.
+async fn send_only(addr: std::net::SocketAddr, body: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Waits until `metric` reaches `value`.
+async fn until_metric(addr: std::net::SocketAddr, name: &str, value: f64, within: Duration) {
     let started = Instant::now();
-    while metric(srv.addr, "sampler_jobs_in_progress").await < 1.0 {
+    while metric(addr, name).await != value {
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the request never started"
+            started.elapsed() < within,
+            "{name} = {} after {within:?}, not {value}",
+            metric(addr, name).await
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_frees_its_rows() {
+    let mut srv = start_batching(1, 8, None, Duration::from_secs(120)).await;
+    // Two long requests fill the batch (4 guided images = 8 rows, a share of 4 each); a third
+    // waits. Its client goes away: its rows leave the queue at once.
+    let body = r#"{"class_label": 1, "num_inference_steps": 1000, "num_images": 4, "seed": 1}"#;
+    let running: Vec<_> = [send_only(srv.addr, body).await, send_only(srv.addr, body).await].into();
+    until_metric(srv.addr, "sampler_rows_in_flight", 16.0, Duration::from_secs(10)).await;
+    let waiting = send_only(srv.addr, body).await;
+    until_metric(srv.addr, "sampler_rows_waiting", 8.0, Duration::from_secs(10)).await;
+    drop(waiting);
+    until_metric(srv.addr, "sampler_rows_waiting", 0.0, Duration::from_secs(5)).await;
+    assert_eq!(metric(srv.addr, "sampler_abandoned_total").await, 1.0);
+    // Those sampling leave the batch at the next step, long before their 1,000 steps.
     let calls_then = metric(srv.addr, "sampler_batch_rows_count").await;
-    drop(s);
-    // Its rows leave the batch at the next step, long before its 1,000 steps are done.
+    drop(running);
+    until_metric(srv.addr, "sampler_rows_in_flight", 0.0, Duration::from_secs(10)).await;
     until_no_job_in_progress(srv.addr, Duration::from_secs(10)).await;
+    assert_eq!(metric(srv.addr, "sampler_abandoned_total").await, 3.0);
     let calls = metric(srv.addr, "sampler_batch_rows_count").await - calls_then;
-    assert!(calls < 900.0, "{calls} steps after the client left");
+    assert!(calls < 900.0, "{calls} steps after the clients left");
     assert_eq!(
         metric(srv.addr, "images_generated_total").await,
         0.0,
-        "the abandoned request was finished"
+        "an abandoned request was finished"
     );
-    // The freed slot serves the next request.
+    // The freed rows serve the next request.
     let r = post(
         srv.addr,
         r#"{"class_label": 2, "num_inference_steps": 5, "num_images": 4}"#,
@@ -624,8 +530,10 @@ async fn a_client_that_disconnects_frees_its_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
-    let mut srv = start_batching(1, 16, 4, Duration::from_secs(60)).await;
+async fn the_rows_held_stay_within_max_rows() {
+    // At most 24 rows: three guided 4-image requests; a burst of 64 gets 503s (capacity)
+    // with a Retry-After, and never more than that is held.
+    let mut srv = start_batching(1, 16, Some(24), Duration::from_secs(120)).await;
     let body = r#"{"class_label": 0, "num_inference_steps": 40, "num_images": 4, "seed": 3}"#;
     let tasks: Vec<_> = (0..64)
         .map(|_| {
@@ -635,38 +543,85 @@ async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
             })
         })
         .collect();
-    // What the server holds — the memory it needs — is bounded by the batch and the queue:
-    // at most 16 rows (two guided requests of 4 images) in flight, 4 requests in the queue and
-    // 1 taken from it that waits for room. (The queue gauge counts a request from just before
-    // it is offered to the queue, so a refused one shows for an instant: up to one per
-    // runtime thread.)
-    let mut most = (0.0f64, 0.0f64);
+    let mut most = 0.0f64;
     while !tasks.iter().all(|t| t.is_finished()) {
-        let (running, queued) = (
-            metric(srv.addr, "sampler_jobs_in_progress").await,
-            metric(srv.addr, "sampler_queue_depth").await,
-        );
-        most = (most.0.max(running), most.1.max(queued));
+        let held = metric(srv.addr, "sampler_rows_in_flight").await
+            + metric(srv.addr, "sampler_rows_waiting").await;
+        most = most.max(held);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        most.0 <= 2.0 && most.1 <= 5.0 + 2.0,
-        "in flight {}, queued {}",
-        most.0,
-        most.1
-    );
+    assert!(most <= 24.0, "{most} rows held");
     let (mut ok, mut busy) = (0, 0);
     for t in tasks {
-        match t.await.unwrap().expect("no request hangs").status {
+        let r = t.await.unwrap().expect("no request hangs");
+        match r.status {
             200 => ok += 1,
-            503 => busy += 1,
+            503 => {
+                assert!(retry_after(&r).expect("a Retry-After") >= 1);
+                assert!(r.json()["error"].as_str().unwrap().contains("bound"));
+                busy += 1;
+            }
             s => panic!("unexpected status {s}"),
         }
     }
-    assert!(
-        ok >= 2 && busy >= 1 && ok + busy == 64,
-        "ok {ok}, busy {busy}"
+    assert!(ok >= 3 && busy >= 1 && ok + busy == 64, "ok {ok}, busy {busy}");
+    assert_eq!(
+        metric(srv.addr, "sampler_refused_total{reason=\"capacity\"}").await,
+        busy as f64
     );
+    // A request that alone is over the bound can never be admitted: 422, not 503.
+    let r = post(srv.addr, r#"{"class_label": 0, "num_images": 13}"#).await;
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].as_str().unwrap().contains("--max-rows"));
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_image_request_does_not_starve_small_ones() {
+    // 64 guided images = 128 rows against a batch of 8: while others share the batch it puts
+    // 4 rows in each call (32 calls per step). One-image requests sent after it finish first,
+    // and it gives the images it gives alone.
+    let mut srv = start_batching(1, 8, None, Duration::from_secs(120)).await;
+    let big = r#"{"class_label": 1, "num_inference_steps": 6, "num_images": 64, "seed": 9}"#;
+    let big_task = {
+        let addr = srv.addr;
+        tokio::spawn(async move { post(addr, big).await })
+    };
+    until_metric(srv.addr, "sampler_rows_in_flight", 128.0, Duration::from_secs(10)).await;
+    for seed in 0..3 {
+        let body = format!(r#"{{"class_label": 2, "num_inference_steps": 6, "seed": {seed}}}"#);
+        let r = post(srv.addr, &body).await;
+        assert_eq!(r.status, 200);
+        assert!(!big_task.is_finished(), "small request {seed} waited for the big one");
+    }
+    let r = big_task.await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let images = r.json()["images"].as_array().unwrap().clone();
+    assert_eq!(images.len(), 64);
+    // Alone in the library, one model call of 128 rows per step.
+    let device = Device::flex();
+    let (model, config) = diffusion::weights::load_model(&weights(), &device).unwrap();
+    let scheduler = config
+        .scheduler(&SamplerSettings {
+            sampler: SamplerKind::Ddpm,
+            num_inference_steps: 6,
+            eta: 0.0,
+            use_karras_sigmas: false,
+        })
+        .unwrap();
+    let request = SampleRequest {
+        image_shape: config.unet.image_shape(),
+        class_labels: vec![Some(1); 64],
+        guidance_scale: 3.0,
+        seed: 9,
+    };
+    let values = to_host(Sampling::new(&model, &scheduler, &request, &device).unwrap().run(|_| {}));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (i, (img, got)) in values.chunks_exact(64).zip(&images).enumerate() {
+        let want = b64.encode(server::worker::image_png(img, [1, 8, 8]));
+        assert_eq!(got.as_str().unwrap(), want, "image {i} differs from the run alone");
+    }
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
 }
@@ -675,7 +630,7 @@ async fn a_burst_of_64_clients_stays_within_the_batch_and_queue() {
 /// served (an unconditional model would get `"class_label": null`, not a 400 per request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_asks_the_service_for_its_classes() {
-    let mut srv = start_batching(1, 16, 8, Duration::from_secs(60)).await;
+    let mut srv = start_batching(1, 16, None, Duration::from_secs(60)).await;
     let addr = srv.addr.to_string();
     let classes = server::load::model_classes(&addr).await.unwrap();
     assert_eq!(classes, Some(3));

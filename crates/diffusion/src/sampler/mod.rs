@@ -14,7 +14,7 @@ mod karras;
 mod sampling;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
-pub use batched::step_together;
+pub use batched::{rows_left, step_in_parts, step_together, PartialStep, Share};
 pub use class_choice::{class_rows, ClassChoice, GridLabels, MAX_GRID_COLS};
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};

@@ -45,6 +45,18 @@ pub struct SampleRequest {
 }
 
 impl SampleRequest {
+    /// Rows of each model call of the run it starts on a model with `num_classes` classes
+    /// (`None`: unconditional): its images, twice when guided — [`SamplingState::rows`],
+    /// known before the run is made (a server weighs requests by it).
+    pub fn rows(&self, num_classes: Option<usize>) -> usize {
+        let w = self.guidance_scale;
+        let guided = num_classes.is_some()
+            && self.class_labels.iter().any(Option::is_some)
+            && w != 1.0
+            && w != 0.0;
+        self.class_labels.len() * if guided { 2 } else { 1 }
+    }
+
     /// `num_images` images, all of class `class_label` (or unconditional).
     pub fn new(image_shape: [usize; 3], class_label: Option<usize>, num_images: usize) -> Self {
         Self {

@@ -8,13 +8,17 @@
 //! cargo run --release -p server --bin loadgen -- --addr 127.0.0.1:8080 --requests 64 \
 //!     --concurrency 8 --time-limit 300 --body '{"class_label": 3, "num_inference_steps": 50}'
 //! cargo run --release -p server --bin loadgen -- --sweep --weights weights/mnist.safetensors
+//! cargo run --release -p server --bin loadgen -- --soak 1800 --concurrency 8 \
+//!     --server-pid "$(pgrep -f 'trainer serve')" --report docs/soak
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use server::load::{median, mixed_requests, model_classes, percentile, run_load, LoadReport};
+use server::load::{
+    median, mixed_requests, model_classes, percentile, rss_bytes, run_load, soak, LoadReport,
+};
 
 /// Send bounded load to the sampling service and report throughput and latency.
 #[derive(Parser)]
@@ -57,9 +61,24 @@ struct Args {
     /// --sweep: rows per batched model call of the batched service.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// --sweep: the services' queue (requests waiting; more get 503).
-    #[arg(long, default_value_t = 16)]
-    queue: usize,
+    /// --sweep: the services' bound on rows in flight + waiting (default: the service's).
+    #[arg(long)]
+    max_rows: Option<usize>,
+    /// Soak for this many seconds: mixed requests (as --mixed) from --concurrency clients
+    /// against --addr, reported per --window (throughput, p50/p99 latency, errors, the
+    /// server's RSS).
+    #[arg(long)]
+    soak: Option<f64>,
+    /// --soak: the window of the report, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    window: f64,
+    /// --soak: the server's process id, to sample its resident memory (Linux `/proc`).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// --soak: write `soak.md` (the table), `soak.svg` (the plot) and `soak.json` (every
+    /// request) into this folder.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// --sweep: runs of each (concurrency, service) pair, the two services taking turns to go
     /// first; the table shows medians over the rounds. This machine's speed drifts by tens of
     /// percent within minutes, so only runs close together compare.
@@ -82,10 +101,10 @@ fn run(a: Args) -> Result<(), String> {
         || a.concurrency.contains(&0)
         || a.max_batch == 0
         || a.rounds == 0
-        || !(1..=16).contains(&a.max_images)
+        || !(1..=64).contains(&a.max_images)
     {
         return Err(
-            "--requests, --concurrency, --max-batch and --rounds must be at least 1, --max-images 1 to 16"
+            "--requests, --concurrency, --max-batch and --rounds must be at least 1, --max-images 1 to 64"
                 .into(),
         );
     }
@@ -101,6 +120,9 @@ fn run(a: Args) -> Result<(), String> {
     runtime.block_on(async {
         if a.sweep {
             return sweep(&a, limit).await;
+        }
+        if let Some(seconds) = a.soak {
+            return run_soak(&a, seconds, limit).await;
         }
         let bodies = if a.mixed {
             let classes = model_classes(&a.addr).await?;
@@ -152,7 +174,8 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
             weights: a.weights.clone(),
             workers: 1,
             max_batch,
-            queue: a.queue,
+            max_request_rows: None,
+            max_rows: a.max_rows,
             timeout: Duration::from_secs(600),
             static_dir: PathBuf::from("."),
             device: burn::tensor::Device::flex(),
@@ -167,9 +190,9 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
         servers.push((addr.to_string(), classes));
     }
     println!(
-        "{} mixed requests per run (1–{} images, seed {}), queue {}, one worker, batched at most {} rows, \
+        "{} mixed requests per run (1–{} images, seed {}), one worker, batched at most {} rows, \
          {} round(s) with the order alternating (medians), time limit {} s per run\n",
-        a.requests, a.max_images, a.seed, a.queue, a.max_batch, a.rounds, a.time_limit
+        a.requests, a.max_images, a.seed, a.max_batch, a.rounds, a.time_limit
     );
     println!(
         "| concurrency | one at a time: images/s | p50 | p99 | 503 | batched: images/s | p50 | p99 | 503 | \
@@ -205,6 +228,74 @@ async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
         if unanswered > 0 {
             println!("| | ({unanswered} failed or hit the time limit) | | | | | | | | |");
         }
+    }
+    Ok(())
+}
+
+/// `--soak`: mixed load for a set time, reported per window.
+async fn run_soak(a: &Args, seconds: f64, limit: Duration) -> Result<(), String> {
+    if !(seconds.is_finite() && seconds > 0.0 && a.window.is_finite() && a.window > 0.0) {
+        return Err("--soak and --window must be positive numbers of seconds".into());
+    }
+    if a.concurrency.len() != 1 {
+        return Err("--soak takes one --concurrency".into());
+    }
+    if a.server_pid.is_some_and(|p| rss_bytes(p).is_none()) {
+        return Err(format!(
+            "--server-pid {}: no such process (or no /proc)",
+            a.server_pid.unwrap_or_default()
+        ));
+    }
+    let classes = model_classes(&a.addr).await?;
+    let pid = a.server_pid;
+    eprintln!(
+        "soak: {seconds} s of mixed requests (1–{} images) from {} clients against {}{}",
+        a.max_images,
+        a.concurrency[0],
+        a.addr,
+        if pid.is_some() { "" } else { " (no --server-pid: no RSS)" }
+    );
+    let record = soak(
+        &a.addr,
+        classes,
+        a.max_images,
+        a.seed,
+        a.concurrency[0],
+        Duration::from_secs_f64(seconds),
+        limit,
+        Duration::from_secs(5),
+        move || pid.and_then(rss_bytes),
+    )
+    .await;
+    let table = record.table(a.window);
+    print!("{table}");
+    if let Some(dir) = &a.report {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let title = format!(
+            "loadgen --soak {seconds:.0}: {} clients, mixed requests of 1–{} images",
+            a.concurrency[0], a.max_images
+        );
+        let requests: Vec<serde_json::Value> = record
+            .requests
+            .iter()
+            .map(|t| {
+                serde_json::json!({"at_s": t.at_s, "status": t.outcome.status, "seconds": t.outcome.seconds, "images": t.outcome.images})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "concurrency": record.concurrency, "wall_s": record.wall_s, "max_images": a.max_images,
+            "seed": a.seed, "requests": requests, "rss": record.rss,
+        });
+        for (name, text) in [
+            ("soak.md", table),
+            ("soak.svg", record.svg(a.window, &title)),
+            ("soak.json", json.to_string()),
+        ] {
+            let path = dir.join(name);
+            artifacts::write_atomic(&path, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        eprintln!("report → {}", dir.display());
     }
     Ok(())
 }
