@@ -112,8 +112,14 @@ async fn run(state: &AppState, job: Job) -> Result<JobOutput, ApiError> {
     // Abandons the job when this future is dropped before it is answered (the client went
     // away: the server drops the handler) or when the time limit passes: its rows leave the
     // queue at once, or the batch at the next step.
-    let _abandon = ticket.abandon_on_drop;
-    match tokio::time::timeout(state.timeout, ticket.result).await {
+    let abandon = ticket.abandon_on_drop;
+    let answer = tokio::time::timeout(state.timeout, ticket.result).await;
+    if matches!(answer, Ok(Ok(_))) {
+        abandon.answered();
+    } else {
+        drop(abandon);
+    }
+    match answer {
         Ok(Ok(Ok(out))) => {
             state
                 .metrics

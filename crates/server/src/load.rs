@@ -353,7 +353,8 @@ impl Soak {
             )
         };
         for w in self.windows(window_s) {
-            out.push_str(&row(&w, format!("{:.0} min", w.end_s / 60.0)));
+            let t = w.end_s.round() as u64;
+            out.push_str(&row(&w, format!("{}:{:02}", t / 60, t % 60)));
         }
         let all = self.windows(self.wall_s.max(1e-9));
         if let Some(w) = all.first() {

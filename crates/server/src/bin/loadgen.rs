@@ -79,6 +79,14 @@ struct Args {
     /// request) into this folder.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Measure fairness: start the service here once per `--max-request-rows` in
+    /// --fairness-caps; in each, one 64-image guided request and, while it runs, one-image
+    /// requests from --concurrency clients; print both latencies.
+    #[arg(long)]
+    fairness: bool,
+    /// --fairness: the caps to compare (rows one request puts in a call while others share it).
+    #[arg(long, value_delimiter = ',', default_value = "32,16,8")]
+    fairness_caps: Vec<usize>,
     /// --sweep: runs of each (concurrency, service) pair, the two services taking turns to go
     /// first; the table shows medians over the rounds. This machine's speed drifts by tens of
     /// percent within minutes, so only runs close together compare.
@@ -120,6 +128,9 @@ fn run(a: Args) -> Result<(), String> {
     runtime.block_on(async {
         if a.sweep {
             return sweep(&a, limit).await;
+        }
+        if a.fairness {
+            return fairness(&a).await;
         }
         if let Some(seconds) = a.soak {
             return run_soak(&a, seconds, limit).await;
@@ -296,6 +307,91 @@ async fn run_soak(a: &Args, seconds: f64, limit: Duration) -> Result<(), String>
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         eprintln!("report → {}", dir.display());
+    }
+    Ok(())
+}
+
+/// `--fairness`: a 64-image request beside one-image ones, per cap.
+async fn fairness(a: &Args) -> Result<(), String> {
+    if a.fairness_caps.iter().any(|&c| c == 0 || c > a.max_batch) || a.concurrency.len() != 1 {
+        return Err("--fairness-caps must lie in 1..=--max-batch, with one --concurrency".into());
+    }
+    let big = r#"{"class_label": 3, "guidance_scale": 3.0, "sampler": "ddim", "num_inference_steps": 20, "num_images": 64, "seed": 1}"#;
+    println!(
+        "one 64-image guided request (DDIM 20 steps, 128 rows) and one-image guided requests (DDIM 20 steps) from {} clients while it runs; --max-batch {}\n",
+        a.concurrency[0], a.max_batch
+    );
+    println!("| --max-request-rows | 64-image request | one-image requests served beside it | their p50 | their p99 |");
+    println!("|---|---|---|---|---|");
+    for &cap in &a.fairness_caps {
+        let config = server::ServeConfig {
+            weights: a.weights.clone(),
+            workers: 1,
+            max_batch: a.max_batch,
+            max_request_rows: Some(cap),
+            max_rows: a.max_rows,
+            timeout: Duration::from_secs(600),
+            static_dir: PathBuf::from("."),
+            device: burn::tensor::Device::flex(),
+        };
+        let state = server::state(&config).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let started = std::time::Instant::now();
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let big_task = {
+            let (addr, finished) = (addr.clone(), finished.clone());
+            tokio::spawn(async move {
+                let status = server::load::post_generate(&addr, big).await;
+                finished.store(true, std::sync::atomic::Ordering::Relaxed);
+                status
+            })
+        };
+        // The small ones start once the big one runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut clients = Vec::new();
+        for c in 0..a.concurrency[0] {
+            let addr = addr.clone();
+            let done = finished.clone();
+            clients.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = format!(
+                        r#"{{"class_label": {}, "guidance_scale": 3.0, "sampler": "ddim", "num_inference_steps": 20, "seed": {}}}"#,
+                        i % 10,
+                        1000 * c + i
+                    );
+                    let t0 = std::time::Instant::now();
+                    if server::load::post_generate(&addr, &body).await == Ok(200) {
+                        lat.push(t0.elapsed().as_secs_f64());
+                    }
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let status = big_task.await.map_err(|e| e.to_string())??;
+        let big_s = started.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        for c in clients {
+            lat.extend(c.await.map_err(|e| e.to_string())?);
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "| {cap} | {big_s:.1} s ({status}) | {} | {:.2} s | {:.2} s |",
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+        let _ = stop.send(());
+        let _ = served.await;
     }
     Ok(())
 }
