@@ -3,10 +3,12 @@
 
 What: builds ../shared/bench/ref_unet.py's models on --device and times, with the device
 synchronised around each timed run (medians after warm-up):
-  * train: the CIFAR10_DDPM (= our `cifar10_ddpm` preset, 35.7 M parameters) training step at
-    --batch, as ours (`bench --sections cifar-train`): q-sample at uniform t, eps-MSE, backward,
-    AdamW (lr 2e-4); in fp32 eager, bf16 autocast eager and bf16 autocast under torch.compile
-    (--no-compile skips the last: compiling takes a minute or more);
+  * train: the training step of each of --train-models at --batch: CIFAR10_DDPM (= our
+    `cifar10_ddpm` preset, 35.7 M parameters; ours: `bench --sections cifar-train`) and S (= our
+    `mnist` preset, class-conditional with 10 % null labels; ours: `bench --sections train`):
+    q-sample at uniform t, eps-MSE, backward, AdamW (lr 2e-4); in fp32 eager, bf16 autocast eager
+    and bf16 autocast under torch.compile (--no-compile skips the last: compiling takes a minute
+    or more). CIFAR10_DDPM's cases are named fp32/bf16/bf16_compile, S's S_fp32/...;
   * ddim: 50-step DDIM with classifier-free guidance (w = 3, cond + uncond in one 2B forward) of
     the S model (= our `mnist` preset) at --sample-batch images, as ours
     (`bench --sections ddim --sample-batch B`), fp32.
@@ -35,6 +37,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--sections", default="train,ddim", help="any of train,ddim")
     ap.add_argument("--batch", type=int, default=128, help="training batch")
+    ap.add_argument("--train-models", default="CIFAR10_DDPM", help="any of CIFAR10_DDPM,S")
     ap.add_argument("--sample-batch", type=int, default=256, help="images per DDIM run")
     ap.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed runs per case")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile training case")
@@ -43,6 +46,9 @@ def main():
     sections = set(args.sections.split(","))
     if not sections <= {"train", "ddim"}:
         sys.exit(f"error: unknown section in --sections {args.sections!r} (expected train,ddim)")
+    train_models = args.train_models.split(",")
+    if not set(train_models) <= {"CIFAR10_DDPM", "S"}:
+        sys.exit(f"error: unknown model in --train-models {args.train_models!r} (expected CIFAR10_DDPM,S)")
     if args.batch < 1 or args.sample_batch < 1:
         sys.exit("error: --batch and --sample-batch must be positive")
     sys.path.insert(0, os.path.abspath(args.shared))
@@ -90,12 +96,16 @@ def main():
         cases = [("fp32", False, False), ("bf16", True, False)]
         if not args.no_compile:
             cases.append(("bf16_compile", True, True))
-        for name, amp, compiled in cases:
-            model = R.make_model("CIFAR10_DDPM").to(dev).train()
+        for (name, amp, compiled), model_name in [(c, m) for m in train_models for c in cases]:
+            model = R.make_model(model_name).to(dev).train()
+            cfg = R.CONFIGS[model_name]
+            key = name if model_name == "CIFAR10_DDPM" else f"{model_name}_{name}"
             opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
             fwd = torch.compile(model) if compiled else model
             gen = torch.Generator(device=dev).manual_seed(0)
-            x0 = torch.rand(args.batch, 3, 32, 32, device=dev, generator=gen) * 2 - 1
+            res_px = cfg["resolution"]
+            x0 = torch.rand(args.batch, cfg["in_ch"], res_px, res_px, device=dev, generator=gen) * 2 - 1
+            classes = cfg.get("num_classes")
 
             def step():
                 t = torch.randint(0, R.T_STEPS, (args.batch,), device=dev, generator=gen)
@@ -103,7 +113,15 @@ def main():
                 ab = alphas_cumprod[t].view(-1, 1, 1, 1)
                 xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.mse_loss(fwd(xt, t).float(), noise)
+                    if classes:
+                        # Class labels with 10 % dropped to the null class, as our trainer.
+                        y = torch.randint(0, classes, (args.batch,), device=dev, generator=gen)
+                        drop = torch.rand(args.batch, device=dev, generator=gen) < 0.1
+                        y = torch.where(drop, torch.full_like(y, classes), y)
+                        out = fwd(xt, t, y)
+                    else:
+                        out = fwd(xt, t)
+                    loss = F.mse_loss(out.float(), noise)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -111,10 +129,10 @@ def main():
             t0 = time.perf_counter()
             warmup, reps = (1, 2) if args.quick else ((3 if compiled else 3), 10)
             median, _ = timed(step, warmup, reps)
-            res.setdefault("train", {})[name] = {
+            res.setdefault("train", {})[key] = {
                 "median_s": median, "ms": median * 1e3, "img_per_s": args.batch / median, "reps": reps,
                 "wall_s_with_warmup": time.perf_counter() - t0}
-            print(f"pytorch train CIFAR10_DDPM b{args.batch} {name} on {dev}: {median * 1e3:.1f} ms/step  "
+            print(f"pytorch train {model_name} b{args.batch} {name} on {dev}: {median * 1e3:.1f} ms/step  "
                   f"{args.batch / median:.1f} img/s", flush=True)
             save()
             del model, opt, fwd

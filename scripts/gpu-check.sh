@@ -13,10 +13,14 @@
 #   b. the `cifar10_ddpm` training step at batch 128: ours (fp32, and bf16 mixed precision)
 #      against PyTorch eager fp32, bf16 autocast and bf16 autocast under torch.compile: img/s
 #      and model FLOP utilisation;
+#   b2. the `mnist` preset's training step at batch 128: ours (fp32, bf16) against PyTorch eager
+#      (fp32, bf16 autocast), img/s;
 #   c. 50-step DDIM + guidance of the `mnist` preset at batch 256: ours against PyTorch, img/s;
 #   d. trains the `mnist` preset on CUDA for two minutes and writes a sample grid;
 #   e. bf16 mixed precision on CUDA: 40 steps, and the run resumed from step 20 repeats its
-#      losses exactly.
+#      losses exactly;
+#   f. wgpu: where the machine has a Vulkan driver for the GPU (an ICD file naming nvidia),
+#      guided DDIM on `--device wgpu`; otherwise the summary says there is none.
 # Everything lands in OUT: summary.json and summary.md (the table), the logs, each stage's raw
 # JSON, the two sample grids. `--device cpu` runs the same stages on the CPU with tiny sizes:
 # a smoke test of this script on a machine without a GPU (the numbers mean nothing).
@@ -139,6 +143,15 @@ stage b-train-pytorch 240 "$python" scripts/bench-gpu-pytorch.py --device "$devi
     --sections train --batch "$train_b" "${q[@]}" "${compile_flag[@]}" --shared "$shared" \
     --out "$out/b-train-pytorch.json"
 
+# b2. The `mnist` preset's training step.
+stage b2-train-ours 150 "$bin/bench" --device "$device" --sections train \
+    --train-batches "$train_b" "${q[@]}" --out "$out/b2-train-ours.json"
+stage b2-train-ours-bf16 150 "$bin/bench" --device "$device" --sections train \
+    --train-batches "$train_b" --precision bf16 "${q[@]}" --out "$out/b2-train-ours-bf16.json"
+stage b2-train-pytorch 180 "$python" scripts/bench-gpu-pytorch.py --device "$device" \
+    --sections train --train-models S --batch "$train_b" "${q[@]}" --no-compile \
+    --shared "$shared" --out "$out/b2-train-pytorch.json"
+
 # c. Guided DDIM sampling.
 stage c-ddim-ours 120 "$bin/bench" --device "$device" --sections ddim --sample-batch "$sample_b" \
     "${q[@]}" --out "$out/c-ddim-ours.json"
@@ -163,6 +176,16 @@ e_train=(train --dataset mnist10k --device "$device" --precision bf16 --batch-si
 stage e-bf16-train 120 "$bin/trainer" "${e_train[@]}" --steps 40 --out "$out/e-run"
 stage e-bf16-resume 120 "$bin/trainer" train --resume "$out/e-run/checkpoints/step-00000020" \
     --device "$device" --steps 40 --out "$out/e-resumed"
+
+# f. wgpu on the GPU's own Vulkan driver, where there is one.
+icd="$(grep -lis nvidia /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null | head -1 || true)"
+if [ "$device" = cuda ] && [ -n "$icd" ]; then
+    echo "$icd" >"$out/vulkan-icd.txt"
+    stage f-wgpu 180 "$bin/bench" --device wgpu --sections ddim --sample-batch "$sample_b" --quick \
+        --out "$out/f-wgpu.json"
+else
+    log "stage f-wgpu: skipped (device $device; NVIDIA Vulkan ICD: ${icd:-none found})"
+fi
 
 log "summary"
 "$python" - "$out" "$device" <<'EOF'
@@ -229,6 +252,24 @@ for k, v in train.items():
 if "ours_bf16" not in train:
     rows.append(("b. cifar10_ddpm train step, ours_bf16", "not measured (see b-train-ours-bf16.log)", "FAIL"))
 
+# b2
+def first(t, prefix=""):
+    return next((v["img_per_s"] for k, v in (t or {}).get("train", {}).items() if k.startswith(prefix)), None)
+b2 = {"ours_fp32": first(load("b2-train-ours.json")), "ours_bf16": first(load("b2-train-ours-bf16.json"))}
+torch_b2 = load("b2-train-pytorch.json") or {}
+for k, v in torch_b2.get("train", {}).items():
+    b2[f"pytorch_{k.removeprefix('S_')}"] = v["img_per_s"]
+b2 = {k: v for k, v in b2.items() if v is not None}
+s["b2"] = {"img_per_s": b2}
+for k in ("ours_fp32", "ours_bf16"):
+    if k not in b2:
+        rows.append((f"b2. mnist train step, {k}", f"not measured (see b2-train-{k.replace('ours_fp32', 'ours').replace('ours_bf16', 'ours-bf16')}.log)", "FAIL"))
+for k, v in b2.items():
+    other = b2.get("pytorch_" + k.split("_")[-1])
+    ratio = v / other if other and k.startswith("ours") else None
+    rows.append((f"b2. mnist train step, {k}", f"{v:.1f} img/s",
+                 f"{ratio:.2f}x PyTorch eager same precision" if ratio else ""))
+
 # c
 ours_c, torch_c = load("c-ddim-ours.json"), load("c-ddim-pytorch.json")
 c = {}
@@ -277,6 +318,18 @@ rows.append(("e. bf16 training on the device, resumed at step 20",
              f"{len(full)} logged losses, {'finite' if finite else 'NOT finite'}; "
              f"losses at steps {after} {'equal' if same else 'DIFFER'} after resume",
              "PASS" if same and finite else "FAIL"))
+
+# f
+f = load("f-wgpu.json")
+icd = open(os.path.join(out, "vulkan-icd.txt")).read().strip() if os.path.exists(os.path.join(out, "vulkan-icd.txt")) else None
+r = next(iter((f or {}).get("ddim", {}).values()), None)
+s["f"] = {"vulkan_icd": icd, "img_per_s": r["img_per_s"] if r else None}
+if icd is None:
+    rows.append(("f. wgpu on the GPU's Vulkan", "not tried: no NVIDIA Vulkan driver (ICD) on the machine", ""))
+else:
+    rows.append(("f. wgpu on the GPU's Vulkan, DDIM-50 + CFG",
+                 f"{r['img_per_s']:.1f} img/s" if r else "failed (see f-wgpu.log)",
+                 f"{r['img_per_s'] / c['ours']:.2f}x ours on CUDA" if r and c.get("ours") else ""))
 
 with open(os.path.join(out, "summary.json.tmp"), "w") as f:
     json.dump(s, f, indent=1)

@@ -65,7 +65,10 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(r) = a.max_request_rows {
         if !(1..=a.max_batch).contains(&r) {
-            bail!("--max-request-rows must lie in 1..=--max-batch ({}), got {r}", a.max_batch);
+            bail!(
+                "--max-request-rows must lie in 1..=--max-batch ({}), got {r}",
+                a.max_batch
+            );
         }
     }
     if a.max_rows == Some(0) {

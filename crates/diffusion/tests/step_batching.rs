@@ -16,7 +16,13 @@ type Made = Vec<(AnyScheduler, SampleRequest, usize)>;
 
 /// The shipped model, the runs (scheduler, request, the iteration it joins at) and each run's
 /// image alone.
-fn runs() -> (diffusion::UNet, diffusion::ModelConfig, Made, Vec<Vec<f32>>, Device) {
+fn runs() -> (
+    diffusion::UNet,
+    diffusion::ModelConfig,
+    Made,
+    Vec<Vec<f32>>,
+    Device,
+) {
     let device = Device::flex();
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/mnist.safetensors");
     let (model, config) = load_model(&weights, &device).unwrap();

@@ -263,7 +263,8 @@ impl Admission {
             })
         };
         if let Some(r) = refusal {
-            self.metrics.count_refused(matches!(r, Refusal::Capacity { .. }));
+            self.metrics
+                .count_refused(matches!(r, Refusal::Capacity { .. }));
             return Err(r);
         }
         let id = inner.next_id;

@@ -17,12 +17,12 @@ use diffusion::ModelConfig;
 use tower_http::services::{ServeDir, ServeFile};
 use utoipa::OpenApi;
 
+use crate::admission::Refusal;
 use crate::api::{
     validate, ErrorBody, GenerateQuery, GenerateRequest, GenerateResponse, Job, ModelInfo,
     SamplerName, MAX_BODY,
 };
 use crate::metrics::Metrics;
-use crate::admission::Refusal;
 use crate::worker::{JobOutput, Pool, SubmitError};
 
 /// Shared state of the service.
@@ -63,7 +63,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.0, Json(ErrorBody { error: self.1 })).into_response();
         if let Some(s) = self.2 {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }

@@ -297,7 +297,10 @@ impl Soak {
         let n = (self.wall_s / window_s).ceil().max(1.0) as usize;
         (0..n)
             .map(|i| {
-                let (start, end) = (i as f64 * window_s, ((i + 1) as f64 * window_s).min(self.wall_s));
+                let (start, end) = (
+                    i as f64 * window_s,
+                    ((i + 1) as f64 * window_s).min(self.wall_s),
+                );
                 let here: Vec<&Outcome> = self
                     .requests
                     .iter()
@@ -376,12 +379,27 @@ impl Soak {
             xml_escape(title)
         );
         let series: [(&str, Vec<(&str, &str, Vec<(f64, f64)>)>); 3] = [
-            ("images/s", vec![("images/s", "#1f77b4", w.iter().map(|w| (w.end_s, w.images_per_s)).collect())]),
+            (
+                "images/s",
+                vec![(
+                    "images/s",
+                    "#1f77b4",
+                    w.iter().map(|w| (w.end_s, w.images_per_s)).collect(),
+                )],
+            ),
             (
                 "latency (s)",
                 vec![
-                    ("p50", "#2ca02c", w.iter().map(|w| (w.end_s, w.p50_s)).collect()),
-                    ("p99", "#d62728", w.iter().map(|w| (w.end_s, w.p99_s)).collect()),
+                    (
+                        "p50",
+                        "#2ca02c",
+                        w.iter().map(|w| (w.end_s, w.p50_s)).collect(),
+                    ),
+                    (
+                        "p99",
+                        "#d62728",
+                        w.iter().map(|w| (w.end_s, w.p99_s)).collect(),
+                    ),
                 ],
             ),
             (
@@ -389,7 +407,10 @@ impl Soak {
                 vec![(
                     "RSS",
                     "#9467bd",
-                    self.rss.iter().map(|&(t, b)| (t, b as f64 / (1 << 20) as f64)).collect(),
+                    self.rss
+                        .iter()
+                        .map(|&(t, b)| (t, b as f64 / (1 << 20) as f64))
+                        .collect(),
                 )],
             ),
         ];
@@ -413,7 +434,10 @@ impl Soak {
                 y0 + panel
             ));
             for (j, (name, colour, points)) in lines.iter().enumerate() {
-                let path: Vec<String> = points.iter().map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v))).collect();
+                let path: Vec<String> = points
+                    .iter()
+                    .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+                    .collect();
                 svg.push_str(&format!(
                     "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{name}</text>\n",
                     path.join(" "),
@@ -445,7 +469,9 @@ fn format_tick(v: f64) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Mixed load for `duration`: `concurrency` clients, each sending the next of
@@ -476,7 +502,8 @@ pub async fn soak(
             if let Some(b) = rss() {
                 samples.push((started.elapsed().as_secs_f64(), b));
             }
-            tokio::time::sleep(rss_every.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(rss_every.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
         }
         if let Some(b) = rss() {
             samples.push((started.elapsed().as_secs_f64(), b));
@@ -485,17 +512,23 @@ pub async fn soak(
     });
     let mut clients = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (next, bodies, record, addr) = (next.clone(), bodies.clone(), record.clone(), addr.to_string());
+        let (next, bodies, record, addr) = (
+            next.clone(),
+            bodies.clone(),
+            record.clone(),
+            addr.to_string(),
+        );
         clients.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
                 let (body, images) = &bodies[i];
                 let t0 = Instant::now();
-                let status = match tokio::time::timeout(request_limit, post_generate(&addr, body)).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    Ok(Err(e)) => format!("error ({e})"),
-                    Err(_) => "time limit".into(),
-                };
+                let status =
+                    match tokio::time::timeout(request_limit, post_generate(&addr, body)).await {
+                        Ok(Ok(s)) => s.to_string(),
+                        Ok(Err(e)) => format!("error ({e})"),
+                        Err(_) => "time limit".into(),
+                    };
                 let outcome = Outcome {
                     status,
                     seconds: t0.elapsed().as_secs_f64(),
@@ -593,8 +626,18 @@ mod tests {
         let mut s = Soak {
             concurrency: 2,
             wall_s: 25.0,
-            requests: vec![ok(1.0, 1.0, 2), ok(9.0, 3.0, 1), ok(12.0, 2.0, 4), ok(25.0, 4.0, 1)],
-            rss: vec![(0.0, 100 << 20), (10.0, 101 << 20), (20.0, 101 << 20), (25.0, 102 << 20)],
+            requests: vec![
+                ok(1.0, 1.0, 2),
+                ok(9.0, 3.0, 1),
+                ok(12.0, 2.0, 4),
+                ok(25.0, 4.0, 1),
+            ],
+            rss: vec![
+                (0.0, 100 << 20),
+                (10.0, 101 << 20),
+                (20.0, 101 << 20),
+                (25.0, 102 << 20),
+            ],
         };
         s.requests.push(Timed {
             at_s: 15.0,

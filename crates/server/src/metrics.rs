@@ -260,15 +260,42 @@ impl Metrics {
         );
         let a = self.admission();
         let gauges: [(&str, &str, f64); 6] = [
-            ("sampler_queue_depth", "Requests admitted and waiting to join a batch.", a.requests_waiting as f64),
-            ("sampler_jobs_in_progress", "Requests being sampled.", a.requests_in_flight as f64),
-            ("sampler_rows_waiting", "Rows (images, twice when guided) of the requests waiting.", a.rows_waiting as f64),
-            ("sampler_rows_in_flight", "Rows of the requests being sampled.", a.rows_in_flight as f64),
-            ("sampler_max_rows", "The bound on rows in flight + waiting (--max-rows).", a.max_rows as f64),
-            ("sampler_predicted_wait_seconds", "Predicted time for the work in flight and waiting to finish.", a.predicted_wait_s),
+            (
+                "sampler_queue_depth",
+                "Requests admitted and waiting to join a batch.",
+                a.requests_waiting as f64,
+            ),
+            (
+                "sampler_jobs_in_progress",
+                "Requests being sampled.",
+                a.requests_in_flight as f64,
+            ),
+            (
+                "sampler_rows_waiting",
+                "Rows (images, twice when guided) of the requests waiting.",
+                a.rows_waiting as f64,
+            ),
+            (
+                "sampler_rows_in_flight",
+                "Rows of the requests being sampled.",
+                a.rows_in_flight as f64,
+            ),
+            (
+                "sampler_max_rows",
+                "The bound on rows in flight + waiting (--max-rows).",
+                a.max_rows as f64,
+            ),
+            (
+                "sampler_predicted_wait_seconds",
+                "Predicted time for the work in flight and waiting to finish.",
+                a.predicted_wait_s,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,

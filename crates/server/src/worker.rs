@@ -277,8 +277,7 @@ impl Executor {
             {
                 run.state = state;
                 run.partial = partial;
-                run.failed =
-                    step_guarded(&self.model, std::slice::from_mut(run), &[share]).err();
+                run.failed = step_guarded(&self.model, std::slice::from_mut(run), &[share]).err();
             }
             self.finish(
                 |r| r.failed.is_some(),
@@ -347,7 +346,12 @@ fn step_guarded(model: &UNet, runs: &mut [Run], shares: &[usize]) -> Result<(), 
 
 /// Times the model's call at 1 row and at `max_batch` rows (after a warm-up call each): the
 /// starting point of admission's call cost, before the executors have made calls of their own.
-fn calibrate(model: &UNet, config: &ModelConfig, max_batch: usize, device: &Device) -> Vec<(usize, f64)> {
+fn calibrate(
+    model: &UNet,
+    config: &ModelConfig,
+    max_batch: usize,
+    device: &Device,
+) -> Vec<(usize, f64)> {
     let [c, h, w] = config.unet.image_shape();
     let mut points = Vec::new();
     for rows in [1, max_batch] {
@@ -510,7 +514,13 @@ pub(crate) mod tests {
             max_rows: 1000,
             timeout: std::time::Duration::from_secs(1000),
         };
-        let pool = Pool::start(config.clone(), weights, limits, metrics.clone(), Device::flex());
+        let pool = Pool::start(
+            config.clone(),
+            weights,
+            limits,
+            metrics.clone(),
+            Device::flex(),
+        );
         (pool.unwrap(), config, metrics)
     }
 

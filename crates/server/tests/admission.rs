@@ -80,7 +80,12 @@ async fn a_burst_of_64_is_served_each_as_alone() {
     let answers = burst(srv.addr, &bodies, Duration::from_secs(120)).await;
     let took = started.elapsed();
     for (i, r) in answers.iter().enumerate() {
-        assert_eq!(r.status, 200, "request {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     assert_eq!(metric(srv.addr, "sampler_admitted_total").await, 64.0);
     // Batched: far fewer model calls than the 1,280 steps.
@@ -111,7 +116,12 @@ async fn a_burst_that_cannot_finish_in_time_gets_503s_and_every_admitted_request
     // 64 guided images of 50 DDPM steps: 6,400 row-predictions, several times what this
     // machine does in 10 s.
     let bodies: Vec<String> = (0..64)
-        .map(|i| format!(r#"{{"class_label": {}, "num_inference_steps": 50, "seed": {i}}}"#, i % 10))
+        .map(|i| {
+            format!(
+                r#"{{"class_label": {}, "num_inference_steps": 50, "seed": {i}}}"#,
+                i % 10
+            )
+        })
         .collect();
     let answers = burst(srv.addr, &bodies, Duration::from_secs(60)).await;
     let (mut ok, mut busy, mut retries) = (0, 0, Vec::new());
@@ -123,7 +133,10 @@ async fn a_burst_that_cannot_finish_in_time_gets_503s_and_every_admitted_request
                 retries.push(retry_after(r).expect("a Retry-After on every 503"));
                 assert!(r.json()["error"].as_str().unwrap().contains("time limit"));
             }
-            s => panic!("an admitted request failed: {s} {}", String::from_utf8_lossy(&r.body)),
+            s => panic!(
+                "an admitted request failed: {s} {}",
+                String::from_utf8_lossy(&r.body)
+            ),
         }
     }
     assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");

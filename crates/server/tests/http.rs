@@ -498,17 +498,45 @@ async fn a_client_that_disconnects_frees_its_rows() {
     // Two long requests fill the batch (4 guided images = 8 rows, a share of 4 each); a third
     // waits. Its client goes away: its rows leave the queue at once.
     let body = r#"{"class_label": 1, "num_inference_steps": 1000, "num_images": 4, "seed": 1}"#;
-    let running: Vec<_> = [send_only(srv.addr, body).await, send_only(srv.addr, body).await].into();
-    until_metric(srv.addr, "sampler_rows_in_flight", 16.0, Duration::from_secs(10)).await;
+    let running: Vec<_> = [
+        send_only(srv.addr, body).await,
+        send_only(srv.addr, body).await,
+    ]
+    .into();
+    until_metric(
+        srv.addr,
+        "sampler_rows_in_flight",
+        16.0,
+        Duration::from_secs(10),
+    )
+    .await;
     let waiting = send_only(srv.addr, body).await;
-    until_metric(srv.addr, "sampler_rows_waiting", 8.0, Duration::from_secs(10)).await;
+    until_metric(
+        srv.addr,
+        "sampler_rows_waiting",
+        8.0,
+        Duration::from_secs(10),
+    )
+    .await;
     drop(waiting);
-    until_metric(srv.addr, "sampler_rows_waiting", 0.0, Duration::from_secs(5)).await;
+    until_metric(
+        srv.addr,
+        "sampler_rows_waiting",
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(metric(srv.addr, "sampler_abandoned_total").await, 1.0);
     // Those sampling leave the batch at the next step, long before their 1,000 steps.
     let calls_then = metric(srv.addr, "sampler_batch_rows_count").await;
     drop(running);
-    until_metric(srv.addr, "sampler_rows_in_flight", 0.0, Duration::from_secs(10)).await;
+    until_metric(
+        srv.addr,
+        "sampler_rows_in_flight",
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
     until_no_job_in_progress(srv.addr, Duration::from_secs(10)).await;
     assert_eq!(metric(srv.addr, "sampler_abandoned_total").await, 3.0);
     let calls = metric(srv.addr, "sampler_batch_rows_count").await - calls_then;
@@ -564,7 +592,10 @@ async fn the_rows_held_stay_within_max_rows() {
             s => panic!("unexpected status {s}"),
         }
     }
-    assert!(ok >= 3 && busy >= 1 && ok + busy == 64, "ok {ok}, busy {busy}");
+    assert!(
+        ok >= 3 && busy >= 1 && ok + busy == 64,
+        "ok {ok}, busy {busy}"
+    );
     assert_eq!(
         metric(srv.addr, "sampler_refused_total{reason=\"capacity\"}").await,
         busy as f64
@@ -588,12 +619,21 @@ async fn a_64_image_request_does_not_starve_small_ones() {
         let addr = srv.addr;
         tokio::spawn(async move { post(addr, big).await })
     };
-    until_metric(srv.addr, "sampler_rows_in_flight", 128.0, Duration::from_secs(10)).await;
+    until_metric(
+        srv.addr,
+        "sampler_rows_in_flight",
+        128.0,
+        Duration::from_secs(10),
+    )
+    .await;
     for seed in 0..3 {
         let body = format!(r#"{{"class_label": 2, "num_inference_steps": 6, "seed": {seed}}}"#);
         let r = post(srv.addr, &body).await;
         assert_eq!(r.status, 200);
-        assert!(!big_task.is_finished(), "small request {seed} waited for the big one");
+        assert!(
+            !big_task.is_finished(),
+            "small request {seed} waited for the big one"
+        );
     }
     let r = big_task.await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -616,11 +656,19 @@ async fn a_64_image_request_does_not_starve_small_ones() {
         guidance_scale: 3.0,
         seed: 9,
     };
-    let values = to_host(Sampling::new(&model, &scheduler, &request, &device).unwrap().run(|_| {}));
+    let values = to_host(
+        Sampling::new(&model, &scheduler, &request, &device)
+            .unwrap()
+            .run(|_| {}),
+    );
     let b64 = base64::engine::general_purpose::STANDARD;
     for (i, (img, got)) in values.chunks_exact(64).zip(&images).enumerate() {
         let want = b64.encode(server::worker::image_png(img, [1, 8, 8]));
-        assert_eq!(got.as_str().unwrap(), want, "image {i} differs from the run alone");
+        assert_eq!(
+            got.as_str().unwrap(),
+            want,
+            "image {i} differs from the run alone"
+        );
     }
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();

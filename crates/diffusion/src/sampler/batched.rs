@@ -73,7 +73,11 @@ pub struct Share<'a, S> {
 
 /// Rows a run's next model call has (both guidance passes), or 0 when it is finished: what
 /// [`Share::max_rows`] is weighed against.
-pub fn rows_left<S: Scheduler>(state: &SamplingState, scheduler: &S, partial: &Option<PartialStep>) -> usize {
+pub fn rows_left<S: Scheduler>(
+    state: &SamplingState,
+    scheduler: &S,
+    partial: &Option<PartialStep>,
+) -> usize {
     match partial {
         Some(p) => p.rows_left(),
         None if state.steps_done() < scheduler.timesteps().len() => state.rows(),
@@ -144,7 +148,9 @@ pub fn step_in_parts<M: Denoiser, S: Scheduler>(
         asked
             .iter()
             .flat_map(|&(q, start, len)| {
-                q.class_labels.iter().flat_map(move |l| l[start..start + len].iter().copied())
+                q.class_labels
+                    .iter()
+                    .flat_map(move |l| l[start..start + len].iter().copied())
             })
             .collect()
     });

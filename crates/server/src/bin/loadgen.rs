@@ -264,7 +264,11 @@ async fn run_soak(a: &Args, seconds: f64, limit: Duration) -> Result<(), String>
         a.max_images,
         a.concurrency[0],
         a.addr,
-        if pid.is_some() { "" } else { " (no --server-pid: no RSS)" }
+        if pid.is_some() {
+            ""
+        } else {
+            " (no --server-pid: no RSS)"
+        }
     );
     let record = soak(
         &a.addr,
@@ -338,7 +342,10 @@ async fn fairness(a: &Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+        let addr = listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(server::serve(listener, state, async {
             let _ = stopped.await;

@@ -91,6 +91,8 @@ pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 pub fn retry_after(r: &Reply) -> Option<u64> {
     r.headers.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("retry-after").then(|| value.trim().parse().ok())?
+        name.trim()
+            .eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().parse().ok())?
     })
 }
