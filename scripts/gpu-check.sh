@@ -20,7 +20,11 @@
 #   e. bf16 mixed precision on CUDA: 40 steps, and the run resumed from step 20 repeats its
 #      losses exactly;
 #   f. wgpu: where the machine has a Vulkan driver for the GPU (an ICD file naming nvidia),
-#      guided DDIM on `--device wgpu`; otherwise the summary says there is none.
+#      guided DDIM on `--device wgpu`; otherwise the summary says there is none;
+#   g. data parallel through Burn's collective (NCCL): `--devices all` (one rank per GPU; on
+#      one GPU a one-rank context, whose all-reduce is the identity) trains 20 steps of the
+#      `mnist` preset, and the plain single-device run of the same settings; the logged losses
+#      must agree within 1e-5 relative (bit for bit on one GPU).
 # Everything lands in OUT: summary.json and summary.md (the table), the logs, each stage's raw
 # JSON, the two sample grids. `--device cpu` runs the same stages on the CPU with tiny sizes:
 # a smoke test of this script on a machine without a GPU (the numbers mean nothing).
@@ -187,6 +191,13 @@ else
     log "stage f-wgpu: skipped (device $device; NVIDIA Vulkan ICD: ${icd:-none found})"
 fi
 
+# g. Data parallel through Burn's collective, against one device.
+g_train=(train --dataset mnist10k --steps 20 --batch-size "$train_b" --dropout 0 --lr 1e-3
+         --warmup-steps 5 --checkpoint-every 0 --sample-every 0 --sample-steps 2 --seed 0)
+if [ "$device" = cuda ]; then g_dev=(--devices all); else g_dev=(--devices cpu,cpu); fi
+stage g-dp-train 240 "$bin/trainer" "${g_train[@]}" "${g_dev[@]}" --out "$out/g-dp"
+stage g-single-train 240 "$bin/trainer" "${g_train[@]}" --device "$device" --out "$out/g-single"
+
 log "summary"
 "$python" - "$out" "$device" <<'EOF'
 import json, os, sys
@@ -318,6 +329,17 @@ rows.append(("e. bf16 training on the device, resumed at step 20",
              f"{len(full)} logged losses, {'finite' if finite else 'NOT finite'}; "
              f"losses at steps {after} {'equal' if same else 'DIFFER'} after resume",
              "PASS" if same and finite else "FAIL"))
+
+# g
+dp, single = losses("g-dp"), losses("g-single")
+common = sorted(set(dp) & set(single))
+worst = max((abs(dp[k] - single[k]) / max(abs(single[k]), 1e-12) for k in common), default=None)
+s["g"] = {"steps_compared": common, "max_relative_loss_diff": worst,
+          "ranks": (load("g-dp/config.json") or {}).get("data_parallel_ranks")}
+rows.append((f"g. data parallel ({s['g']['ranks']} rank(s); Burn's collective on CUDA, the host reducer on the CPU) vs one device, 20 steps",
+             f"losses at steps {common}: max relative difference {worst:.1e}" if worst is not None
+             else "not measured (see g-dp-train.log)",
+             "PASS" if worst is not None and worst <= 1e-5 else "FAIL"))
 
 # f
 f = load("f-wgpu.json")

@@ -73,7 +73,7 @@ pub(crate) fn train(m: &ArgMatches) -> Result<Vec<String>> {
         if let Some(id) = NEW_RUN_ONLY.iter().find(|id| given(m, id)) {
             bail!(
                 "{} does not apply with --resume: a resumed run keeps its checkpoint's settings \
-                 (only --steps, --device, --sync-every, --precision and --out may be given)",
+                 (only --steps, --device or --devices, --sync-every, --precision and --out may be given)",
                 flag(id)
             );
         }

@@ -10,7 +10,7 @@ use crate::signals::StopSignal;
 use anyhow::{bail, Result};
 use clap::{ArgMatches, Args};
 use diffusion::{ModelConfig, Precision, PredictionType, TimeMode, UNetConfig};
-use training::train::{train, TrainConfig};
+use training::train::{train_on, TrainConfig};
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
@@ -39,6 +39,13 @@ pub(crate) struct TrainArgs {
     /// Device: `cpu` (Burn flex), `wgpu`, or `cuda[:N]` (needs the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Data-parallel training, one rank per device: `cuda:0,cuda:1,…`, `all` (every CUDA
+    /// device), or `cpu,cpu` (the same code path on the CPU with a host-memory reducer; needs
+    /// --dropout 0). Each rank takes its shard of every global batch (--batch-size stays the
+    /// global batch, and must split evenly); gradients are averaged (Burn's collective, NCCL,
+    /// on CUDA) before the clip and AdamW step. Rank 0 logs, samples and checkpoints.
+    #[arg(long, conflicts_with = "device")]
+    devices: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
     /// Optimisation steps [default: 4000].
@@ -223,7 +230,11 @@ impl ModelArgs {
 
 pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
     let mut notes = flag_rules::train(m)?;
-    let device = training::device::parse_device(&a.device)?;
+    let devices = match &a.devices {
+        Some(list) => training::device::parse_devices(list)?,
+        None => vec![training::device::parse_device(&a.device)?],
+    };
+    let on_cpu = devices[0] == burn::tensor::Device::flex();
     let precision: Option<Precision> = a.precision.as_deref().map(str::parse).transpose()?;
     let mut out = a.out.clone();
     let (config, dataset) = match &a.resume {
@@ -285,15 +296,9 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
         }
     };
     let mut config = config;
-    config.sync_every = a
-        .sync_every
-        .unwrap_or(if matches!(a.device.as_str(), "cpu" | "flex") {
-            1
-        } else {
-            16
-        });
+    config.sync_every = a.sync_every.unwrap_or(if on_cpu { 1 } else { 16 });
     config.validate(&dataset)?;
-    if config.precision == Precision::Bf16 && matches!(a.device.as_str(), "cpu" | "flex") {
+    if config.precision == Precision::Bf16 && on_cpu {
         eprintln!(
             "note: bf16 on the CPU is correct but slower than f32 (Burn's flex has no bf16 \
              arithmetic and widens every op); it is meant for GPUs"
@@ -302,12 +307,13 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
     flag_rules::print_notes(&notes);
     let out = out.unwrap_or_else(|| PathBuf::from("runs/mnist"));
     let mut observer = TrainBar::new(config.steps, StopSignal::install()?);
-    let summary = train(
+    let summary = train_on(
         &config,
         Arc::new(dataset),
         &out,
         a.resume.as_deref(),
-        &device,
+        &devices,
+        a.devices.is_some(),
         &mut observer,
     )?;
     observer.finish();

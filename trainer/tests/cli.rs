@@ -357,9 +357,60 @@ fn bad_flags() {
         &trainer(&["train", "--precision", "fp16", "--out", r.to_str().unwrap()]),
         "unknown precision `fp16` (expected f32 or bf16)",
     );
+    // Data parallel: what cannot work is one line naming it.
+    let rs = r.to_str().unwrap();
+    for (devices, expect) in [
+        ("cpu,cuda:0", "mixes device kinds"),
+        ("cuda:0,cuda:0", "names cuda:0 twice"),
+        ("wgpu,wgpu", "wgpu has no collective operations"),
+        ("cpu,,cpu", "an empty name"),
+        ("cuda:7", "CUDA"),
+    ] {
+        fails_with(
+            &trainer(&["train", "--devices", devices, "--out", rs]),
+            expect,
+        );
+    }
+    fails_with(
+        &trainer(&[
+            "train",
+            "--devices",
+            "cpu,cpu,cpu",
+            "--batch-size",
+            "8",
+            "--dropout",
+            "0",
+            "--out",
+            rs,
+        ]),
+        "--batch-size 8 does not split evenly over 3 devices",
+    );
+    fails_with(
+        &trainer(&["train", "--devices", "cpu,cpu", "--out", rs]),
+        "needs --dropout 0",
+    );
+    // (A usage error, as clap reports them: exit code 2.)
+    let both = trainer(&[
+        "train",
+        "--devices",
+        "cpu,cpu",
+        "--device",
+        "cpu",
+        "--out",
+        rs,
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr)
+        .contains("'--devices <DEVICES>' cannot be used with '--device <DEVICE>'"));
     assert!(!r.exists());
-    // The server's batching and device flags.
+    // The server's batching, admission and device flags.
     fails_with(&trainer(&["serve", "--max-batch", "0"]), "--max-batch");
+    fails_with(&trainer(&["serve", "--queue", "4"]), "--queue is gone");
+    fails_with(&trainer(&["serve", "--max-rows", "0"]), "--max-rows");
+    fails_with(
+        &trainer(&["serve", "--max-batch", "8", "--max-request-rows", "9"]),
+        "--max-request-rows must lie in 1..=--max-batch",
+    );
     fails_with(
         &trainer(&["serve", "--device", "tpu"]),
         "unknown device `tpu`",
@@ -1060,7 +1111,19 @@ fn default_flags_fit_the_data() {
 /// byte, as the run that was never interrupted.
 #[test]
 fn sigterm_saves_and_resume_is_exact() {
-    let out = tmp("sigterm");
+    sigterm_then_resume("sigterm", &[]);
+}
+
+/// The same with two data-parallel ranks on the CPU (`--devices cpu,cpu`, which needs
+/// `--dropout 0`): the checkpoint the signal writes holds rank 0's state, and the resumed run
+/// (on two ranks again) ends with the uninterrupted run's bytes.
+#[test]
+fn data_parallel_sigterm_saves_and_resume_is_exact() {
+    sigterm_then_resume("sigterm-dp", &["--devices", "cpu,cpu", "--dropout", "0"]);
+}
+
+fn sigterm_then_resume(name: &str, extra: &[&str]) {
+    let out = tmp(name);
     let steps = "100";
     let args = |dir: &Path| -> Vec<String> {
         let mut a: Vec<String> = ["train", "--steps", steps, "--out", dir.to_str().unwrap()]
@@ -1074,6 +1137,7 @@ fn sigterm_saves_and_resume_is_exact() {
             .replace("--checkpoint-every 2", "--checkpoint-every 0");
         a.extend(tiny.split(' ').map(String::from));
         a.extend(["--sample-every", "0"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
     let whole = out.join("whole");
@@ -1119,7 +1183,9 @@ fn sigterm_saves_and_resume_is_exact() {
         "an interrupted run exports nothing"
     );
     // --resume continues in the checkpoint's run directory (no --out needed).
-    ok(&trainer(&["train", "--resume", cut.to_str().unwrap()]));
+    let mut resume = vec!["train", "--resume", cut.to_str().unwrap()];
+    resume.extend(extra.iter().take_while(|a| **a != "--dropout"));
+    ok(&trainer(&resume));
     assert_eq!(
         std::fs::read(cut.join("ema.safetensors")).unwrap(),
         std::fs::read(whole.join("ema.safetensors")).unwrap(),

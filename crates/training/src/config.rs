@@ -81,6 +81,10 @@ pub struct TrainConfig {
     /// Changes speed on a GPU, never results: a resumed run may use another value.
     #[serde(default = "one")]
     pub sync_every: u64,
+    /// Data-parallel ranks the run trains on (`None`: one device). The record of how the
+    /// steps were computed: a resume on another count is noted (float reassociation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel_ranks: Option<usize>,
     /// The dtype of the forward and backward passes; parameters, gradients, AdamW state and
     /// EMA stay f32 (`diffusion::precision`). Changes results: a resumed run keeps it.
     #[serde(default)]
@@ -126,6 +130,7 @@ impl TrainConfig {
             sample_seed: 0,
             log_every: 10,
             sync_every: 1,
+            data_parallel_ranks: None,
             precision: Precision::F32,
         }
     }

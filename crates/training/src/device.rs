@@ -33,6 +33,76 @@ pub fn parse_device(name: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// Parses the devices of data-parallel training (`--devices`): a comma-separated list of
+/// `cpu` or `cuda:N` names (one rank each, in order), or `all` (every CUDA device present).
+/// Every device must be of one kind; a CUDA device may appear once (two ranks on one GPU would
+/// share its memory and its NCCL rank); `wgpu` has no collective operations in Burn.
+pub fn parse_devices(list: &str) -> Result<Vec<Device>> {
+    let names: Vec<String> = if list.trim() == "all" {
+        all_cuda_names()?
+    } else {
+        list.split(',').map(|n| n.trim().to_string()).collect()
+    };
+    if names.iter().any(String::is_empty) {
+        return Err(TrainError::Invalid(format!(
+            "--devices `{list}`: an empty name"
+        )));
+    }
+    fn kind(n: &str) -> &str {
+        if n == "cpu" || n == "flex" {
+            "cpu"
+        } else {
+            n.split(':').next().unwrap_or(n)
+        }
+    }
+    if let Some(other) = names.iter().find(|n| kind(n) != kind(&names[0])) {
+        return Err(TrainError::Invalid(format!(
+            "--devices `{list}` mixes device kinds ({} and {other}): every rank must run on the same backend",
+            names[0]
+        )));
+    }
+    if kind(&names[0]) == "wgpu" {
+        return Err(TrainError::Invalid(
+            "--devices: wgpu has no collective operations in Burn 0.22 (cpu or cuda:N)".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names.iter().filter(|n| kind(n) == "cuda") {
+        let canonical = if n.as_str() == "cuda" {
+            "cuda:0"
+        } else {
+            n.as_str()
+        };
+        if !seen.insert(canonical.to_string()) {
+            return Err(TrainError::Invalid(format!(
+                "--devices `{list}` names {canonical} twice: one rank per GPU"
+            )));
+        }
+    }
+    let devices = names
+        .iter()
+        .map(|n| parse_device(n))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(devices)
+}
+
+/// `cuda:0`, `cuda:1`, … for every CUDA device present.
+#[cfg(feature = "cuda")]
+fn all_cuda_names() -> Result<Vec<String>> {
+    let n = cuda::probe()?.len();
+    if n == 0 {
+        return Err(TrainError::Invalid(
+            "--devices all: no CUDA device found".into(),
+        ));
+    }
+    Ok((0..n).map(|i| format!("cuda:{i}")).collect())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn all_cuda_names() -> Result<Vec<String>> {
+    cuda_device(0).map(|_| Vec::new())
+}
+
 /// Makes `device`'s backend Burn's default device. Burn creates some tensors on its default
 /// device rather than the caller's (a resumed run's AdamW state, in
 /// `ModuleOptimizer::load_record`), and that default is the first compiled backend in Burn's

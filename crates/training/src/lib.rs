@@ -5,6 +5,8 @@
 //!   export of the EMA weights), configured by [`config`] and reporting through [`observer`];
 //! * [`step`]: one optimisation step (label dropout for classifier-free guidance, the loss,
 //!   global gradient-norm clipping, AdamW, non-finite step skipping), testable on its own;
+//! * [`parallel`]: data-parallel ranks and the reducers that average their gradients (Burn's
+//!   collective on CUDA, host memory on the CPU);
 //! * [`window`]: several steps queued on the device per read-back (no host wait per step on a
 //!   GPU), rolled back and replayed around a non-finite step;
 //! * [`ema`], [`lr`], [`grad`]: its parts, each testable on its own; [`run_log`]: the run
@@ -23,6 +25,7 @@ pub mod generate;
 pub mod grad;
 pub mod lr;
 pub mod observer;
+pub mod parallel;
 pub mod plot;
 pub mod run_log;
 pub mod step;

@@ -9,7 +9,9 @@ use datasets::loader::{mix_seed, Batch};
 use diffusion::{mse_loss, q_sample, NoiseRng, NoiseSchedule, UNet};
 
 use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
 use crate::grad::{clip_by_sum_squares, grad_sum_squares};
+use crate::parallel::Reducer;
 
 /// The host-side randomness of one step.
 struct StepNoise {
@@ -20,6 +22,8 @@ struct StepNoise {
 
 const STREAM_STEP: u64 = 3;
 const STREAM_DROPOUT: u64 = 4;
+/// A data-parallel rank's dropout seed, mixed into the step's.
+const STREAM_RANK: u64 = 5;
 
 fn step_noise(config: &TrainConfig, step: u64, labels: &[usize], numel: usize) -> StepNoise {
     let mut rng = NoiseRng::new(mix_seed(config.seed, STREAM_STEP, step));
@@ -66,28 +70,55 @@ pub struct PendingStep {
 }
 
 /// x_t, the model's prediction (in `config.precision`) and the f32 loss of step `batch.step`,
-/// on the autodiff `device`.
+/// on the autodiff `device`, for `shard = (rank, ranks)`: rows `[rank·B/ranks,
+/// (rank+1)·B/ranks)` of the global batch and of its step's host randomness (drawn for the
+/// whole batch, so the shards together are the single-device step). The dropout masks of a
+/// rank of several come from its own seed.
 fn forward_loss(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
     model: &UNet,
     batch: Batch,
+    (rank, ranks): (usize, usize),
     device: &Device,
 ) -> Tensor<1> {
     let step = batch.step;
     let rnd = step_noise(config, step, &batch.labels, batch.images.len());
-    device.seed(mix_seed(config.seed, STREAM_DROPOUT, step));
-    let x0 = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), device);
-    let noise = Tensor::<4>::from_data(TensorData::new(rnd.noise, batch.shape), device);
-    let xt = q_sample(schedule, x0.clone(), &rnd.timesteps, noise.clone());
-    let t_f64: Vec<f64> = rnd.timesteps.iter().map(|&t| t as f64).collect();
-    let labels = config.model.unet.num_classes.map(|_| rnd.labels.as_slice());
+    let dropout_seed = mix_seed(config.seed, STREAM_DROPOUT, step);
+    let [b, c, h, w] = batch.shape;
+    let (images, noise, timesteps, labels, shape) = if ranks <= 1 {
+        device.seed(dropout_seed);
+        (
+            batch.images,
+            rnd.noise,
+            rnd.timesteps,
+            rnd.labels,
+            batch.shape,
+        )
+    } else {
+        device.seed(mix_seed(dropout_seed, STREAM_RANK, rank as u64));
+        let per = b / ranks;
+        let rows = rank * per..(rank + 1) * per;
+        let px = rows.start * c * h * w..rows.end * c * h * w;
+        (
+            batch.images[px.clone()].to_vec(),
+            rnd.noise[px].to_vec(),
+            rnd.timesteps[rows.clone()].to_vec(),
+            rnd.labels[rows].to_vec(),
+            [per, c, h, w],
+        )
+    };
+    let x0 = Tensor::<4>::from_data(TensorData::new(images, shape), device);
+    let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), device);
+    let xt = q_sample(schedule, x0.clone(), &timesteps, noise.clone());
+    let t_f64: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
+    let labels = config.model.unet.num_classes.map(|_| labels.as_slice());
     // Under bf16 the f32 parameters are cast inside the graph: the gradients reach them in f32.
     let output = model.autocast(config.precision).forward(xt, &t_f64, labels);
     let target = config
         .model
         .prediction_type
-        .target(schedule, x0, noise, &rnd.timesteps);
+        .target(schedule, x0, noise, &timesteps);
     mse_loss(output, target)
 }
 
@@ -106,7 +137,7 @@ pub fn gradients(
     batch: Batch,
     device: &Device,
 ) -> (GradientsParams, PendingStep) {
-    let loss = forward_loss(config, schedule, model, batch, device);
+    let loss = forward_loss(config, schedule, model, batch, (0, 1), device);
     let loss_value = loss.clone().inner();
     let mut grads = GradientsParams::from_grads(loss.backward(), model);
     let sum_squares = grad_sum_squares(model, &grads)
@@ -117,6 +148,76 @@ pub fn gradients(
         sum_squares,
     };
     (grads, pending)
+}
+
+/// The gradients of one data-parallel step on every rank: rank `r` (`ranks[r]`: its replica
+/// of the model and its autodiff device) takes its shard of `batch` (see `forward_loss`) on its
+/// own thread, the ranks' gradients and losses are averaged by `reducer`, and each rank clips
+/// the averaged gradients to `config.grad_clip` by their global norm. Every rank gets the same
+/// gradients (on its device) and the same [`PendingStep`]: the single-device step's up to float
+/// reassociation. The batch must split evenly.
+pub fn parallel_gradients(
+    config: &TrainConfig,
+    schedule: &NoiseSchedule,
+    ranks: &[(UNet, Device)],
+    batch: &Batch,
+    reducer: &dyn Reducer,
+) -> Result<Vec<(GradientsParams, PendingStep)>> {
+    let n = ranks.len();
+    if n != reducer.ranks() || batch.shape[0] % n != 0 {
+        return Err(TrainError::Invalid(format!(
+            "a batch of {} cannot be split over {n} data-parallel ranks (reducer for {})",
+            batch.shape[0],
+            reducer.ranks()
+        )));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .iter()
+            .enumerate()
+            .map(|(rank, (model, device))| {
+                let (model, device, batch) = (model.clone(), device.clone(), batch.clone());
+                scope.spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(
+                        || -> Result<(GradientsParams, PendingStep)> {
+                            let loss =
+                                forward_loss(config, schedule, &model, batch, (rank, n), &device);
+                            let loss_value = loss.clone().inner();
+                            let grads = GradientsParams::from_grads(loss.backward(), &model);
+                            let (mut grads, loss) =
+                                reducer.all_reduce_mean(rank, &model, grads, loss_value)?;
+                            let sum_squares = grad_sum_squares(&model, &grads)
+                                .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss.device()));
+                            clip_by_sum_squares(
+                                &model,
+                                &mut grads,
+                                sum_squares.clone(),
+                                config.grad_clip,
+                            );
+                            Ok((grads, PendingStep { loss, sum_squares }))
+                        },
+                    );
+                    let out = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                        Err(TrainError::Invalid(format!(
+                            "data-parallel rank {rank} panicked"
+                        )))
+                    });
+                    if out.is_err() {
+                        reducer.abort();
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Invalid("a data-parallel rank panicked".into()))
+                })
+            })
+            .collect()
+    })
 }
 
 /// One training step checked before it is applied: [`gradients`], the loss and gradient norm

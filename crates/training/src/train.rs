@@ -37,7 +37,7 @@ use crate::error::{Result, TrainError};
 use crate::generate::generate;
 use crate::run_log::{plot_loss, read_history};
 use crate::step::StepOutcome;
-use crate::window::{run_window, StepContext, Trainee};
+use crate::window::{run_window, Replica, StepContext, Trainee};
 use diffusion::sampler::class_rows;
 
 pub use crate::config::TrainConfig;
@@ -71,6 +71,38 @@ pub fn train(
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
+    train_on(
+        config,
+        dataset,
+        run_dir,
+        resume,
+        std::slice::from_ref(device),
+        false,
+        observer,
+    )
+}
+
+/// [`train`] on one device, or data-parallel (`data_parallel`, always with several devices;
+/// `crate::parallel`): rank `r` runs on `devices[r]` with its shard of every global batch
+/// (`config.batch_size` stays the global batch), the ranks' gradients averaged before the clip
+/// and the AdamW step that every rank takes alike. Data parallel on one device runs the same
+/// path with one rank (the reduction is the identity): a single-GPU check of the collective. Rank 0 alone logs, samples and writes checkpoints; its model, EMA and optimiser
+/// are the checkpoint's, so a run resumes exactly with the same number of devices (and with a
+/// different number, within float reassociation: a note says so).
+pub fn train_on(
+    config: &TrainConfig,
+    dataset: Arc<Dataset>,
+    run_dir: &Path,
+    resume: Option<&Path>,
+    devices: &[Device],
+    data_parallel: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
+    let data_parallel = data_parallel || devices.len() > 1;
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Invalid("no device to train on".into()));
+    };
+    let ranks = devices.len();
     let train_device = device.clone().autodiff();
     let (config, mut state, model, ema, optim) = match resume {
         Some(dir) => {
@@ -108,7 +140,33 @@ pub fn train(
             (config.clone(), state, model, ema, config.optimizer())
         }
     };
+    let mut config = config;
+    if let Some(before) = config.data_parallel_ranks.filter(|&n| n != ranks) {
+        observer.on_message(&format!(
+            "note: the run trained on {before} data-parallel devices and goes on with {ranks}: the shards differ, so the steps equal the uninterrupted run's within float reassociation, not bit for bit"
+        ));
+    } else if config.data_parallel_ranks.is_none() && ranks > 1 && state.step > 0 {
+        observer.on_message(&format!(
+            "note: the run trained on one device and goes on with {ranks}: the steps equal the uninterrupted run's within float reassociation, not bit for bit"
+        ));
+    }
+    config.data_parallel_ranks = data_parallel.then_some(ranks);
+    state.config.data_parallel_ranks = config.data_parallel_ranks;
     config.validate(&dataset)?;
+    if ranks > 1 {
+        if config.batch_size % ranks != 0 {
+            return Err(TrainError::Invalid(format!(
+                "--batch-size {} does not split evenly over {ranks} devices",
+                config.batch_size
+            )));
+        }
+        if *device == Device::flex() && config.model.unet.dropout > 0.0 {
+            return Err(TrainError::Invalid(format!(
+                "data parallel on the CPU needs --dropout 0 (it is {}): Burn's CPU random generator is one per process, so the ranks' dropout masks would race",
+                config.model.unet.dropout
+            )));
+        }
+    }
     observer.on_message(&format!(
         "training on {} ({} images, {:?}), {} parameters, {} steps × batch {}",
         dataset.name,
@@ -145,18 +203,34 @@ pub fn train(
         },
         state.step,
     )?;
+    let reducer = data_parallel.then(|| crate::parallel::reducer_for(devices));
     let ctx = StepContext {
         config: &config,
         schedule: &schedule,
         lr: &lr_schedule,
         ema: config.ema(),
         device: &train_device,
+        reducer: reducer.as_deref(),
     };
+    // Ranks 1, 2, …: rank 0's model and optimiser state on their own devices (an optimiser's
+    // state moves to its parameters' device at its first step).
+    let replicas = devices[1..]
+        .iter()
+        .map(|d| {
+            let device = d.clone().autodiff();
+            Replica {
+                model: model.clone().fork(&device),
+                optim: optim.clone(),
+                device,
+            }
+        })
+        .collect();
     let mut trainee = Trainee {
         model,
         ema,
         optim,
         ema_updates: state.ema_updates,
+        replicas,
     };
     // Batches a window handed back (they followed a skipped step), to run before new ones.
     let mut replay: VecDeque<Batch> = VecDeque::new();
@@ -176,7 +250,7 @@ pub fn train(
             debug_assert_eq!(b.step, state.step + i as u64, "batches come in step order");
         }
         let outcomes;
-        (trainee, outcomes) = run_window(&ctx, trainee, &batches);
+        (trainee, outcomes) = run_window(&ctx, trainee, &batches)?;
         for b in batches.drain(outcomes.len()..).rev() {
             replay.push_front(b);
         }

@@ -20,14 +20,17 @@ use diffusion::{NoiseSchedule, UNet};
 
 use crate::config::TrainConfig;
 use crate::ema::Ema;
+use crate::error::Result;
 use crate::lr::LrSchedule;
-use crate::step::{gradients, read_back, train_step, PendingStep, StepOutcome};
+use crate::parallel::Reducer;
+use crate::step::{gradients, parallel_gradients, read_back, train_step, PendingStep, StepOutcome};
 
 /// What training updates every step: the model, its EMA and the optimiser state, and the count
-/// of EMA updates (which sets the EMA's warmup decay).
+/// of EMA updates (which sets the EMA's warmup decay); in data-parallel training also the other
+/// ranks' replicas (rank 0 is `model` and `optim`).
 #[derive(Clone)]
 pub struct Trainee {
-    /// The model being trained (autodiff).
+    /// The model being trained (autodiff): rank 0's.
     pub model: UNet,
     /// Its exponential moving average.
     pub ema: UNet,
@@ -35,6 +38,20 @@ pub struct Trainee {
     pub optim: ModuleOptimizer,
     /// EMA updates so far.
     pub ema_updates: u64,
+    /// Ranks 1, 2, … of data-parallel training (empty on one device).
+    pub replicas: Vec<Replica>,
+}
+
+/// A data-parallel rank other than rank 0: its copy of the model and of the optimiser, on its
+/// device. Every rank takes the same averaged gradients, so the copies stay equal to rank 0's.
+#[derive(Clone)]
+pub struct Replica {
+    /// The model (autodiff), on `device`.
+    pub model: UNet,
+    /// Its optimiser.
+    pub optim: ModuleOptimizer,
+    /// Its autodiff device.
+    pub device: Device,
 }
 
 /// What a window needs besides the trainee.
@@ -47,8 +64,10 @@ pub struct StepContext<'a> {
     pub lr: &'a LrSchedule,
     /// The EMA's settings.
     pub ema: Ema,
-    /// The autodiff device.
+    /// The autodiff device (rank 0's).
     pub device: &'a Device,
+    /// Averages the ranks' gradients in data-parallel training (`None` on one device).
+    pub reducer: Option<&'a dyn Reducer>,
 }
 
 /// Runs `batches` (consecutive steps) as one window on `trainee` and returns it with the
@@ -59,22 +78,22 @@ pub fn run_window(
     ctx: &StepContext,
     trainee: Trainee,
     batches: &[Batch],
-) -> (Trainee, Vec<StepOutcome>) {
+) -> Result<(Trainee, Vec<StepOutcome>)> {
     if let [batch] = batches {
         // One step (the CPU's default): checked before its update, so no snapshot is kept and
         // the weights, moments and EMA update in place.
-        let (trainee, step) = advance(ctx, trainee, batch.clone(), true);
+        let (trainee, step) = advance(ctx, trainee, batch.clone(), true)?;
         let Step::Settled(outcome) = step else {
             unreachable!("a checked step is settled")
         };
-        return (trainee, vec![outcome]);
+        return Ok((trainee, vec![outcome]));
     }
     let start = trainee.clone();
     let mut trainee = trainee;
     let mut pending = Vec::with_capacity(batches.len());
     for batch in batches {
         let step;
-        (trainee, step) = advance(ctx, trainee, batch.clone(), false);
+        (trainee, step) = advance(ctx, trainee, batch.clone(), false)?;
         let Step::Queued(p) = step else {
             unreachable!("an unchecked step is queued")
         };
@@ -82,15 +101,15 @@ pub fn run_window(
     }
     let mut outcomes = read_back(&pending);
     let Some(bad) = outcomes.iter().position(|o| o.skipped) else {
-        return (trainee, outcomes);
+        return Ok((trainee, outcomes));
     };
     // Roll back and replay the steps before the bad one; their outcomes are already known.
     trainee = start;
     for batch in &batches[..bad] {
-        (trainee, _) = advance(ctx, trainee, batch.clone(), false);
+        (trainee, _) = advance(ctx, trainee, batch.clone(), false)?;
     }
     outcomes.truncate(bad + 1);
-    (trainee, outcomes)
+    Ok((trainee, outcomes))
 }
 
 /// What [`advance`] knows of a step.
@@ -106,21 +125,65 @@ enum Step {
 /// not finite; otherwise [`gradients`] and the AdamW step queued without waiting. The trainee
 /// moves through by value, so that no second handle keeps Burn from updating weights, moments
 /// and EMA in place.
-fn advance(ctx: &StepContext, trainee: Trainee, batch: Batch, checked: bool) -> (Trainee, Step) {
+fn advance(
+    ctx: &StepContext,
+    trainee: Trainee,
+    batch: Batch,
+    checked: bool,
+) -> Result<(Trainee, Step)> {
     let Trainee {
         model,
         ema,
         mut optim,
         ema_updates,
+        replicas,
     } = trainee;
     let lr = ctx.lr.lr(batch.step);
     let (config, schedule, device) = (ctx.config, ctx.schedule, ctx.device);
-    let (model, step) = if checked {
-        let (model, outcome) = train_step(config, schedule, model, &mut optim, batch, lr, device);
-        (model, Step::Settled(outcome))
-    } else {
-        let (grads, pending) = gradients(config, schedule, &model, batch, device);
-        (optim.step(lr, model, grads), Step::Queued(pending))
+    let (model, replicas, step) = match ctx.reducer {
+        Some(reducer) => {
+            let ranks: Vec<(UNet, Device)> = std::iter::once((model.clone(), device.clone()))
+                .chain(replicas.iter().map(|r| (r.model.clone(), r.device.clone())))
+                .collect();
+            let results = parallel_gradients(config, schedule, &ranks, &batch, reducer)?;
+            // No second handle on the weights, so that the AdamW steps update them in place.
+            drop(ranks);
+            let pending = results[0].1.clone();
+            let step = if checked {
+                Step::Settled(read_back(&[pending])[0])
+            } else {
+                Step::Queued(pending)
+            };
+            if let Step::Settled(StepOutcome { skipped: true, .. }) = step {
+                (model, replicas, step)
+            } else {
+                // Every rank takes the same step with the same averaged gradients.
+                let mut grads = results.into_iter().map(|(g, _)| g);
+                let model = optim.step(lr, model, grads.next().expect("rank 0"));
+                let replicas = replicas
+                    .into_iter()
+                    .zip(grads)
+                    .map(|(mut r, g)| {
+                        r.model = r.optim.step(lr, r.model, g);
+                        r
+                    })
+                    .collect();
+                (model, replicas, step)
+            }
+        }
+        None if checked => {
+            let (model, outcome) =
+                train_step(config, schedule, model, &mut optim, batch, lr, device);
+            (model, replicas, Step::Settled(outcome))
+        }
+        None => {
+            let (grads, pending) = gradients(config, schedule, &model, batch, device);
+            (
+                optim.step(lr, model, grads),
+                replicas,
+                Step::Queued(pending),
+            )
+        }
     };
     let (ema, ema_updates) = match step {
         Step::Settled(StepOutcome { skipped: true, .. }) => (ema, ema_updates),
@@ -131,8 +194,9 @@ fn advance(ctx: &StepContext, trainee: Trainee, batch: Batch, checked: bool) -> 
         ema,
         optim,
         ema_updates,
+        replicas,
     };
-    (trainee, step)
+    Ok((trainee, step))
 }
 
 #[cfg(test)]
@@ -227,6 +291,7 @@ mod tests {
             lr: &lr,
             ema: ema_cfg,
             device: &device,
+            reducer: None,
         };
         let max_diff = |a: &UNet, b: &UNet| {
             values(a)
@@ -249,13 +314,14 @@ mod tests {
                 ema: model.valid(),
                 optim: config.optimizer(),
                 ema_updates: 0,
+                replicas: Vec::new(),
             };
             let mut windowed = Vec::new();
             let mut next = 0;
             while next < batches.len() {
                 let end = (next + size).min(batches.len());
                 let settled;
-                (trainee, settled) = run_window(&ctx, trainee, &batches[next..end]);
+                (trainee, settled) = run_window(&ctx, trainee, &batches[next..end]).unwrap();
                 assert!(!settled.is_empty());
                 next += settled.len();
                 windowed.extend(settled);
