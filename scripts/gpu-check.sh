@@ -5,7 +5,10 @@
 #   scripts/gpu-check.sh prepare                  # here: build the CUDA binaries offline, strip,
 #                                                 # compress them into gpu-carry/ with ref_unet.py
 #   scripts/gpu-check.sh run OUT [--quick] [--no-compile] [--device cuda|cpu] [--python PY]
-#                                                 # on the GPU machine, from the repository root
+#                                [--only a,b,b2,c,d,e,f,g]
+#                                                 # on the GPU machine, from the repository root;
+#                                                 # --only runs those stages (a check split over
+#                                                 # two calls, each within one call's time limit)
 #
 # `run` does, each stage with its own time limit so that one failure costs only its stage:
 #   a. CUDA = CPU: the shipped MNIST weights, `trainer sample` (50-step DDIM, w = 3, seed 0,
@@ -65,13 +68,14 @@ esac
 
 [ $# -ge 1 ] || { echo "error: run needs an output folder" >&2; exit 2; }
 out="$1"; shift
-quick=0 compile=1 device=cuda python=python3
+quick=0 compile=1 device=cuda python=python3 only=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; shift ;;
         --no-compile) compile=0; shift ;;
         --device) device="${2:?--device needs cuda or cpu}"; shift 2 ;;
         --python) python="${2:?--python needs a value}"; shift 2 ;;
+        --only) only="${2:?--only needs a list of stages}"; shift 2 ;;
         *) echo "error: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -120,6 +124,8 @@ fi
 
 stage() { # name, time limit (s), command...
     local name="$1" limit="$2"; shift 2
+    local letter="${name%%-*}"
+    if [ -n "$only" ] && [[ ",$only," != *",$letter,"* ]]; then return 0; fi
     log "stage $name (limit ${limit} s): $*"
     local t0=$(date +%s) rc=0
     timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1 || rc=$?
@@ -183,7 +189,9 @@ stage e-bf16-resume 120 "$bin/trainer" train --resume "$out/e-run/checkpoints/st
 
 # f. wgpu on the GPU's own Vulkan driver, where there is one.
 icd="$(grep -lis nvidia /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null | head -1 || true)"
-if [ "$device" = cuda ] && [ -n "$icd" ]; then
+if [ -n "$only" ] && [[ ",$only," != *",f,"* ]]; then
+    :
+elif [ "$device" = cuda ] && [ -n "$icd" ]; then
     echo "$icd" >"$out/vulkan-icd.txt"
     stage f-wgpu 180 "$bin/bench" --device wgpu --sections ddim --sample-batch "$sample_b" --quick \
         --out "$out/f-wgpu.json"
@@ -212,7 +220,7 @@ def load(name):
 
 s = {"device": device, "gpu": open(os.path.join(out, "gpu.txt")).read().strip()
      if os.path.exists(os.path.join(out, "gpu.txt")) else None}
-s["stages"] = [json.loads(l) for l in open(os.path.join(out, "stages.jsonl"))]
+s["stages"] = [json.loads(l) for l in open(os.path.join(out, "stages.jsonl"))] if os.path.exists(os.path.join(out, "stages.jsonl")) else []
 rows = []
 
 # a
