@@ -58,7 +58,7 @@ fn flat_grads(
 ) -> Vec<(burn::module::ParamId, Vec<usize>, Tensor<1>)> {
     struct Collect<'a> {
         grads: &'a GradientsParams,
-        out: Vec<(burn::module::ParamId, Vec<usize>, Tensor<1>)>,
+        out: Flat,
     }
     impl ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -78,10 +78,7 @@ fn flat_grads(
 }
 
 /// Gradients from flat tensors, in [`flat_grads`]' order.
-fn unflat_grads(
-    model: &UNet,
-    flat: Vec<(burn::module::ParamId, Vec<usize>, Tensor<1>)>,
-) -> GradientsParams {
+fn unflat_grads(model: &UNet, flat: Flat) -> GradientsParams {
     struct Put {
         flat: std::vec::IntoIter<(burn::module::ParamId, Vec<usize>, Tensor<1>)>,
         out: GradientsParams,
@@ -103,6 +100,34 @@ fn unflat_grads(
     };
     model.visit(&mut p);
     p.out
+}
+
+/// A model's gradients in [`flat_grads`]' order.
+type Flat = Vec<(burn::module::ParamId, Vec<usize>, Tensor<1>)>;
+
+/// Every gradient of `model` and then `loss`, as one flat tensor (one transfer, one
+/// collective), with what [`split`] needs to cut it back.
+fn concat(model: &UNet, grads: &GradientsParams, loss: Tensor<1>) -> (Flat, Tensor<1>) {
+    let flat = flat_grads(model, grads);
+    let mut parts: Vec<Tensor<1>> = flat.iter().map(|(_, _, t)| t.clone()).collect();
+    parts.push(loss);
+    (flat, Tensor::cat(parts, 0))
+}
+
+/// [`concat`]'s tensor (reduced) cut back into gradients and the loss.
+fn split(model: &UNet, flat: Flat, all: Tensor<1>) -> (GradientsParams, Tensor<1>) {
+    let mut offset = 0;
+    let flat = flat
+        .into_iter()
+        .map(|(id, shape, t)| {
+            let n = t.dims()[0];
+            let part = all.clone().narrow(0, offset, n);
+            offset += n;
+            (id, shape, part)
+        })
+        .collect();
+    let loss = all.narrow(0, offset, 1);
+    (unflat_grads(model, flat), loss)
 }
 
 /// What the host reducer's ranks share for one reduction.
@@ -205,30 +230,17 @@ impl Reducer for HostReducer {
         grads: GradientsParams,
         loss: Tensor<1>,
     ) -> Result<(GradientsParams, Tensor<1>)> {
-        let flat = flat_grads(model, &grads);
         let device = loss.device();
+        let (flat, all) = concat(model, &grads, loss);
         // One transfer: every gradient and the loss in one tensor.
-        let mut parts: Vec<Tensor<1>> = flat.iter().map(|(_, _, t)| t.clone()).collect();
-        parts.push(loss);
-        let values: Vec<f32> = Tensor::cat(parts, 0)
+        let values: Vec<f32> = all
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| TrainError::Invalid(format!("reading gradients back: {e:?}")))?;
         let mean = self.exchange(rank, values)?;
         let all = Tensor::<1>::from_data(TensorData::new(mean.to_vec(), [mean.len()]), &device);
-        let mut offset = 0;
-        let flat = flat
-            .into_iter()
-            .map(|(id, shape, t)| {
-                let n = t.dims()[0];
-                let part = all.clone().narrow(0, offset, n);
-                offset += n;
-                (id, shape, part)
-            })
-            .collect();
-        let loss = all.narrow(0, offset, 1);
-        Ok((unflat_grads(model, flat), loss))
+        Ok(split(model, flat, all))
     }
 
     fn abort(&self) {
@@ -273,28 +285,10 @@ impl Reducer for CollectiveReducer {
         grads: GradientsParams,
         loss: Tensor<1>,
     ) -> Result<(GradientsParams, Tensor<1>)> {
-        let flat = flat_grads(model, &grads);
-        let mut parts: Vec<Tensor<1>> = flat.iter().map(|(_, _, t)| t.clone()).collect();
-        parts.push(loss);
+        let (flat, all) = concat(model, &grads, loss);
         // One collective over every gradient and the loss together.
-        let all = all_reduce(
-            Tensor::cat(parts, 0),
-            ReduceOperation::Mean,
-            self.devices.clone(),
-        )
-        .resolve();
-        let mut offset = 0;
-        let flat = flat
-            .into_iter()
-            .map(|(id, shape, t)| {
-                let n = t.dims()[0];
-                let part = all.clone().narrow(0, offset, n);
-                offset += n;
-                (id, shape, part)
-            })
-            .collect();
-        let loss = all.narrow(0, offset, 1);
-        Ok((unflat_grads(model, flat), loss))
+        let all = all_reduce(all, ReduceOperation::Mean, self.devices.clone()).resolve();
+        Ok(split(model, flat, all))
     }
 
     fn abort(&self) {}

@@ -1,47 +1,24 @@
 //! Data-parallel training on the CPU (`--devices cpu,cpu`: two ranks, the host reducer) against
 //! one device on the same global batches, and its exact resume.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use burn::tensor::Device;
-use datasets::{Dataset, DatasetSpec, Split};
 use diffusion::weights::load_model;
-use diffusion::{ModelConfig, UNetConfig};
 use training::train::{train_on, Quiet, TrainConfig};
 
-/// Burn's CPU RNG (parameter init) is process-global: one training at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+mod common;
+use common::{fixture, run_dir, tiny_config, SERIAL};
 
-fn fixture() -> Arc<Dataset> {
-    Arc::new(DatasetSpec::Mnist10k.load(Split::Train).unwrap().take(100))
-}
-
-/// A small class-conditional model, without dropout (on the CPU the ranks would share Burn's
-/// one generator for its masks), global batch 8, with a gradient clip that bites.
+/// The fixture's tiny model without dropout (on the CPU the ranks would share Burn's one
+/// generator for its masks), global batch 8, with a gradient clip that bites.
 fn config(steps: u64) -> TrainConfig {
-    let unet = UNetConfig::new(1, 28, 32, vec![1, 2], vec![14])
-        .with_num_res_blocks(1)
-        .with_num_classes(Some(10))
-        .with_dropout(0.0);
-    let mut c = TrainConfig::new("mnist10k", ModelConfig::new(unet), steps, 8);
-    c.lr = 1e-3;
-    c.warmup_steps = 5;
+    let mut c = tiny_config(steps);
+    c.model.unet.dropout = 0.0;
     c.grad_clip = 0.5;
     c.checkpoint_every = 10;
-    c.keep_checkpoints = 10;
-    c.sample_every = 0;
-    c.sample_steps = 2;
-    c.grid_cols = 1;
-    c.log_every = 1;
     c.seed = 23;
     c
-}
-
-fn run_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("parallel-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 /// `(step, loss, grad_norm)` of every logged step.

@@ -1,48 +1,16 @@
 //! End-to-end training on a 100-image fixture of the bundled MNIST-10k.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use burn::tensor::Device;
-use datasets::{Dataset, DatasetSpec, Split};
 use diffusion::sampler::class_rows;
 use diffusion::sampler::SamplerSettings;
 use diffusion::weights::load_model;
-use diffusion::{ModelConfig, UNetConfig};
 use training::generate::generate;
 use training::train::{train, Quiet, TrainConfig};
 
-/// Burn's CPU RNG (parameter init, dropout masks) is process-global, so two trainings in one
-/// process at the same time would interleave its draws: run these tests one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn fixture() -> Arc<Dataset> {
-    Arc::new(DatasetSpec::Mnist10k.load(Split::Train).unwrap().take(100))
-}
-
-fn tiny_config(steps: u64) -> TrainConfig {
-    let unet = UNetConfig::new(1, 28, 32, vec![1, 2], vec![14])
-        .with_num_res_blocks(1)
-        .with_num_classes(Some(10))
-        .with_dropout(0.1);
-    let mut c = TrainConfig::new("mnist10k", ModelConfig::new(unet), steps, 8);
-    c.lr = 1e-3;
-    c.warmup_steps = 5;
-    c.checkpoint_every = 6;
-    c.keep_checkpoints = 10;
-    c.sample_every = 0;
-    c.sample_steps = 2;
-    c.grid_cols = 1;
-    c.log_every = 1;
-    c.seed = 17;
-    c
-}
-
-fn run_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+mod common;
+use common::{fixture, run_dir, tiny_config, SERIAL};
 
 #[test]
 fn loss_decreases_on_a_fixture() {
