@@ -79,6 +79,8 @@ pub(crate) struct Task {
     pub(crate) cancelled: Arc<AtomicBool>,
     pub(crate) reply: oneshot::Sender<Result<JobOutput, String>>,
     pub(crate) queued: Instant,
+    /// When its time limit passes.
+    pub(crate) deadline: Instant,
 }
 
 impl Task {
@@ -92,8 +94,13 @@ impl Task {
     }
 }
 
+/// The model calls a run with `work` row-predictions left needs at `share` rows per call.
+pub(crate) fn calls_left(work: f64, share: usize) -> f64 {
+    (work / share.max(1) as f64).ceil()
+}
+
 /// What one executor holds, as it last reported.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Load {
     /// Runs in flight.
     pub(crate) runs: usize,
@@ -103,6 +110,8 @@ pub(crate) struct Load {
     pub(crate) share: usize,
     /// Their row-predictions left.
     pub(crate) work: f64,
+    /// Each run's deadline and the model calls it still needs (at its share per call).
+    pub(crate) deadlines: Vec<(Instant, f64)>,
 }
 
 /// Why a request was not admitted.
@@ -220,6 +229,34 @@ impl Admission {
         own.max(drain)
     }
 
+    /// Whether holding `rows_after` rows would make a run in flight miss its deadline that
+    /// would have met it: its calls grow with the rows beside it. If so, `(seconds until the
+    /// slowest such run is done, its predicted completion)`.
+    fn delays_others(&self, inner: &Inner, rows_after: usize) -> Option<(u64, f64)> {
+        let l = &self.limits;
+        let held = inner.rows_waiting + inner.executors.iter().map(|e| e.rows).sum::<usize>();
+        let call = |rows: usize| {
+            inner
+                .step_time
+                .seconds(rows.div_ceil(l.executors).clamp(1, l.max_batch))
+        };
+        let (now_t, after_t) = (call(held), call(rows_after));
+        let now = Instant::now();
+        inner
+            .executors
+            .iter()
+            .flat_map(|e| &e.deadlines)
+            .filter_map(|&(deadline, calls)| {
+                let left =
+                    deadline.saturating_duration_since(now).as_secs_f64() * DEADLINE_HEADROOM;
+                (calls * now_t <= left && calls * after_t > left).then_some(calls * after_t)
+            })
+            .fold(None, |worst: Option<f64>, t| {
+                Some(worst.map_or(t, |w| w.max(t)))
+            })
+            .map(|t| (t.ceil().max(1.0) as u64, t))
+    }
+
     /// Submits a job of `rows` rows per call: queued (and an executor woken), or refused.
     pub(crate) fn submit(
         &self,
@@ -257,10 +294,18 @@ impl Admission {
                     .any(|e| e.runs == 0 || e.share + share <= l.max_batch);
             let predicted = self.predict(&inner, rows, steps);
             let allowed = l.timeout.as_secs_f64() * DEADLINE_HEADROOM;
-            (!can_join && predicted > allowed).then(|| Refusal::Deadline {
-                retry_after_s: (predicted - allowed).ceil().max(1.0) as u64,
-                predicted_s: predicted,
-            })
+            if !can_join && predicted > allowed {
+                Some(Refusal::Deadline {
+                    retry_after_s: (predicted - allowed).ceil().max(1.0) as u64,
+                    predicted_s: predicted,
+                })
+            } else {
+                self.delays_others(&inner, held + rows)
+                    .map(|(retry_after_s, predicted_s)| Refusal::Deadline {
+                        retry_after_s,
+                        predicted_s,
+                    })
+            }
         };
         if let Some(r) = refusal {
             self.metrics
@@ -270,13 +315,15 @@ impl Admission {
         let id = inner.next_id;
         inner.next_id += 1;
         let cancelled = Arc::new(AtomicBool::new(false));
+        let queued = Instant::now();
         let task = Task {
             id,
             job,
             rows,
             cancelled: cancelled.clone(),
             reply,
-            queued: Instant::now(),
+            queued,
+            deadline: queued + l.timeout,
         };
         inner.rows_waiting += rows;
         inner.work_waiting += task.work();
@@ -316,7 +363,7 @@ impl Admission {
         let mut inner = self.lock();
         loop {
             let mut taken = Vec::new();
-            let mut mine = load;
+            let mut mine = load.clone();
             while let Some(front) = inner.waiting.front() {
                 let fits = mine.runs == 0 || mine.share + self.share(front.rows) <= l.max_batch;
                 if !fits && !front.cancelled.load(Ordering::Relaxed) {
@@ -336,6 +383,8 @@ impl Admission {
                 mine.rows += t.rows;
                 mine.share += self.share(t.rows);
                 mine.work += t.work();
+                mine.deadlines
+                    .push((t.deadline, calls_left(t.work(), self.share(t.rows))));
                 taken.push(t);
             }
             // The taken requests count as this executor's at once, so that no submission sees
@@ -471,7 +520,7 @@ mod tests {
         // Shares: 16 rows → 4 (the cap), then 2 and the next 4 would make 10 > 8: it stops.
         let taken = a.take(0, Load::default()).unwrap();
         assert_eq!(taken.iter().map(|t| t.rows).collect::<Vec<_>>(), [16, 2]);
-        let load = a.lock().executors[0];
+        let load = a.lock().executors[0].clone();
         assert_eq!((load.runs, load.rows, load.share), (2, 18, 6));
         assert_eq!(a.lock().rows_waiting, 6);
         // The request behind leaves the queue at once when its client goes.
@@ -482,6 +531,34 @@ mod tests {
         assert_eq!(more.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[3]]);
         a.close();
         assert!(a.take(0, Load::default()).is_none());
+    }
+
+    #[test]
+    fn a_request_that_would_make_one_in_flight_miss_its_deadline_is_refused() {
+        let a = admission(1e6, 1000);
+        // One run in flight, 2 rows, 60 calls left and 1 s to its deadline: at 12 ms a call
+        // (2 rows) it finishes in 0.72 s, within 80 % of the second.
+        a.lock().executors[0] = Load {
+            runs: 1,
+            rows: 2,
+            share: 2,
+            work: 120.0,
+            deadlines: vec![(Instant::now() + Duration::from_secs(1), 60.0)],
+        };
+        // 6 more rows would make its calls 18 ms: 1.08 s, past it. Refused, though there is
+        // room in the batch, until it is done.
+        match submit(&a, 10, 6) {
+            Err(Refusal::Deadline {
+                retry_after_s,
+                predicted_s,
+            }) => {
+                assert_eq!(retry_after_s, 2);
+                assert!((predicted_s - 1.08).abs() < 1e-6, "{predicted_s}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // One more row keeps it within (13 ms a call: 0.78 s).
+        assert!(submit(&a, 10, 1).is_ok());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, Scheduler, UNet};
 use tokio::sync::oneshot;
 
-use crate::admission::{Admission, Limits, Load, Refusal, Task};
+use crate::admission::{calls_left, Admission, Limits, Load, Refusal, Task};
 use crate::api::Job;
 use crate::metrics::Metrics;
 
@@ -147,6 +147,11 @@ struct Executor {
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     active: Vec<Run>,
+    /// Answers to send once admission knows the runs are gone.
+    replies: Vec<(
+        oneshot::Sender<Result<JobOutput, String>>,
+        Result<JobOutput, String>,
+    )>,
 }
 
 impl Executor {
@@ -160,6 +165,14 @@ impl Executor {
                 .map(|r| self.admission.share(r.task.rows))
                 .sum(),
             work: self.active.iter().map(Run::work_left).sum(),
+            deadlines: self
+                .active
+                .iter()
+                .map(|r| {
+                    let share = self.admission.share(r.task.rows);
+                    (r.task.deadline, calls_left(r.work_left(), share))
+                })
+                .collect(),
         }
     }
 
@@ -179,7 +192,7 @@ impl Executor {
                     failed: None,
                 }),
                 Err(e) => {
-                    let _ = task.reply.send(Err(e));
+                    self.replies.push((task.reply, Err(e)));
                 }
             }
         }
@@ -207,10 +220,20 @@ impl Executor {
     /// gone, later requests would wait for the time limit).
     fn recover(&mut self) {
         self.finish(|_| true, |_| Err(INTERNAL_ERROR.into()));
-        self.admission.report(self.index, self.load(), None);
+        self.settle(None);
     }
 
-    /// Removes the runs `done` picks, answering each with `answer`.
+    /// Reports this executor's load (and the call just made) to admission, then sends the
+    /// answers of the runs that finished: a client that has its answer sees the service
+    /// without its request.
+    fn settle(&mut self, call: Option<(usize, f64)>) {
+        self.admission.report(self.index, self.load(), call);
+        for (reply, answer) in self.replies.drain(..) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Removes the runs `done` picks, answering each with `answer` (sent by [`Self::settle`]).
     fn finish(
         &mut self,
         done: impl Fn(&Run) -> bool,
@@ -222,7 +245,7 @@ impl Executor {
                 // In arrival order: the shares of the next call go to the oldest first.
                 let run = self.active.remove(i);
                 let answer = answer(&run);
-                let _ = run.task.reply.send(answer);
+                self.replies.push((run.task.reply, answer));
                 n += 1;
             } else {
                 i += 1;
@@ -243,7 +266,7 @@ impl Executor {
         );
         self.metrics.count_abandoned(gone);
         if self.active.is_empty() {
-            self.admission.report(self.index, self.load(), None);
+            self.settle(None);
             return;
         }
         let left: Vec<usize> = self
@@ -268,7 +291,7 @@ impl Executor {
         if let Err(message) = step_guarded(&self.model, &mut self.active, &shares) {
             if before.is_empty() {
                 self.finish(|_| true, |_| Err(message.clone()));
-                self.admission.report(self.index, self.load(), None);
+                self.settle(None);
                 return;
             }
             #[cfg(test)]
@@ -305,8 +328,7 @@ impl Executor {
                 elapsed_ms: r.admitted.elapsed().as_secs_f64() * 1e3,
             })
         });
-        self.admission
-            .report(self.index, self.load(), Some((rows, seconds)));
+        self.settle(Some((rows, seconds)));
     }
 }
 
@@ -414,6 +436,7 @@ impl Pool {
                         admission,
                         metrics,
                         active: Vec::new(),
+                        replies: Vec::new(),
                     };
                     loop {
                         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
