@@ -40,10 +40,10 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Data-parallel training, one rank per device: `cuda:0,cuda:1,…`, `all` (every CUDA
-    /// device), or `cpu,cpu` (the same code path on the CPU with a host-memory reducer; needs
-    /// --dropout 0). Each rank takes its shard of every global batch (--batch-size stays the
-    /// global batch, and must split evenly); gradients are averaged (Burn's collective, NCCL,
-    /// on CUDA) before the clip and AdamW step. Rank 0 logs, samples and checkpoints.
+    /// device), or `cpu,cpu` (the same code path on the CPU with a host-memory reducer). Each
+    /// rank takes its shard of every global batch (--batch-size stays the global batch, and
+    /// must split evenly); gradients are averaged (Burn's collective, NCCL, on CUDA) before the
+    /// clip and AdamW step. Rank 0 logs, samples and checkpoints.
     #[arg(long, conflicts_with = "device")]
     devices: Option<String>,
     #[command(flatten)]

@@ -180,10 +180,23 @@ pub fn parallel_gradients(
                 scope.spawn(move || {
                     let run = std::panic::AssertUnwindSafe(
                         || -> Result<(GradientsParams, PendingStep)> {
-                            let loss =
-                                forward_loss(config, schedule, &model, batch, (rank, n), &device);
-                            let loss_value = loss.clone().inner();
-                            let grads = GradientsParams::from_grads(loss.backward(), &model);
+                            let (grads, loss_value) = {
+                                // Burn's CPU generator is one per process: CPU ranks take
+                                // turns to seed it and draw their dropout masks, so each
+                                // rank's masks are its own seed's whatever the timing.
+                                let _turn = cpu_turn(&device);
+                                let loss = forward_loss(
+                                    config,
+                                    schedule,
+                                    &model,
+                                    batch,
+                                    (rank, n),
+                                    &device,
+                                );
+                                let loss_value = loss.clone().inner();
+                                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                                (grads, loss_value)
+                            };
                             let (mut grads, loss) =
                                 reducer.all_reduce_mean(rank, &model, grads, loss_value)?;
                             let sum_squares = grad_sum_squares(&model, &grads)
@@ -218,6 +231,13 @@ pub fn parallel_gradients(
             })
             .collect()
     })
+}
+
+/// On the CPU, a turn at Burn's process-wide generator (held while a rank seeds it and runs
+/// its forward and backward passes); elsewhere (each GPU has its own generator) nothing.
+fn cpu_turn(device: &Device) -> Option<std::sync::MutexGuard<'static, ()>> {
+    static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    (*device == Device::flex().autodiff()).then(|| CPU.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// One training step checked before it is applied: [`gradients`], the loss and gradient norm

@@ -160,12 +160,6 @@ pub fn train_on(
                 config.batch_size
             )));
         }
-        if *device == Device::flex() && config.model.unet.dropout > 0.0 {
-            return Err(TrainError::Invalid(format!(
-                "data parallel on the CPU needs --dropout 0 (it is {}): Burn's CPU random generator is one per process, so the ranks' dropout masks would race",
-                config.model.unet.dropout
-            )));
-        }
     }
     observer.on_message(&format!(
         "training on {} ({} images, {:?}), {} parameters, {} steps × batch {}",
