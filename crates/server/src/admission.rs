@@ -206,6 +206,11 @@ impl Admission {
         (l.executors * l.max_batch) as f64 / inner.step_time.seconds(l.max_batch).max(1e-9)
     }
 
+    /// Rows held: waiting and in flight.
+    fn held(inner: &Inner) -> usize {
+        inner.rows_waiting + inner.executors.iter().map(|e| e.rows).sum::<usize>()
+    }
+
     fn work_ahead(inner: &Inner) -> f64 {
         inner.work_waiting + inner.executors.iter().map(|e| e.work).sum::<f64>()
     }
@@ -214,7 +219,7 @@ impl Admission {
     /// done: the longer of its own steps (each a call, or several when its rows exceed its
     /// share; each call as large as the rows held and its own spread over the executors make
     /// it) and the drain of all the work ahead plus its own at full batches.
-    fn predict(&self, inner: &Inner, rows: usize, steps: usize) -> f64 {
+    fn predict(&self, inner: &Inner, held: usize, rows: usize, steps: usize) -> f64 {
         let l = &self.limits;
         let ahead = Self::work_ahead(inner);
         let per_call = if ahead > 0.0 {
@@ -222,19 +227,18 @@ impl Admission {
         } else {
             l.max_batch
         };
-        let held = inner.rows_waiting + inner.executors.iter().map(|e| e.rows).sum::<usize>();
         let call_rows = (held + rows).div_ceil(l.executors).min(l.max_batch);
         let own = (rows.div_ceil(per_call) * steps) as f64 * inner.step_time.seconds(call_rows);
         let drain = (ahead + (rows * steps) as f64) / self.throughput(inner);
         own.max(drain)
     }
 
-    /// Whether holding `rows_after` rows would make a run in flight miss its deadline that
-    /// would have met it: its calls grow with the rows beside it. If so, `(seconds until the
-    /// slowest such run is done, its predicted completion)`.
-    fn delays_others(&self, inner: &Inner, rows_after: usize) -> Option<(u64, f64)> {
+    /// Whether `rows` more rows beside the `held` ones would make a run in flight miss its
+    /// deadline that it would have met: its calls grow with the rows beside it. If so,
+    /// `(seconds until the slowest such run is done, its predicted completion)`.
+    fn delays_others(&self, inner: &Inner, held: usize, rows: usize) -> Option<(u64, f64)> {
         let l = &self.limits;
-        let held = inner.rows_waiting + inner.executors.iter().map(|e| e.rows).sum::<usize>();
+        let rows_after = held + rows;
         let call = |rows: usize| {
             inner
                 .step_time
@@ -276,7 +280,7 @@ impl Admission {
         if inner.closed {
             return Err(Refusal::Closed);
         }
-        let held = inner.rows_waiting + inner.executors.iter().map(|e| e.rows).sum::<usize>();
+        let held = Self::held(&inner);
         let refusal = if held + rows > l.max_rows {
             // Rows leave as the work ahead drains; enough of them for this one in about the
             // same share of the drain time.
@@ -292,7 +296,7 @@ impl Admission {
                     .executors
                     .iter()
                     .any(|e| e.runs == 0 || e.share + share <= l.max_batch);
-            let predicted = self.predict(&inner, rows, steps);
+            let predicted = self.predict(&inner, held, rows, steps);
             let allowed = l.timeout.as_secs_f64() * DEADLINE_HEADROOM;
             if !can_join && predicted > allowed {
                 Some(Refusal::Deadline {
@@ -300,7 +304,7 @@ impl Admission {
                     predicted_s: predicted,
                 })
             } else {
-                self.delays_others(&inner, held + rows)
+                self.delays_others(&inner, held, rows)
                     .map(|(retry_after_s, predicted_s)| Refusal::Deadline {
                         retry_after_s,
                         predicted_s,

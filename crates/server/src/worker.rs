@@ -143,7 +143,6 @@ struct Executor {
     model: UNet,
     config: ModelConfig,
     device: Device,
-    limits: Limits,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     active: Vec<Run>,
@@ -274,7 +273,8 @@ impl Executor {
             .iter()
             .map(|r| rows_left(&r.state, &r.task.job.scheduler, &r.partial))
             .collect();
-        let shares = call_shares(&left, self.limits.max_batch, self.limits.max_request_rows);
+        let limits = self.admission.limits();
+        let shares = call_shares(&left, limits.max_batch, limits.max_request_rows);
         let rows: usize = shares.iter().sum();
         let started = Instant::now();
         // Cheap: a state's tensors are shared, not copied. The retries start from these, so a
@@ -417,8 +417,7 @@ impl Pool {
         let calibration = calibrate(&model, &config, limits.max_batch.max(1), &device);
         drop(model);
         let admission = Arc::new(Admission::new(limits, &calibration, metrics.clone()));
-        let limits = admission.limits();
-        for index in 0..limits.executors {
+        for index in 0..admission.limits().executors {
             let (config, weights) = (config.clone(), weights.clone());
             let (metrics, device, admission) = (metrics.clone(), device.clone(), admission.clone());
             std::thread::Builder::new()
@@ -432,7 +431,6 @@ impl Pool {
                         model,
                         config,
                         device,
-                        limits,
                         admission,
                         metrics,
                         active: Vec::new(),

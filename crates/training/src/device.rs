@@ -123,13 +123,15 @@ pub fn make_default(device: &Device) {
     }
 }
 
+/// Whether `device` is a CUDA device.
 #[cfg(feature = "cuda")]
-fn is_cuda(device: &Device) -> bool {
+pub fn is_cuda(device: &Device) -> bool {
     (0..16).any(|i| *device == Device::cuda(i))
 }
 
+/// Whether `device` is a CUDA device (never, in a build without CUDA).
 #[cfg(not(feature = "cuda"))]
-fn is_cuda(_device: &Device) -> bool {
+pub fn is_cuda(_device: &Device) -> bool {
     false
 }
 

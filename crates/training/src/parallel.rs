@@ -296,10 +296,7 @@ impl Reducer for CollectiveReducer {
 
 /// The reducer for `devices`: Burn's collective on CUDA devices, host memory on the CPU.
 pub fn reducer_for(devices: &[Device]) -> Arc<dyn Reducer> {
-    let cuda = devices
-        .iter()
-        .any(|d| format!("{d:?}").to_lowercase().contains("cuda"));
-    if cuda {
+    if devices.iter().any(crate::device::is_cuda) {
         Arc::new(CollectiveReducer::new(devices.to_vec()))
     } else {
         Arc::new(HostReducer::new(devices.len()))

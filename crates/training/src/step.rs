@@ -69,57 +69,99 @@ pub struct PendingStep {
     pub sum_squares: Tensor<1>,
 }
 
-/// x_t, the model's prediction (in `config.precision`) and the f32 loss of step `batch.step`,
-/// on the autodiff `device`, for `shard = (rank, ranks)`: rows `[rank·B/ranks,
-/// (rank+1)·B/ranks)` of the global batch and of its step's host randomness (drawn for the
-/// whole batch, so the shards together are the single-device step). The dropout masks of a
-/// rank of several come from its own seed.
+/// The inputs of one forward pass: the images of a batch (or of a rank's shard of it), the
+/// step's host randomness for those rows, and the seed of their dropout masks.
+struct StepInputs {
+    images: Vec<f32>,
+    shape: [usize; 4],
+    rnd: StepNoise,
+    dropout_seed: u64,
+}
+
+impl StepInputs {
+    /// Step `batch.step`'s inputs: t, ε and label dropout drawn for the whole batch from
+    /// `(config.seed, batch.step)`.
+    fn new(config: &TrainConfig, batch: Batch) -> Self {
+        let rnd = step_noise(config, batch.step, &batch.labels, batch.images.len());
+        Self {
+            images: batch.images,
+            shape: batch.shape,
+            rnd,
+            dropout_seed: mix_seed(config.seed, STREAM_DROPOUT, batch.step),
+        }
+    }
+
+    /// `ranks` equal shards: rank r takes rows `[r·B/ranks, (r+1)·B/ranks)` of the images and
+    /// of the randomness drawn for the whole batch (so the shards together are the
+    /// single-device step), and dropout masks from its own seed (one rank: the step itself).
+    fn shards(self, ranks: usize) -> Vec<Self> {
+        if ranks <= 1 {
+            // One rank is the single-device step, its masks included.
+            return vec![self];
+        }
+        let [b, c, h, w] = self.shape;
+        let per = b / ranks;
+        (0..ranks)
+            .map(|rank| {
+                let rows = rank * per..(rank + 1) * per;
+                let px = rows.start * c * h * w..rows.end * c * h * w;
+                Self {
+                    images: self.images[px.clone()].to_vec(),
+                    shape: [per, c, h, w],
+                    rnd: StepNoise {
+                        timesteps: self.rnd.timesteps[rows.clone()].to_vec(),
+                        noise: self.rnd.noise[px].to_vec(),
+                        labels: self.rnd.labels[rows].to_vec(),
+                    },
+                    dropout_seed: mix_seed(self.dropout_seed, STREAM_RANK, rank as u64),
+                }
+            })
+            .collect()
+    }
+}
+
+/// x_t, the model's prediction (in `config.precision`) and the f32 loss of `inputs`, on the
+/// autodiff `device` (seeded for the dropout masks first).
 fn forward_loss(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
     model: &UNet,
-    batch: Batch,
-    (rank, ranks): (usize, usize),
+    inputs: StepInputs,
     device: &Device,
 ) -> Tensor<1> {
-    let step = batch.step;
-    let rnd = step_noise(config, step, &batch.labels, batch.images.len());
-    let dropout_seed = mix_seed(config.seed, STREAM_DROPOUT, step);
-    let [b, c, h, w] = batch.shape;
-    let (images, noise, timesteps, labels, shape) = if ranks <= 1 {
-        device.seed(dropout_seed);
-        (
-            batch.images,
-            rnd.noise,
-            rnd.timesteps,
-            rnd.labels,
-            batch.shape,
-        )
-    } else {
-        device.seed(mix_seed(dropout_seed, STREAM_RANK, rank as u64));
-        let per = b / ranks;
-        let rows = rank * per..(rank + 1) * per;
-        let px = rows.start * c * h * w..rows.end * c * h * w;
-        (
-            batch.images[px.clone()].to_vec(),
-            rnd.noise[px].to_vec(),
-            rnd.timesteps[rows.clone()].to_vec(),
-            rnd.labels[rows].to_vec(),
-            [per, c, h, w],
-        )
-    };
+    let StepInputs {
+        images,
+        shape,
+        rnd,
+        dropout_seed,
+    } = inputs;
+    device.seed(dropout_seed);
     let x0 = Tensor::<4>::from_data(TensorData::new(images, shape), device);
-    let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), device);
-    let xt = q_sample(schedule, x0.clone(), &timesteps, noise.clone());
-    let t_f64: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
-    let labels = config.model.unet.num_classes.map(|_| labels.as_slice());
+    let noise = Tensor::<4>::from_data(TensorData::new(rnd.noise, shape), device);
+    let xt = q_sample(schedule, x0.clone(), &rnd.timesteps, noise.clone());
+    let t_f64: Vec<f64> = rnd.timesteps.iter().map(|&t| t as f64).collect();
+    let labels = config.model.unet.num_classes.map(|_| rnd.labels.as_slice());
     // Under bf16 the f32 parameters are cast inside the graph: the gradients reach them in f32.
     let output = model.autocast(config.precision).forward(xt, &t_f64, labels);
     let target = config
         .model
         .prediction_type
-        .target(schedule, x0, noise, &timesteps);
+        .target(schedule, x0, noise, &rnd.timesteps);
     mse_loss(output, target)
+}
+
+/// `grads` clipped to `config.grad_clip` by their global norm, with the step's loss and
+/// Σ g² before the clip left on the device.
+fn clipped(
+    config: &TrainConfig,
+    model: &UNet,
+    mut grads: GradientsParams,
+    loss: Tensor<1>,
+) -> (GradientsParams, PendingStep) {
+    let sum_squares =
+        grad_sum_squares(model, &grads).unwrap_or_else(|| Tensor::<1>::zeros([1], &loss.device()));
+    clip_by_sum_squares(model, &mut grads, sum_squares.clone(), config.grad_clip);
+    (grads, PendingStep { loss, sum_squares })
 }
 
 /// The gradients of one training step of `model` on `batch` (the batch of step `batch.step`),
@@ -137,22 +179,16 @@ pub fn gradients(
     batch: Batch,
     device: &Device,
 ) -> (GradientsParams, PendingStep) {
-    let loss = forward_loss(config, schedule, model, batch, (0, 1), device);
+    let inputs = StepInputs::new(config, batch);
+    let loss = forward_loss(config, schedule, model, inputs, device);
     let loss_value = loss.clone().inner();
-    let mut grads = GradientsParams::from_grads(loss.backward(), model);
-    let sum_squares = grad_sum_squares(model, &grads)
-        .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss_value.device()));
-    clip_by_sum_squares(model, &mut grads, sum_squares.clone(), config.grad_clip);
-    let pending = PendingStep {
-        loss: loss_value,
-        sum_squares,
-    };
-    (grads, pending)
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    clipped(config, model, grads, loss_value)
 }
 
 /// The gradients of one data-parallel step on every rank: rank `r` (`ranks[r]`: its replica
-/// of the model and its autodiff device) takes its shard of `batch` (see `forward_loss`) on its
-/// own thread, the ranks' gradients and losses are averaged by `reducer`, and each rank clips
+/// of the model and its autodiff device) takes its shard of `batch` (`StepInputs::shards`: the
+/// step's randomness is drawn once, for the whole batch) on its own thread, the ranks' gradients and losses are averaged by `reducer`, and each rank clips
 /// the averaged gradients to `config.grad_clip` by their global norm. Every rank gets the same
 /// gradients (on its device) and the same [`PendingStep`]: the single-device step's up to float
 /// reassociation. The batch must split evenly.
@@ -160,7 +196,7 @@ pub fn parallel_gradients(
     config: &TrainConfig,
     schedule: &NoiseSchedule,
     ranks: &[(UNet, Device)],
-    batch: &Batch,
+    batch: Batch,
     reducer: &dyn Reducer,
 ) -> Result<Vec<(GradientsParams, PendingStep)>> {
     let n = ranks.len();
@@ -171,12 +207,14 @@ pub fn parallel_gradients(
             reducer.ranks()
         )));
     }
+    let shards = StepInputs::new(config, batch).shards(n);
     std::thread::scope(|scope| {
         let handles: Vec<_> = ranks
             .iter()
+            .zip(shards)
             .enumerate()
-            .map(|(rank, (model, device))| {
-                let (model, device, batch) = (model.clone(), device.clone(), batch.clone());
+            .map(|(rank, ((model, device), inputs))| {
+                let (model, device) = (model.clone(), device.clone());
                 scope.spawn(move || {
                     let run = std::panic::AssertUnwindSafe(
                         || -> Result<(GradientsParams, PendingStep)> {
@@ -185,29 +223,14 @@ pub fn parallel_gradients(
                                 // turns to seed it and draw their dropout masks, so each
                                 // rank's masks are its own seed's whatever the timing.
                                 let _turn = cpu_turn(&device);
-                                let loss = forward_loss(
-                                    config,
-                                    schedule,
-                                    &model,
-                                    batch,
-                                    (rank, n),
-                                    &device,
-                                );
+                                let loss = forward_loss(config, schedule, &model, inputs, &device);
                                 let loss_value = loss.clone().inner();
                                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                                 (grads, loss_value)
                             };
-                            let (mut grads, loss) =
+                            let (grads, loss) =
                                 reducer.all_reduce_mean(rank, &model, grads, loss_value)?;
-                            let sum_squares = grad_sum_squares(&model, &grads)
-                                .unwrap_or_else(|| Tensor::<1>::zeros([1], &loss.device()));
-                            clip_by_sum_squares(
-                                &model,
-                                &mut grads,
-                                sum_squares.clone(),
-                                config.grad_clip,
-                            );
-                            Ok((grads, PendingStep { loss, sum_squares }))
+                            Ok(clipped(config, &model, grads, loss))
                         },
                     );
                     let out = std::panic::catch_unwind(run).unwrap_or_else(|_| {

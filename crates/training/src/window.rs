@@ -145,7 +145,7 @@ fn advance(
             let ranks: Vec<(UNet, Device)> = std::iter::once((model.clone(), device.clone()))
                 .chain(replicas.iter().map(|r| (r.model.clone(), r.device.clone())))
                 .collect();
-            let results = parallel_gradients(config, schedule, &ranks, &batch, reducer)?;
+            let results = parallel_gradients(config, schedule, &ranks, batch, reducer)?;
             // No second handle on the weights, so that the AdamW steps update them in place.
             drop(ranks);
             let pending = results[0].1.clone();

@@ -179,26 +179,12 @@ impl Runs {
 
 /// Both services, every concurrency, the same requests: a Markdown table.
 async fn sweep(a: &Args, limit: Duration) -> Result<(), String> {
-    let mut servers = Vec::new();
+    let (mut servers, mut services) = (Vec::new(), Vec::new());
     for max_batch in [1, a.max_batch] {
-        let config = server::ServeConfig {
-            weights: a.weights.clone(),
-            workers: 1,
-            max_batch,
-            max_request_rows: None,
-            max_rows: a.max_rows,
-            timeout: Duration::from_secs(600),
-            static_dir: PathBuf::from("."),
-            device: burn::tensor::Device::flex(),
-        };
-        let state = server::state(&config).map_err(|e| e.to_string())?;
-        let classes = state.config.unet.num_classes;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(server::serve(listener, state, std::future::pending()));
-        servers.push((addr.to_string(), classes));
+        let service = Service::start(a, max_batch, None).await?;
+        let (addr, classes) = (service.addr.clone(), service.classes);
+        servers.push((addr, classes));
+        services.push(service);
     }
     println!(
         "{} mixed requests per run (1–{} images, seed {}), one worker, batched at most {} rows, \
@@ -328,28 +314,8 @@ async fn fairness(a: &Args) -> Result<(), String> {
     println!("| --max-request-rows | 64-image request | one-image requests served beside it | their p50 | their p99 |");
     println!("|---|---|---|---|---|");
     for &cap in &a.fairness_caps {
-        let config = server::ServeConfig {
-            weights: a.weights.clone(),
-            workers: 1,
-            max_batch: a.max_batch,
-            max_request_rows: Some(cap),
-            max_rows: a.max_rows,
-            timeout: Duration::from_secs(600),
-            static_dir: PathBuf::from("."),
-            device: burn::tensor::Device::flex(),
-        };
-        let state = server::state(&config).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| e.to_string())?
-            .to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(server::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
+        let service = Service::start(a, a.max_batch, Some(cap)).await?;
+        let addr = service.addr.clone();
         let started = std::time::Instant::now();
         let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let big_task = {
@@ -397,8 +363,60 @@ async fn fairness(a: &Args) -> Result<(), String> {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
-        let _ = stop.send(());
-        let _ = served.await;
+        service.stop().await;
     }
     Ok(())
+}
+
+/// A service started in this process on 127.0.0.1 (the weights and bound of `a`, one worker,
+/// a 600 s time limit), until [`Service::stop`] or until it is dropped.
+struct Service {
+    addr: String,
+    classes: Option<usize>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    async fn start(
+        a: &Args,
+        max_batch: usize,
+        max_request_rows: Option<usize>,
+    ) -> Result<Self, String> {
+        let config = server::ServeConfig {
+            weights: a.weights.clone(),
+            workers: 1,
+            max_batch,
+            max_request_rows,
+            max_rows: a.max_rows,
+            timeout: Duration::from_secs(600),
+            static_dir: PathBuf::from("."),
+            device: burn::tensor::Device::flex(),
+        };
+        let state = server::state(&config).map_err(|e| e.to_string())?;
+        let classes = state.config.unet.num_classes;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            classes,
+            stop,
+            served,
+        })
+    }
+
+    /// Stops accepting and waits for the requests in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+    }
 }
