@@ -221,6 +221,8 @@ impl ModelArgs {
             schedule: self.schedule.config(&self.schedule.schedule)?,
             prediction_type: PredictionType::from_name(&self.prediction_type)?,
             class_names: (!self.unconditional).then(|| dataset.class_names.clone()),
+            clip_sample: None,
+            clip_sample_range: None,
         };
         cfg.unet.validate()?;
         cfg.schedule.build()?;

@@ -36,9 +36,10 @@ pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
     f += conv(c.in_channels as f64, ch, 3.0, hw(res));
     let mut skips = vec![ch];
     let mut cur = ch;
-    let levels = c.channel_mults.len();
-    for (i, &m) in c.channel_mults.iter().enumerate() {
-        let out = ch * m as f64;
+    let channels = c.level_channels();
+    let levels = channels.len();
+    for (i, &out) in channels.iter().enumerate() {
+        let out = out as f64;
         for _ in 0..c.num_res_blocks {
             f += res_block(cur, out, hw(res));
             cur = out;
@@ -54,14 +55,17 @@ pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
             skips.push(cur);
         }
     }
-    f += 2.0 * res_block(cur, cur, hw(res)) + attention(cur, hw(res));
-    for (i, &m) in c.channel_mults.iter().enumerate().rev() {
-        let out = ch * m as f64;
+    f += 2.0 * res_block(cur, cur, hw(res));
+    if c.has_mid_attention() {
+        f += attention(cur, hw(res));
+    }
+    for (i, &out) in channels.iter().enumerate().rev() {
+        let out = out as f64;
         for _ in 0..=c.num_res_blocks {
             let skip = skips.pop().expect("skip");
             f += res_block(cur + skip, out, hw(res));
             cur = out;
-            if c.attention_resolutions.contains(&res) {
+            if c.up_attention_resolutions().contains(&res) {
                 f += attention(cur, hw(res));
             }
         }

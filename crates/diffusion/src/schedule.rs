@@ -39,6 +39,14 @@ pub enum BetaSchedule {
         /// Upper clip of β (0.999 in the paper) that avoids a singularity at t = T.
         max_beta: f64,
     },
+    /// β_t = linspace(√beta_start, √beta_end, T)_t², diffusers' `scaled_linear` (Stable
+    /// Diffusion's schedule, 0.00085 → 0.012).
+    ScaledLinear {
+        /// β_0.
+        beta_start: f64,
+        /// β_{T−1}.
+        beta_end: f64,
+    },
     /// Sigmoid schedule as in diffusers' `DDPMScheduler` (`beta_schedule="sigmoid"`):
     /// β_t = σ(linspace(−6, 6, T)_t) · (beta_end − beta_start) + beta_start.
     Sigmoid {
@@ -221,6 +229,16 @@ impl NoiseSchedule {
                 check_beta_limit("beta_start", beta_start)?;
                 check_beta_limit("beta_end", beta_end)?;
                 linspace(beta_start, beta_end, t_max).collect()
+            }
+            BetaSchedule::ScaledLinear {
+                beta_start,
+                beta_end,
+            } => {
+                check_beta_limit("beta_start", beta_start)?;
+                check_beta_limit("beta_end", beta_end)?;
+                linspace(beta_start.sqrt(), beta_end.sqrt(), t_max)
+                    .map(|b| b * b)
+                    .collect()
             }
             BetaSchedule::Sigmoid {
                 beta_start,

@@ -36,6 +36,13 @@ pub struct ModelConfig {
     /// the classes are known by their numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_names: Option<Vec<String>>,
+    /// Whether samplers clip x̂_0 to `[-clip_sample_range, clip_sample_range]`; absent: true
+    /// (diffusers' `clip_sample`: data scaled to [-1, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample: Option<bool>,
+    /// The clipping bound; absent: 1 (diffusers' `clip_sample_range`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample_range: Option<f64>,
 }
 
 impl ModelConfig {
@@ -46,6 +53,8 @@ impl ModelConfig {
             schedule: NoiseScheduleConfig::default(),
             prediction_type: PredictionType::Epsilon,
             class_names: None,
+            clip_sample: None,
+            clip_sample_range: None,
         }
     }
 
@@ -89,6 +98,14 @@ impl ModelConfig {
         })?;
         cfg.unet.validate()?;
         cfg.schedule.build()?;
+        if let Some(r) = cfg.clip_sample_range {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(Error::ConfigFile {
+                    path: origin.to_string(),
+                    reason: format!("clip_sample_range = {r} must be positive"),
+                });
+            }
+        }
         cfg.validate_class_names().map_err(|e| Error::ConfigFile {
             path: origin.to_string(),
             reason: e.to_string(),
@@ -99,7 +116,18 @@ impl ModelConfig {
     /// The scheduler that `settings` describe for this model's schedule and prediction type
     /// (bad step counts or η are errors).
     pub fn scheduler(&self, settings: &SamplerSettings) -> Result<AnyScheduler> {
-        settings.scheduler(&self.schedule.build()?, self.prediction_type)
+        settings.scheduler_clipped(
+            &self.schedule.build()?,
+            self.prediction_type,
+            self.clip_range(),
+        )
+    }
+
+    /// The bound samplers clip x̂_0 to, `None` when they do not clip.
+    pub fn clip_range(&self) -> Option<f64> {
+        self.clip_sample
+            .unwrap_or(true)
+            .then(|| self.clip_sample_range.unwrap_or(1.0))
     }
 
     /// The config as pretty JSON.

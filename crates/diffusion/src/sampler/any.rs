@@ -99,11 +99,22 @@ impl Default for SamplerSettings {
 }
 
 impl SamplerSettings {
-    /// Builds the scheduler; bad steps or η are [`Error::Sampler`]s.
+    /// Builds the scheduler, x̂_0 clipped to [-1, 1]; bad steps or η are [`Error::Sampler`]s.
     pub fn scheduler(
         &self,
         schedule: &NoiseSchedule,
         prediction_type: PredictionType,
+    ) -> Result<AnyScheduler> {
+        self.scheduler_clipped(schedule, prediction_type, Some(1.0))
+    }
+
+    /// Builds the scheduler with x̂_0 clipped to `[-r, r]` for `clip = Some(r)`, or not
+    /// clipped (a model whose data is not in [-1, 1], diffusers' `clip_sample = false`).
+    pub fn scheduler_clipped(
+        &self,
+        schedule: &NoiseSchedule,
+        prediction_type: PredictionType,
+        clip: Option<f64>,
     ) -> Result<AnyScheduler> {
         // Only DDIM uses η, but a nonsensical value is still the caller's mistake.
         super::check_eta(self.eta)?;
@@ -130,6 +141,8 @@ impl SamplerSettings {
                         // excess into x_{t−1}: noisy backgrounds and broken strokes at w = 3,
                         // where DDPM's posterior mean (consistent by construction) is clean.
                         use_clipped_model_output: true,
+                        clip_sample: clip.is_some(),
+                        clip_sample_range: clip.unwrap_or(1.0),
                         ..Default::default()
                     }
                     .init(schedule, prediction_type)?,
@@ -140,6 +153,8 @@ impl SamplerSettings {
                 AnyScheduler::Ddpm(
                     DdpmSchedulerConfig {
                         num_inference_steps: self.num_inference_steps,
+                        clip_sample: clip.is_some(),
+                        clip_sample_range: clip.unwrap_or(1.0),
                         ..Default::default()
                     }
                     .init(schedule, prediction_type)?,
@@ -157,8 +172,8 @@ impl SamplerSettings {
                         use_karras_sigmas: self.use_karras_sigmas,
                         // x̂_0 clipped to [-1, 1], as DDIM's: data-prediction steps are
                         // linear in x̂_0, so the clipped estimate stays consistent with x_t.
-                        thresholding: true,
-                        sample_max_value: 1.0,
+                        thresholding: clip.is_some(),
+                        sample_max_value: clip.unwrap_or(1.0),
                         ..Default::default()
                     }
                     .init(schedule, prediction_type)?,

@@ -21,6 +21,9 @@ pub struct AttentionBlockConfig {
     /// GroupNorm ε.
     #[config(default = 1e-6)]
     pub norm_eps: f64,
+    /// Whether the block normalises its input (diffusers' mid-block attention may not).
+    #[config(default = true)]
+    pub normalize: bool,
 }
 
 impl AttentionBlockConfig {
@@ -29,9 +32,11 @@ impl AttentionBlockConfig {
     pub fn init(&self, device: &Device) -> AttentionBlock {
         let c = self.channels;
         AttentionBlock {
-            norm: GroupNormConfig::new(self.norm_groups, c)
-                .with_epsilon(self.norm_eps)
-                .init(device),
+            norm: self.normalize.then(|| {
+                GroupNormConfig::new(self.norm_groups, c)
+                    .with_epsilon(self.norm_eps)
+                    .init(device)
+            }),
             qkv: Conv2dConfig::new([c, 3 * c], [1, 1]).init(device),
             proj: Conv2dConfig::new([c, c], [1, 1])
                 .with_initializer(Initializer::Zeros)
@@ -41,11 +46,12 @@ impl AttentionBlockConfig {
     }
 }
 
-/// x + proj(softmax(q kᵀ / √d) v), with q, k, v = 1×1 conv of GroupNorm(x), per head.
+/// x + proj(softmax(q kᵀ / √d) v), with q, k, v = 1×1 conv of GroupNorm(x) (or of x), per
+/// head of d channels.
 #[derive(Module, Debug)]
 pub struct AttentionBlock {
-    /// Pre-normalisation.
-    pub norm: GroupNorm,
+    /// Pre-normalisation (absent: the block attends over its input as it is).
+    pub norm: Option<GroupNorm>,
     /// 1×1 conv to queries, keys and values (C → 3C, in that order).
     pub qkv: Conv2d,
     /// 1×1 output projection.
@@ -60,7 +66,11 @@ impl AttentionBlock {
     /// # Shapes
     /// - `x`: `[batch, channels, height, width]`; output: the same.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let qkv = kernels::conv2d(&self.qkv, kernels::group_norm(&self.norm, x.clone()));
+        let normed = match &self.norm {
+            Some(norm) => kernels::group_norm(norm, x.clone()),
+            None => x.clone(),
+        };
+        let qkv = kernels::conv2d(&self.qkv, normed);
         let out = kernels::self_attention(qkv, self.num_heads);
         kernels::add(x, kernels::conv2d(&self.proj, out))
     }
@@ -104,7 +114,7 @@ mod tests {
         let x = NoiseRng::new(5).normal_tensor([b, c, side, side], &device);
         let qkv = block
             .qkv
-            .forward(block.norm.forward(x.clone()))
+            .forward(block.norm.as_ref().unwrap().forward(x.clone()))
             .reshape([b, 3 * c, n]);
         let part = |which: usize, h: usize| qkv.clone().narrow(1, which * c + h * d, d);
         let heads_out: Vec<Tensor<3>> = (0..heads)

@@ -35,11 +35,12 @@ impl UNetConfig {
         };
         let attn = |c: usize| {
             AttentionBlockConfig::new(c)
-                .with_num_heads(self.num_heads)
+                .with_num_heads(self.heads(c))
                 .with_norm_groups(self.norm_groups)
                 .with_norm_eps(self.norm_eps)
                 .init(device)
         };
+        let down_padding = self.downsample_padding.unwrap_or(1);
         let level = |(blocks, resample): &(Vec<BlockPlan>, bool), up: bool| Level {
             blocks: blocks.iter().map(res_block).collect(),
             attentions: blocks
@@ -47,7 +48,7 @@ impl UNetConfig {
                 .map(|b| b.attention.then(|| attn(b.c_out)))
                 .collect(),
             downsample: (!up && *resample)
-                .then(|| Downsample::new(blocks.last().unwrap().c_out, device)),
+                .then(|| Downsample::new(blocks.last().unwrap().c_out, down_padding, device)),
             upsample: (up && *resample)
                 .then(|| Upsample::new(blocks.last().unwrap().c_out, device)),
         };
@@ -67,7 +68,15 @@ impl UNetConfig {
                 .init(device),
             down: plan.down.iter().map(|l| level(l, false)).collect(),
             mid_block_1: res_block(&mid),
-            mid_attention: attn(plan.mid_channels),
+            mid_attention: self.has_mid_attention().then(|| {
+                let groups = self.mid_attention_norm_groups.unwrap_or(self.norm_groups);
+                AttentionBlockConfig::new(plan.mid_channels)
+                    .with_num_heads(self.heads(plan.mid_channels))
+                    .with_norm_groups(groups.max(1))
+                    .with_normalize(groups != 0)
+                    .with_norm_eps(self.norm_eps)
+                    .init(device)
+            }),
             mid_block_2: res_block(&mid),
             up: plan.up.iter().map(|l| level(l, true)).collect(),
             norm_out: GroupNormConfig::new(self.norm_groups, plan.out_channels)
@@ -111,8 +120,8 @@ pub struct UNet {
     pub down: Vec<Level>,
     /// Middle ResBlock before attention.
     pub mid_block_1: ResBlock,
-    /// Middle self-attention.
-    pub mid_attention: AttentionBlock,
+    /// Middle self-attention (absent when the config says so).
+    pub mid_attention: Option<AttentionBlock>,
     /// Middle ResBlock after attention.
     pub mid_block_2: ResBlock,
     /// Up path, from the lowest resolution to the highest.
@@ -160,8 +169,15 @@ impl UNet {
         device: &Device,
     ) -> Tensor<2> {
         let b = timesteps.len();
-        let t = timestep_embedding(timesteps, self.config.base_channels, device)
-            .cast(self.compute_dtype());
+        let c = &self.config;
+        let t = timestep_embedding(
+            timesteps,
+            c.base_channels,
+            c.flip_sin_to_cos.unwrap_or(false),
+            c.freq_shift.unwrap_or(1.0),
+            device,
+        )
+        .cast(self.compute_dtype());
         let mut emb = self
             .time_embed_2
             .forward(kernels::silu(self.time_embed_1.forward(t)));
@@ -227,7 +243,9 @@ impl UNet {
             }
         }
         h = self.mid_block_1.forward(h, emb.clone());
-        h = self.mid_attention.forward(h);
+        if let Some(attn) = &self.mid_attention {
+            h = attn.forward(h);
+        }
         h = self.mid_block_2.forward(h, emb.clone());
         for level in &self.up {
             for (block, attn) in level.blocks.iter().zip(&level.attentions) {

@@ -17,8 +17,9 @@ pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device)
         .init(device)
 }
 
-/// Halves the resolution with a 3×3 conv of stride 2 (padding 1, so odd sizes round up:
-/// 7 → 4).
+/// Halves the resolution with a 3×3 conv of stride 2: padding 1 on every side (odd sizes round
+/// up: 7 → 4), or padding 0 with a row and column of zeros added at the bottom and right
+/// (TensorFlow's `SAME` for even sizes; diffusers' `downsample_padding = 0`).
 #[derive(Module, Debug)]
 pub struct Downsample {
     /// The strided convolution.
@@ -26,10 +27,18 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    /// A downsampler for `channels` channels.
-    pub fn new(channels: usize, device: &Device) -> Self {
+    /// A downsampler for `channels` channels with `padding` 1 or 0 (see the type).
+    pub fn new(channels: usize, padding: usize, device: &Device) -> Self {
+        let padding = if padding == 0 {
+            PaddingConfig2d::Explicit(0, 0, 1, 1)
+        } else {
+            PaddingConfig2d::Explicit(1, 1, 1, 1)
+        };
         Self {
-            conv: conv3x3(channels, channels, 2, device),
+            conv: Conv2dConfig::new([channels, channels], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(padding)
+                .init(device),
         }
     }
 
@@ -78,7 +87,7 @@ mod tests {
     #[test]
     fn downsampling_halves_rounding_up() {
         let device = Device::flex();
-        let down = Downsample::new(8, &device);
+        let down = Downsample::new(8, 1, &device);
         for (side, out) in [(7, 4), (8, 4), (14, 7)] {
             let x = NoiseRng::new(side as u64).normal_tensor([2, 8, side, side], &device);
             let y = down.forward(x.clone());
