@@ -24,8 +24,10 @@ pub(crate) enum Command {
     Schedule(crate::schedule_cmd::ScheduleArgs),
     /// Show the forward (noising) process on one dataset image.
     Forward(crate::forward_cmd::ForwardArgs),
-    /// Export a checkpoint's EMA weights as safetensors + config JSON.
+    /// Export a checkpoint's EMA weights as safetensors + config JSON, or a diffusers folder.
     Export(crate::export_cmd::ExportArgs),
+    /// Import a diffusers UNet2DModel pipeline (or unet) folder as our weights + config.
+    ImportDiffusers(crate::export_cmd::ImportArgs),
     /// Serve the HTTP sampling API and the browser page.
     Serve(crate::serve_cmd::ServeArgs),
     /// Train the small evaluation classifier (class accuracy, classifier score, domain FID).

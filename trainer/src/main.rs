@@ -32,6 +32,7 @@ fn main() {
         Command::Schedule(a) => schedule_cmd::cmd_schedule(a),
         Command::Forward(a) => forward_cmd::cmd_forward(a, m),
         Command::Export(a) => export_cmd::cmd_export(a),
+        Command::ImportDiffusers(a) => export_cmd::cmd_import(a),
         Command::Serve(a) => serve_cmd::cmd_serve(a),
         Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
         Command::Eval(a) => eval_cmd::cmd_eval(a, m),
