@@ -13,7 +13,7 @@ from torch's seeded generator:
   folder's scheduler config (`DDIMScheduler.from_config`, as users swap schedulers), driven the
   way `DDIMPipeline` drives it (no `use_clipped_model_output`).
 
-The cases cover what the issue asks for: diffusers' defaults with head-dim attention;
+The cases cover what the issue asks for: diffusers' defaults with head-dim attention (bf16 weights);
 google/ddpm-style (`downsample_padding=0`, `flip_sin_to_cos=False`, `freq_shift=1`, one head,
 old attention names `query`/`key`/`value`/`proj_attn`, f16 weights); grey with attention at two
 levels and `scale_shift` (whose middle attention has no GroupNorm); class-conditional with
@@ -56,7 +56,7 @@ CASES = {
             up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         ),
         scheduler=dict(cls="DDPMScheduler"),
-        dtype=torch.float32,
+        dtype=torch.bfloat16,
     ),
     "google-style": dict(
         unet=dict(

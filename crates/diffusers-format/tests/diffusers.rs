@@ -164,7 +164,7 @@ fn what_each_fixture_exercises_was_imported() {
     let u = &defaults.config.unet;
     assert_eq!((u.in_channels, u.flip_sin_to_cos, u.freq_shift), (3, Some(true), Some(0.0)));
     assert_eq!(u.attention_head_dim, Some(4));
-    assert_eq!(defaults.stored, StoredDtype::F32);
+    assert_eq!(defaults.stored, StoredDtype::Bf16);
     let google = get("google-style");
     let u = &google.config.unet;
     assert_eq!((u.flip_sin_to_cos, u.freq_shift, u.downsample_padding), (None, None, Some(0)));
@@ -297,4 +297,69 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
     let e = import(&dir, &device).err().unwrap().to_string();
     assert!(e.contains("neither a pipeline folder"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small model of our own design (FiLM, one head, 3 classes + null, ε, linear β) with seeded
+/// random f16 weights (the portable RNG: the same on every platform), whose export diffusers ran
+/// once: `tests/data/exported/ours-tiny/` is what [`export`] wrote and
+/// `tests/data/exported/ours-tiny.diffusers-eps.json` what `UNet2DModel.from_pretrained` of it
+/// computed (`make-diffusers-fixtures.py --check-export`). Regenerate the folder with
+/// `cargo test --release --workspace --test diffusers -- --ignored make_export_fixture`.
+fn ours_tiny(device: &Device) -> (UNet, ModelConfig) {
+    let unet = diffusion::UNetConfig::new(1, 8, 8, vec![1, 1], vec![4])
+        .with_num_res_blocks(1)
+        .with_num_classes(Some(3))
+        .with_norm_groups(4);
+    let config = ModelConfig::new(unet);
+    let model = config.unet.init(device).unwrap().randomize(21, 0.2);
+    let half = diffusion::weights::weights_to_bytes(&model, true).unwrap();
+    let model = diffusion::weights::load_model_from_bytes(&config, half, "ours-tiny", device).unwrap();
+    (model, config)
+}
+
+#[test]
+#[ignore = "writes the export fixture; run once, then make-diffusers-fixtures.py --check-export"]
+fn make_export_fixture() {
+    let device = Device::flex();
+    let (model, config) = ours_tiny(&device);
+    export(&model, &config, &data().join("exported/ours-tiny"), true).unwrap();
+}
+
+#[test]
+fn our_export_runs_in_diffusers_with_the_same_forward() {
+    let device = Device::flex();
+    let dir = data().join("exported");
+    let (model, config) = ours_tiny(&device);
+    // Exporting today gives the folder diffusers checked, byte for byte.
+    let out = scratch("ours-tiny");
+    export(&model, &config, &out, true).unwrap();
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(file)).unwrap(),
+            std::fs::read(dir.join("ours-tiny").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    let r = reference(&dir.join("ours-tiny.diffusers-eps.json"));
+    assert_eq!(r.labels.as_deref(), Some(&[0, 3][..]), "a class and the null row");
+    let (eps, timesteps, ddim) = our_outputs(&model, &config, &r, &device);
+    for ((t, want), got) in r.eps.iter().zip(&eps) {
+        let rel = relative(got, want);
+        assert!(rel <= 1e-5, "ε at t = {t} differs from diffusers' by {rel:e} (relative)");
+    }
+    assert_eq!(timesteps, r.ddim_timesteps);
+    let d = max_abs_diff(&ddim, &r.ddim);
+    assert!(d * 127.5 <= 2.0, "DDIM differs by {:.3}/255", d * 127.5);
+    eprintln!(
+        "ours-tiny in diffusers: ε rel {:.1e} / {:.1e}, DDIM max diff {:.4}/255",
+        relative(&eps[0], &r.eps[0].1),
+        relative(&eps[1], &r.eps[1].1),
+        d * 127.5
+    );
 }
