@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use crate::flag_rules;
 use crate::flags::SamplerFlags;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use artifacts::{grid, save_npy, save_png};
 use clap::{ArgMatches, Args};
 use diffusion::sampler::{ClassChoice, GridLabels};
 use diffusion::weights::load_model;
-use training::generate::{generate, generate_trajectory};
+use training::generate::{generate_from, generate_trajectory};
 
 #[derive(Args)]
 pub(crate) struct SampleArgs {
@@ -48,6 +48,11 @@ pub(crate) struct SampleArgs {
     /// image, byte-identical to the HTTP service's PNG).
     #[arg(long, default_value_t = 2)]
     pad: u32,
+    /// Start from this x_T instead of the seed's noise: a `.npy` of f32 (or f64) values,
+    /// shape [N, C, H, W] in the model's channels and size, N = the images asked for (to
+    /// compare with a diffusers run from the same latents).
+    #[arg(long)]
+    latents: Option<PathBuf>,
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -62,11 +67,37 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
             .and_then(|c| c.grid(a.num, config.unet.num_classes))
             .map_err(|e| anyhow!("--class {} --num {}: {e}", a.class, a.num))?;
     let settings = a.sampler.settings(&config)?;
+    let latents = match &a.latents {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let (values, shape) =
+                artifacts::parse_npy(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let [c, h, w] = config.unet.image_shape();
+            if shape.len() != 4 || shape[1..] != [c, h, w] {
+                bail!(
+                    "{}: latents of shape {shape:?}; this model needs [N, {c}, {h}, {w}]",
+                    path.display()
+                );
+            }
+            if shape[0] != labels.len() {
+                bail!(
+                    "{}: holds {} images, but --class {} --num {} asks for {}",
+                    path.display(),
+                    shape[0],
+                    a.class,
+                    a.num,
+                    labels.len()
+                );
+            }
+            Some(values)
+        }
+    };
     let started = std::time::Instant::now();
     let (values, shape) = if let Some(traj) = &a.trajectory {
         let every = (a.sampler.steps / 10).max(1);
         let (values, frames, shape) = generate_trajectory(
-            &model, &config, &settings, labels, a.guidance, a.seed, every, &device,
+            &model, &config, &settings, labels, a.guidance, a.seed, latents, every, &device,
         )?;
         let [_, c, h, w] = shape;
         let per = c * h * w;
@@ -87,13 +118,14 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
         )?;
         (values, shape)
     } else {
-        generate(
+        generate_from(
             &model,
             &config,
             &settings,
             labels,
             a.guidance,
             a.seed,
+            latents,
             &device,
             |_| {},
         )?

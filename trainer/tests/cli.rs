@@ -1189,3 +1189,85 @@ fn sigterm_then_resume(name: &str, extra: &[&str]) {
         "the resumed run's EMA differs from the uninterrupted one's"
     );
 }
+
+/// A diffusers pipeline folder written by diffusers 0.42.1 (crates/diffusers-format/tests/data)
+/// through the CLI: import, sample from the reference's x_T with `--latents` (unconditional,
+/// no `--class`) and match diffusers' 10 DDIM steps, export and import again byte for byte.
+#[test]
+fn diffusers_import_sample_from_latents_export_round_trip() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/diffusers-format/tests/data");
+    let dir = tmp("diffusers");
+    let w = dir.join("grey.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let err = ok(&trainer(&[
+        "import-diffusers",
+        &s(&data.join("grey-two-levels")),
+        "--out",
+        &s(&w),
+    ]));
+    assert!(err.contains("unconditional") && err.contains("F16"), "{err}");
+    // The reference's x_T as .npy, and diffusers' result after 10 DDIM steps.
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("grey-two-levels.reference.json")).unwrap(),
+    )
+    .unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    let shape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let latents = dir.join("x_t.npy");
+    artifacts::save_npy(&latents, &floats(&r["x_t"]), &shape).unwrap();
+    let npy = dir.join("out.npy");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample".to_string(),
+            "--weights".into(),
+            s(&w),
+            "--latents".into(),
+            s(&latents),
+            "--sampler".into(),
+            "ddim".into(),
+            "--steps".into(),
+            "10".into(),
+            "--out".into(),
+            s(&dir.join("out.png")),
+            "--npy".into(),
+            s(&npy),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    ok(&sample(&["--num", "2"]));
+    let (ours, our_shape) = artifacts::parse_npy(&std::fs::read(&npy).unwrap()).unwrap();
+    assert_eq!(our_shape, shape);
+    let want = floats(&r["ddim"]);
+    let d = ours.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d * 127.5 <= 2.0, "the CLI's DDIM from the latents differs by {}/255", d * 127.5);
+    // The latents must fit the request and the model.
+    fails_with(&sample(&["--num", "3"]), "holds 2 images, but --class all --num 3 asks for 3");
+    artifacts::save_npy(&latents, &vec![0.0; 2 * 3 * 12 * 12], &[2, 3, 12, 12]).unwrap();
+    fails_with(&sample(&["--num", "2"]), "this model needs [N, 1, 12, 12]");
+    std::fs::write(&latents, b"not numpy").unwrap();
+    fails_with(&sample(&["--num", "2"]), "not a .npy file");
+    // Export as a pipeline folder, import it again: the same bytes.
+    let pipe = dir.join("pipeline");
+    ok(&trainer(&["export", "--weights", &s(&w), "--format", "diffusers", "--out", &s(&pipe)]));
+    assert!(pipe.join("model_index.json").is_file());
+    let w2 = dir.join("again.safetensors");
+    ok(&trainer(&["import-diffusers", &s(&pipe), "--out", &s(&w2)]));
+    assert_eq!(std::fs::read(&w2).unwrap(), std::fs::read(&w).unwrap());
+    assert_eq!(
+        std::fs::read(dir.join("again.json")).unwrap(),
+        std::fs::read(dir.join("grey.json")).unwrap()
+    );
+    // Bad input: a folder that is not diffusers', a file name for a folder export.
+    fails_with(
+        &trainer(&["import-diffusers", &s(&dir), "--out", &s(&w2)]),
+        "neither a pipeline folder",
+    );
+    fails_with(
+        &trainer(&["export", "--weights", &s(&w), "--format", "diffusers", "--out", &s(&w2)]),
+        "writes a folder",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,4 +1,4 @@
-//! PNG grids of image batches, and raw `.npy` output for exact comparisons.
+//! PNG grids of image batches.
 
 use std::path::Path;
 
@@ -34,38 +34,10 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<(), IoError> {
     write_atomic(path, &png_bytes(img))
 }
 
-/// NumPy `.npy` (format 1.0) bytes for little-endian `f32` values of `shape`.
-pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_str = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
-    // Magic (6) + version (2) + header length (2) + header, padded with spaces to a multiple of
-    // 64 and ended with a newline.
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    for v in values {
-        out.extend(v.to_le_bytes());
-    }
-    out
-}
-
-/// Writes `values` of `shape` as `.npy`, atomically.
-pub fn save_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<(), IoError> {
-    ensure_parent(path)?;
-    write_atomic(path, &npy_bytes(values, shape))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npy::npy_bytes;
 
     #[test]
     fn grid_layout_and_npy_header() {

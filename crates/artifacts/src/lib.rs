@@ -6,16 +6,20 @@
 //! the browser: files replaced atomically ([`write_atomic`]; every writer goes through it, so
 //! an interrupted run never leaves a half-written file), model-space values as 8-bit pixels
 //! ([`pixels`], the same mapping on every target), and, with the default `png` feature, PNG
-//! grids and NumPy `.npy` arrays ([`images`]), and safetensors files with a canonical header
+//! grids ([`images`]) and NumPy `.npy` arrays ([`npy`]), and safetensors files with a canonical header
 //! ([`canonical_safetensors`]: same tensors ⇒ same bytes).
 
 mod atomic;
 #[cfg(feature = "png")]
 pub mod images;
+#[cfg(feature = "png")]
+pub mod npy;
 pub mod pixels;
 mod safetensors_header;
 
 pub use atomic::{ensure_parent, write_atomic, IoError};
 #[cfg(feature = "png")]
-pub use images::{grid, npy_bytes, png_bytes, save_npy, save_png};
+pub use images::{grid, png_bytes, save_png};
+#[cfg(feature = "png")]
+pub use npy::{npy_bytes, parse_npy, save_npy};
 pub use safetensors_header::{canonical_safetensors, HeaderError};

@@ -1,6 +1,6 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::{to_host, AnyScheduler, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
@@ -24,6 +24,36 @@ fn prepare(
     Ok((scheduler, request))
 }
 
+/// The run of `request`, from `latents` (values of shape `[n, c, h, w]`, one image per
+/// request entry) instead of the seed's x_T when given.
+fn start<'a>(
+    model: &'a UNet,
+    scheduler: &'a AnyScheduler,
+    request: &SampleRequest,
+    latents: Option<Vec<f32>>,
+    device: &Device,
+) -> Result<Sampling<'a, UNet, AnyScheduler>> {
+    let sampling = Sampling::new(model, scheduler, request, device)?;
+    let Some(values) = latents else {
+        return Ok(sampling);
+    };
+    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+        return Err(diffusion::Error::Sampler(format!("latents hold a non-finite value ({bad})")).into());
+    }
+    let [c, h, w] = request.image_shape;
+    let n = request.class_labels.len();
+    if values.len() != n * c * h * w {
+        return Err(diffusion::Error::Sampler(format!(
+            "latents hold {} values; {n} images of {c}×{h}×{w} need {}",
+            values.len(),
+            n * c * h * w
+        ))
+        .into());
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), device);
+    Ok(sampling.with_latents(x)?)
+}
+
 /// Samples one image per entry of `class_labels` (`None` = unconditional) and returns the
 /// values (in [-1, 1]) with their shape `[n, c, h, w]`. `progress` sees every step.
 pub fn generate(
@@ -36,13 +66,39 @@ pub fn generate(
     device: &Device,
     progress: impl FnMut(&StepOutput),
 ) -> Result<(Vec<f32>, [usize; 4])> {
+    generate_from(
+        model,
+        config,
+        settings,
+        class_labels,
+        guidance_scale,
+        seed,
+        None,
+        device,
+        progress,
+    )
+}
+
+/// [`generate`] from given `latents` (x_T, `[n, c, h, w]` values) when `Some`.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_from(
+    model: &UNet,
+    config: &ModelConfig,
+    settings: &SamplerSettings,
+    class_labels: Vec<Option<usize>>,
+    guidance_scale: f64,
+    seed: u64,
+    latents: Option<Vec<f32>>,
+    device: &Device,
+    progress: impl FnMut(&StepOutput),
+) -> Result<(Vec<f32>, [usize; 4])> {
     let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
-    let out = Sampling::new(model, &scheduler, &request, device)?.run(progress);
+    let out = start(model, &scheduler, &request, latents, device)?.run(progress);
     let shape = out.dims();
     Ok((to_host(out), shape))
 }
 
-/// Samples like [`generate`] and also records x_t and x̂_0 after every `every`-th step
+/// Samples like [`generate_from`] and also records x_t and x̂_0 after every `every`-th step
 /// (and the last), for trajectory plots. Returns (final, frames of (x_t, x̂_0), shape).
 #[allow(clippy::too_many_arguments)]
 pub fn generate_trajectory(
@@ -52,11 +108,12 @@ pub fn generate_trajectory(
     class_labels: Vec<Option<usize>>,
     guidance_scale: f64,
     seed: u64,
+    latents: Option<Vec<f32>>,
     every: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {
     let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
-    let mut sampling = Sampling::new(model, &scheduler, &request, device)?;
+    let mut sampling = start(model, &scheduler, &request, latents, device)?;
     let mut frames = Vec::new();
     let every = every.max(1);
     while let Some(out) = sampling.step() {

@@ -203,6 +203,27 @@ impl SamplingState {
         })
     }
 
+    /// Starts from `latents` instead of the x_T drawn from the seed (diffusers' `latents`
+    /// argument): the same images a PyTorch run from that x_T gives. The generator still
+    /// supplies every later step's noise. Call it before the first step.
+    ///
+    /// # Shapes
+    /// - `latents`: like the sample, `[images, channels, height, width]`.
+    pub fn with_latents(mut self, latents: Tensor<4>) -> Result<Self> {
+        if latents.dims() != self.sample.dims() {
+            return Err(Error::Sampler(format!(
+                "latents have shape {:?}; this request needs {:?}",
+                latents.dims(),
+                self.sample.dims()
+            )));
+        }
+        if self.step_index != 0 {
+            return Err(Error::Sampler("latents must be set before the first step".into()));
+        }
+        self.sample = latents.cast(self.sample.dtype());
+        Ok(self)
+    }
+
     /// Steps done so far.
     pub fn steps_done(&self) -> usize {
         self.step_index
@@ -302,6 +323,12 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
             scheduler,
             state,
         })
+    }
+
+    /// Starts from `latents` instead of the seed's x_T ([`SamplingState::with_latents`]).
+    pub fn with_latents(mut self, latents: Tensor<4>) -> Result<Self> {
+        self.state = self.state.with_latents(latents)?;
+        Ok(self)
     }
 
     /// Total number of steps.
