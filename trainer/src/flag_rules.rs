@@ -31,6 +31,7 @@ fn flag(id: &str) -> String {
 /// The flags of a new `train` run that a resumed run takes from its checkpoint instead.
 const NEW_RUN_ONLY: &[&str] = &[
     "dataset",
+    "init_weights",
     "image_size",
     "channels",
     "limit",

@@ -36,6 +36,12 @@ pub(crate) struct TrainArgs {
     /// directory for its newest); the checkpoint's settings are used, only --steps may grow.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from these weights (`NAME.safetensors` with `NAME.json`; ours, or a model from
+    /// `trainer import-diffusers`) instead of a random initialisation: fine-tuning. The model
+    /// and its noise schedule come from `NAME.json`; the optimiser starts fresh and the EMA
+    /// from the weights.
+    #[arg(long, conflicts_with = "resume")]
+    init_weights: Option<PathBuf>,
     /// Device: `cpu` (Burn flex), `wgpu`, or `cuda[:N]` (needs the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -230,6 +236,45 @@ impl ModelArgs {
     }
 }
 
+/// The flags that describe a new model, which `--init-weights` takes from its config instead.
+const ARCHITECTURE: &[&str] = &[
+    "preset",
+    "base_channels",
+    "channel_mults",
+    "num_res_blocks",
+    "attention_resolutions",
+    "num_heads",
+    "time_mode",
+    "unconditional",
+    "schedule",
+    "timesteps",
+    "zero_terminal_snr",
+    "prediction_type",
+];
+
+/// The model config of `--init-weights W` (`W.json`), with `--dropout` applied: the only
+/// model flag that does not change the weights' shapes or meaning.
+fn init_model(weights: &std::path::Path, args: &ModelArgs, m: &ArgMatches) -> Result<ModelConfig> {
+    if let Some(id) = ARCHITECTURE
+        .iter()
+        .find(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+    {
+        bail!(
+            "--{} does not apply with --init-weights: the model and its schedule come from {}",
+            id.replace('_', "-"),
+            diffusion::weights::config_path(weights).display()
+        );
+    }
+    if !weights.is_file() {
+        bail!("--init-weights {}: no such file", weights.display());
+    }
+    let mut config = ModelConfig::load(&diffusion::weights::config_path(weights))?;
+    if let Some(d) = args.dropout {
+        config.unet.dropout = d;
+    }
+    Ok(config)
+}
+
 pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
     let mut notes = flag_rules::train(m)?;
     let devices = match &a.devices {
@@ -265,15 +310,30 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
             (cfg, ds)
         }
         None => {
+            let init = match &a.init_weights {
+                Some(w) => Some(init_model(w, &a.model, m)?),
+                None => None,
+            };
+            // Fine-tuning loads the data at the model's size and channels.
+            let (size, chans) = match &init {
+                Some(c) => (
+                    a.image_size.or(Some(c.unet.resolution)),
+                    a.channels.or(Some(c.unet.in_channels)),
+                ),
+                None => (a.image_size, a.channels),
+            };
             let (image_size, channels) = dataset_shape(
                 &a.dataset,
-                a.image_size,
-                a.channels,
+                size,
+                chans,
                 a.model.size_multiple()?,
                 &mut notes,
             )?;
             let ds = load_dataset(&a.dataset, image_size, channels, a.limit)?;
-            let model = a.model.build(&ds, &mut notes)?;
+            let model = match &init {
+                Some(model) => model.clone(),
+                None => a.model.build(&ds, &mut notes)?,
+            };
             let steps = a.steps.unwrap_or(4000);
             let mut c = TrainConfig::new(&a.dataset, model, steps, a.batch_size);
             (c.image_size, c.channels, c.limit) = (image_size, channels, a.limit);
@@ -294,6 +354,7 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
             c.grid_cols = a.grid_cols;
             c.max_nonfinite = a.max_nonfinite;
             c.precision = precision.unwrap_or_default();
+            c.init_weights = a.init_weights.as_ref().map(|p| p.display().to_string());
             (c, ds)
         }
     };

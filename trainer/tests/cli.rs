@@ -1271,3 +1271,47 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--init-weights`: the run starts from the given weights (its EMA too), so at a vanishing
+/// learning rate the exported EMA samples what the initial weights sample; the model comes
+/// from the weights' config, so architecture flags are errors.
+#[test]
+fn train_init_weights_fine_tunes_from_the_given_weights() {
+    let w = run().join("ema.safetensors");
+    let out = tmp("init");
+    let tuned = out.join("tuned");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(&trainer(&[
+        "train", "--init-weights", &s(&w), "--steps", "1", "--lr", "1e-12", "--warmup-steps", "0",
+        "--batch-size", "4", "--limit", "16", "--sample-every", "100", "--checkpoint-every", "1",
+        "--out", &s(&tuned),
+    ]));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tuned.join("checkpoints/step-00000001/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["config"]["init_weights"], s(&w));
+    let sample = |weights: &Path, npy: &Path| {
+        ok(&trainer(&[
+            "sample", "--weights", &s(weights), "--class", "3", "--num", "2", "--steps", "3",
+            "--out", &s(&out.join("s.png")), "--npy", &s(npy),
+        ]))
+    };
+    let (a, b) = (out.join("a.npy"), out.join("b.npy"));
+    sample(&w, &a);
+    sample(&tuned.join("ema.safetensors"), &b);
+    let read = |p: &Path| artifacts::parse_npy(&std::fs::read(p).unwrap()).unwrap().0;
+    let (a, b) = (read(&a), read(&b));
+    let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(d < 1e-3, "fine-tuned at lr 1e-12, the EMA samples differ by {d}");
+    assert!(a.iter().any(|v| v.abs() > 0.05), "the samples are not trivially zero");
+    fails_with(
+        &trainer(&["train", "--init-weights", &s(&w), "--base-channels", "64", "--out", &s(&tuned)]),
+        "--base-channels does not apply with --init-weights",
+    );
+    fails_with(
+        &trainer(&["train", "--init-weights", &s(&out.join("none.safetensors")), "--out", &s(&tuned)]),
+        "no such file",
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -85,6 +85,11 @@ pub struct TrainConfig {
     /// steps were computed: a resume on another count is noted (float reassociation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_parallel_ranks: Option<usize>,
+    /// Weights the run started from instead of a random initialisation (`trainer train
+    /// --init-weights`, e.g. an imported diffusers model), for the record: the checkpoints hold
+    /// the weights, so a resumed run does not read the file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_weights: Option<String>,
     /// The dtype of the forward and backward passes; parameters, gradients, AdamW state and
     /// EMA stay f32 (`diffusion::precision`). Changes results: a resumed run keeps it.
     #[serde(default)]
@@ -131,6 +136,7 @@ impl TrainConfig {
             log_every: 10,
             sync_every: 1,
             data_parallel_ranks: None,
+            init_weights: None,
             precision: Precision::F32,
         }
     }

@@ -127,7 +127,22 @@ pub fn train_on(
         None => {
             // Seed parameter initialisation so that a run is reproducible.
             device.seed(mix_seed(config.seed, 0, 0));
-            let model = config.model.unet.init(&train_device)?;
+            let model = match &config.init_weights {
+                // Fine-tuning: the given weights (the EMA starts from them too), a fresh
+                // optimiser.
+                Some(path) => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        TrainError::Invalid(format!("--init-weights {path}: {e}"))
+                    })?;
+                    diffusion::weights::load_model_from_bytes(
+                        &config.model,
+                        bytes,
+                        path,
+                        &train_device,
+                    )?
+                }
+                None => config.model.unet.init(&train_device)?,
+            };
             let ema = model.valid();
             let state = CheckpointState {
                 step: 0,
