@@ -21,3 +21,11 @@ for c in json.load(open("tests/golden/cases.json"))["cases"]:
     --num "$num" --scale 1 --pad 0 --out "$out/$name.png" --npy "$out/$name.npy"
 done
 "$T" schedule --schedule linear --timesteps 1000 --csv "$out/schedule-linear-1000.csv"
+# A model imported from diffusers (RGB, 8×8, TensorFlow-style downsampling padding, f16), whose
+# samples the browser tests compare too; trainer/tests/cli.rs checks that a fresh import and
+# sample give these very bytes.
+"$T" import-diffusers crates/diffusers-format/tests/data/google-style --f16 \
+  --out "$out/imported/google-style.safetensors"
+"$T" sample --weights "$out/imported/google-style.safetensors" --num 4 --sampler ddim --steps 10 \
+  --seed 3 --scale 4 --pad 0 --out "$out/imported/google-style-ddim-s3-n4.png" \
+  --npy "$out/imported/google-style-ddim-s3-n4.npy"

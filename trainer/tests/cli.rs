@@ -1260,6 +1260,27 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
         std::fs::read(dir.join("again.json")).unwrap(),
         std::fs::read(dir.join("grey.json")).unwrap()
     );
+    // The browser tests' imported RGB golden (tests/make-golden.sh) is what a fresh import and
+    // sample give, byte for byte.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/imported");
+    let gw = dir.join("google.safetensors");
+    ok(&trainer(&[
+        "import-diffusers",
+        &s(&data.join("google-style")),
+        "--f16",
+        "--out",
+        &s(&gw),
+    ]));
+    assert_eq!(std::fs::read(&gw).unwrap(), std::fs::read(golden.join("google-style.safetensors")).unwrap());
+    let gnpy = dir.join("google.npy");
+    ok(&trainer(&[
+        "sample", "--weights", &s(&gw), "--num", "4", "--sampler", "ddim", "--steps", "10",
+        "--seed", "3", "--out", &s(&dir.join("g.png")), "--npy", &s(&gnpy),
+    ]));
+    assert_eq!(
+        std::fs::read(&gnpy).unwrap(),
+        std::fs::read(golden.join("google-style-ddim-s3-n4.npy")).unwrap()
+    );
     // Bad input: a folder that is not diffusers', a file name for a folder export.
     fails_with(
         &trainer(&["import-diffusers", &s(&dir), "--out", &s(&w2)]),

@@ -243,6 +243,40 @@ async fn read(t: Tensor<4>) -> Result<Vec<f32>, JsError> {
         .map_err(|e| js_err(format!("{e:?}")))
 }
 
+/// The largest model forward pass a page samples, in FLOPs per image: 2.5× the DDPM CIFAR-10
+/// U-Net's 12.4 GFLOP (35.7 M parameters, 32×32 RGB), which takes about half a minute for a
+/// 50-step image on a laptop's CPU through WebAssembly. A 256×256 model (google/ddpm-celebahq-256:
+/// over 100 GFLOP per step) would keep the tab busy for many minutes per image.
+pub const MAX_BROWSER_FLOPS: f64 = 32e9;
+
+/// The largest weights file a page loads: 1 GiB of a 4 GiB wasm32 memory.
+pub const MAX_BROWSER_WEIGHT_BYTES: usize = 1 << 30;
+
+/// Refuses, with a one-line reason, a model too large to sample in a browser tab.
+pub fn browser_budget(config: &ModelConfig, weight_bytes: usize) -> Result<(), String> {
+    if weight_bytes > MAX_BROWSER_WEIGHT_BYTES {
+        return Err(format!(
+            "the weights are {:.0} MB, more than a browser tab can hold ({:.0} MB); sample \
+             this model natively (trainer sample, trainer serve's API)",
+            weight_bytes as f64 / 1e6,
+            MAX_BROWSER_WEIGHT_BYTES as f64 / 1e6
+        ));
+    }
+    let u = &config.unet;
+    let flops = diffusion::unet::flops::unet_forward_flops(u);
+    if flops > MAX_BROWSER_FLOPS {
+        return Err(format!(
+            "this {}×{}×{} model needs {:.0} GFLOP per image per step, more than a browser tab              can afford ({:.0}); sample it natively (trainer sample, trainer serve's API)",
+            u.in_channels,
+            u.resolution,
+            u.resolution,
+            flops / 1e9,
+            MAX_BROWSER_FLOPS / 1e9
+        ));
+    }
+    Ok(())
+}
+
 /// A loaded model, ready to sample.
 #[wasm_bindgen]
 pub struct Sampler {
@@ -263,6 +297,7 @@ impl Sampler {
     ) -> Result<Sampler, JsError> {
         console_error_panic_hook::set_once();
         let config = ModelConfig::from_json(&config_json, "config").map_err(js_err)?;
+        browser_budget(&config, weights.len()).map_err(js_err)?;
         let device = match backend.as_str() {
             #[cfg(feature = "webgpu")]
             "webgpu" => Device::wgpu_options()
@@ -456,3 +491,4 @@ impl Sampler {
         Ok(result.into())
     }
 }
+

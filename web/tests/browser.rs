@@ -171,3 +171,59 @@ async fn schedule_and_timesteps_equal_native_ones() {
         .unwrap();
     assert_eq!(dpm, vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]);
 }
+
+/// A model too large for a tab is refused before it is loaded, with the reason; the shipped
+/// sizes and the DDPM CIFAR-10 U-Net load.
+#[wasm_bindgen_test]
+fn large_models_are_refused_with_a_reason() {
+    use diffusion::{ModelConfig, UNetConfig};
+    for unet in [UNetConfig::mnist(), UNetConfig::cifar10_ddpm()] {
+        web::browser_budget(&ModelConfig::new(unet), 150 << 20).unwrap();
+    }
+    // google/ddpm-celebahq-256's U-Net: ch 128, mults 1-1-2-2-4-4, attention at 16×16.
+    let celeba = UNetConfig::new(3, 256, 128, vec![1, 1, 2, 2, 4, 4], vec![16]);
+    let e = web::browser_budget(&ModelConfig::new(celeba), 455 << 20).unwrap_err();
+    assert!(e.contains("GFLOP per image per step") && !e.contains('\n'), "{e}");
+    let e = web::browser_budget(&ModelConfig::new(UNetConfig::mnist()), 2 << 30).unwrap_err();
+    assert!(e.contains("MB"), "{e}");
+}
+
+/// A model imported from diffusers (`tests/golden/imported/`: RGB 8×8, TensorFlow-style
+/// downsampling padding, one-head attention at one level, cosine β) samples in the browser as it
+/// does natively, on both backends: 4 images, DDIM, 10 steps, seed 3.
+#[wasm_bindgen_test]
+async fn imported_rgb_model_equals_native_on_both_backends() {
+    const W: &[u8] = include_bytes!("../../tests/golden/imported/google-style.safetensors");
+    const C: &str = include_str!("../../tests/golden/imported/google-style.json");
+    const NPY: &[u8] = include_bytes!("../../tests/golden/imported/google-style-ddim-s3-n4.npy");
+    let golden = npy_values(NPY);
+    for backend in ["cpu", "webgpu"] {
+        yield_to_browser().await.expect("yield");
+        let s = Sampler::create(W.to_vec(), C.to_string(), backend.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {:?}", JsValue::from(e)));
+        assert_eq!((s.image_size(), s.num_classes()), (8, 0));
+        let o = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &k.into(), &v).unwrap();
+        set("numImages", 4.into());
+        set("seed", 3.into());
+        set("sampler", "ddim".into());
+        set("steps", 10.into());
+        let r = s
+            .sample(o.into(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: sampling failed: {:?}", JsValue::from(e)));
+        let values: js_sys::Float32Array =
+            js_sys::Reflect::get(&r, &"values".into()).unwrap().into();
+        let values = values.to_vec();
+        assert_eq!(values.len(), golden.len(), "{backend}: 4 × 3 × 8 × 8 values");
+        let max_px = values
+            .iter()
+            .zip(&golden)
+            .map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs())
+            .max()
+            .unwrap();
+        web_sys_log(&format!("{backend} imported google-style: max |Δ| {max_px}/255"));
+        assert!(max_px <= 2, "{backend}: the imported RGB model differs by {max_px}/255 from native");
+    }
+}

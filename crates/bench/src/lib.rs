@@ -3,5 +3,5 @@
 //! `scripts/bench-vs-pytorch.py`.
 
 pub mod cases;
-pub mod flops;
+pub use diffusion::unet::flops;
 pub mod timing;

@@ -11,6 +11,7 @@
 
 mod attention;
 mod config;
+pub mod flops;
 mod model;
 mod res_block;
 mod resample;

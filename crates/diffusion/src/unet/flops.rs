@@ -5,12 +5,12 @@
 //! gradients autograd never computes (of the image into `conv_in` and of the sinusoidal
 //! embedding into the first time-MLP layer).
 
-use diffusion::{TimeMode, UNetConfig};
+use super::{TimeMode, UNetConfig};
 
 /// Forward FLOPs per image.
 pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
     let ch = c.base_channels as f64;
-    let temb = 4.0 * ch;
+    let temb = c.emb_channels() as f64;
     let film = if c.time_mode == TimeMode::Film {
         2.0
     } else {
@@ -81,7 +81,7 @@ pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
 pub fn unet_train_flops(c: &UNetConfig) -> f64 {
     let ch = c.base_channels as f64;
     let image_grad = 2.0 * c.in_channels as f64 * ch * 9.0 * (c.resolution * c.resolution) as f64;
-    let embedding_grad = 2.0 * ch * 4.0 * ch;
+    let embedding_grad = 2.0 * ch * c.emb_channels() as f64;
     3.0 * unet_forward_flops(c) - image_grad - embedding_grad
 }
 
