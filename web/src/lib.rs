@@ -277,6 +277,28 @@ pub fn browser_budget(config: &ModelConfig, weight_bytes: usize) -> Result<(), S
     Ok(())
 }
 
+#[cfg(feature = "webgpu")]
+thread_local! {
+    /// The page's WebGPU device, once initialised: Burn registers one runtime per device, so a
+    /// second model (the page switching models, or a second sampler) must reuse it.
+    static WEBGPU_DEVICE: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The WebGPU device, initialised on first use.
+#[cfg(feature = "webgpu")]
+async fn webgpu_device() -> Result<Device, JsError> {
+    if let Some(d) = WEBGPU_DEVICE.with(|c| c.borrow().clone()) {
+        return Ok(d);
+    }
+    let d = Device::wgpu_options()
+        .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
+        .init_async()
+        .await
+        .map_err(|e| js_err(format!("WebGPU is not available: {e}")))?;
+    WEBGPU_DEVICE.with(|c| *c.borrow_mut() = Some(d.clone()));
+    Ok(d)
+}
+
 /// A loaded model, ready to sample.
 #[wasm_bindgen]
 pub struct Sampler {
@@ -300,11 +322,7 @@ impl Sampler {
         browser_budget(&config, weights.len()).map_err(js_err)?;
         let device = match backend.as_str() {
             #[cfg(feature = "webgpu")]
-            "webgpu" => Device::wgpu_options()
-                .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
-                .init_async()
-                .await
-                .map_err(|e| js_err(format!("WebGPU is not available: {e}")))?,
+            "webgpu" => webgpu_device().await?,
             #[cfg(feature = "cpu")]
             "cpu" => Device::flex(),
             #[cfg(not(feature = "webgpu"))]

@@ -124,8 +124,14 @@ fn expected_tensors(config: &ModelConfig, device: &Device) -> Result<Vec<(String
 pub fn import(dir: &Path, device: &Device) -> Result<Imported> {
     let (unet_dir, scheduler, mut notes) = locate(dir)?;
     let unet_json = unet_dir.join("config.json");
-    let unet = DiffusersUNetConfig::from_json(&read_text(&unet_json)?, &shown(&unet_json))?
-        .to_ours(&shown(&unet_json))?;
+    let diffusers_unet = DiffusersUNetConfig::from_json(&read_text(&unet_json)?, &shown(&unet_json))?;
+    let unet = diffusers_unet.to_ours(&shown(&unet_json))?;
+    for field in &diffusers_unet.ignored {
+        notes.push(format!(
+            "{}: field `{field}` is not a UNet2DModel argument in diffusers {DIFFUSERS_VERSION}; ignored, as diffusers ignores it",
+            unet_json.display()
+        ));
+    }
     let facts = match &scheduler {
         Some(p) => scheduler_config::read(&read_text(p)?, &shown(p))?,
         None => scheduler_config::SchedulerFacts {

@@ -17,8 +17,11 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 
 /// `UNet2DModel`'s constructor arguments, as its `config.json` stores them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiffusersUNetConfig {
+    /// Fields of the file this version does not know, which were ignored (diffusers ignores
+    /// them too, with a warning); the importer reports them.
+    #[serde(skip)]
+    pub ignored: Vec<String>,
     /// `UNet2DModel`.
     #[serde(rename = "_class_name", default = "unet_class")]
     pub class_name: String,
@@ -171,12 +174,31 @@ fn default_block_out_channels() -> Vec<usize> {
 }
 
 impl DiffusersUNetConfig {
-    /// Parses `config.json` text; `path` names the file in errors.
+    /// Parses `config.json` text; `path` names the file in errors. Fields diffusers 0.42.1
+    /// does not have are left out and listed in `ignored`, as diffusers itself ignores them.
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Config {
+        let fail = |e: serde_json::Error| Error::Config {
             path: path.into(),
             reason: e.to_string(),
-        })
+        };
+        let mut value: Value = serde_json::from_str(text).map_err(fail)?;
+        let known = serde_json::to_value(
+            serde_json::from_str::<Self>("{}").expect("every field has a default"),
+        )
+        .expect("serialises");
+        let mut ignored = Vec::new();
+        if let (Value::Object(map), Value::Object(known)) = (&mut value, &known) {
+            map.retain(|k, _| {
+                let keep = k.starts_with('_') || known.contains_key(k);
+                if !keep {
+                    ignored.push(k.clone());
+                }
+                keep
+            });
+        }
+        let mut config: Self = serde_json::from_value(value).map_err(fail)?;
+        config.ignored = ignored;
+        Ok(config)
     }
 
     /// The config as diffusers writes it (pretty JSON, keys in order).
@@ -431,6 +453,7 @@ impl DiffusersUNetConfig {
         let mut up_block_types = block_names(false);
         up_block_types.reverse();
         Ok(Self {
+            ignored: Vec::new(),
             class_name: unet_class(),
             diffusers_version: DIFFUSERS_VERSION.into(),
             name_or_path: None,

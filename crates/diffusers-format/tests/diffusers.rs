@@ -256,7 +256,7 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("unet/config.json")).unwrap())
             .unwrap();
-    let cases: [(&str, Value, &str); 8] = [
+    let cases: [(&str, Value, &str); 7] = [
         ("time_embedding_type", "fourier".into(), "time_embedding_type"),
         ("down_block_types", serde_json::json!(["DownBlock2D", "AttnSkipDownBlock2D"]), "down_block_types[1]"),
         ("class_embed_type", "timestep".into(), "class_embed_type"),
@@ -264,7 +264,6 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
         ("act_fn", "gelu".into(), "act_fn"),
         ("sample_size", serde_json::json!([8, 16]), "sample_size"),
         ("upsample_type", "resnet".into(), "upsample_type"),
-        ("some_new_field", 1.into(), "some_new_field"),
     ];
     for (field, value, named) in cases {
         let dir = scratch(&format!("bad-{field}"));
@@ -281,6 +280,24 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
         assert!(e.contains(named) && !e.contains('\n'), "{field}: {e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    // A field diffusers does not know is ignored, as diffusers ignores it, with a note.
+    let dir = scratch("unknown-field");
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    let mut c = config.clone();
+    c["some_new_field"] = 1.into();
+    std::fs::write(dir.join("unet/config.json"), c.to_string()).unwrap();
+    std::fs::copy(
+        src.join("unet/diffusion_pytorch_model.safetensors"),
+        dir.join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let imported = import(&dir.join("unet"), &device).unwrap();
+    assert!(
+        imported.notes.iter().any(|n| n.contains("field `some_new_field`") && n.contains("ignored")),
+        "{:?}",
+        imported.notes
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
     // Weights that do not fit the config name the tensor; a folder that is neither kind says so.
     let dir = scratch("bad-weights");
     std::fs::create_dir_all(dir.join("unet")).unwrap();

@@ -53,7 +53,17 @@ async fn start_batching(
     max_rows: Option<usize>,
     timeout: Duration,
 ) -> Running {
-    let w = weights();
+    start_with(weights(), workers, max_batch, max_rows, timeout).await
+}
+
+/// A server for the model `w` (its directory also serves the static files).
+async fn start_with(
+    w: PathBuf,
+    workers: usize,
+    max_batch: usize,
+    max_rows: Option<usize>,
+    timeout: Duration,
+) -> Running {
     let cfg = ServeConfig {
         weights: w.clone(),
         workers,
@@ -688,4 +698,42 @@ async fn loadgen_asks_the_service_for_its_classes() {
     assert_eq!(statuses, ["200"; 4]);
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
+}
+
+/// An RGB model imported from diffusers (`tests/golden/imported/`, 8×8, unconditional) over
+/// HTTP: colour PNGs of the model's size, the very images `trainer sample` gives for the same
+/// request (the native golden the browser tests compare with too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_rgb_model_serves_its_colour_images() {
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/imported");
+    let dir = std::env::temp_dir().join(format!("server-rgb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["google-style.safetensors", "google-style.json"] {
+        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
+    }
+    let mut srv = start_with(dir.join("google-style.safetensors"), 1, 8, None, Duration::from_secs(60)).await;
+    let r = post(
+        srv.addr,
+        r#"{"num_images": 4, "sampler": "ddim", "num_inference_steps": 10, "seed": 3}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let npy = std::fs::read(golden.join("google-style-ddim-s3-n4.npy")).unwrap();
+    let (values, shape) = artifacts::parse_npy(&npy).unwrap();
+    assert_eq!(shape, vec![4, 3, 8, 8]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let images = r.json()["images"].as_array().unwrap().clone();
+    assert_eq!(images.len(), 4);
+    for (i, img) in images.iter().enumerate() {
+        let png = b64.decode(img.as_str().unwrap()).unwrap();
+        assert_eq!(png_dims(&png), (8, 8));
+        assert_eq!(png, server::worker::image_png(&values[i * 192..(i + 1) * 192], [3, 8, 8]));
+    }
+    // A class for an unconditional model is a 4xx naming the field.
+    let bad = post(srv.addr, r#"{"class_label": 1}"#).await;
+    assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.body));
+    assert!(String::from_utf8_lossy(&bad.body).contains("unconditional"));
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
