@@ -103,19 +103,33 @@ fn weights_file(unet_dir: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Our tensor names and shapes for `config` (from a freshly built model).
+/// Our tensor names and shapes for `config`: the module paths of a model built lazily, so no
+/// parameter is initialised (a 36 M-parameter model would be filled with random values only to
+/// be overwritten).
 fn expected_tensors(config: &ModelConfig, device: &Device) -> Result<Vec<(String, Vec<usize>)>> {
+    struct Shapes {
+        path: Vec<String>,
+        found: Vec<(String, Vec<usize>)>,
+    }
+    impl burn::module::ModuleVisitor for Shapes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.found
+                .push((self.path.join("."), param.lazy_shape().dims::<D>().to_vec()));
+        }
+    }
     let model = config.unet.init(device)?;
-    let bytes = weights_to_bytes(&model, false)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
-        path: "<model>".into(),
-        reason: e.to_string(),
-    })?;
-    let mut v: Vec<(String, Vec<usize>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.shape().to_vec()))
-        .collect();
+    let mut shapes = Shapes {
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    burn::module::Module::visit(&model, &mut shapes);
+    let mut v = shapes.found;
     v.sort();
     Ok(v)
 }
@@ -167,6 +181,7 @@ pub fn import(dir: &Path, device: &Device) -> Result<Imported> {
     let ours = names::to_ours(&expected, &theirs).map_err(fail)?;
     drop(theirs);
     let ours_bytes = tensors::write(&ours, false, &[]).map_err(fail)?;
+    drop(ours);
     let model = load_model_from_bytes(&config, ours_bytes, &shown(&weights_path), device)?;
     Ok(Imported {
         config,
@@ -221,4 +236,27 @@ pub fn export(
     )?;
     artifacts::write_atomic(&out_dir.join("model_index.json"), index.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_names_are_the_saved_ones() {
+        // The lazy visitor's paths and shapes are exactly what the model saves.
+        let device = Device::flex();
+        let mut unet = diffusion::UNetConfig::new(3, 16, 16, vec![1, 2], vec![8])
+            .with_num_res_blocks(1)
+            .with_num_classes(Some(2))
+            .with_norm_groups(8);
+        unet.mid_attention_norm_groups = Some(0);
+        let config = ModelConfig::new(unet);
+        let expected = expected_tensors(&config, &device).unwrap();
+        let bytes = weights_to_bytes(&config.unet.init(&device).unwrap(), false).unwrap();
+        let (saved, _) = tensors::read(&bytes).unwrap();
+        let saved: Vec<(String, Vec<usize>)> =
+            saved.into_iter().map(|(n, t)| (n, t.shape)).collect();
+        assert_eq!(expected, saved);
+    }
 }
