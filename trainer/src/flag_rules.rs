@@ -28,26 +28,31 @@ fn flag(id: &str) -> String {
     format!("--{}", id.replace('_', "-"))
 }
 
-/// The flags of a new `train` run that a resumed run takes from its checkpoint instead.
-const NEW_RUN_ONLY: &[&str] = &[
-    "dataset",
-    "init_weights",
-    "image_size",
-    "channels",
-    "limit",
+/// The flags that describe a new model's architecture and noise schedule, which a resumed run
+/// takes from its checkpoint and `--init-weights W` from `W.json`.
+const ARCHITECTURE: &[&str] = &[
     "preset",
     "base_channels",
     "channel_mults",
     "num_res_blocks",
     "attention_resolutions",
     "num_heads",
-    "dropout",
     "time_mode",
     "unconditional",
     "schedule",
     "timesteps",
     "zero_terminal_snr",
     "prediction_type",
+];
+
+/// The other flags of a new `train` run that a resumed run takes from its checkpoint instead.
+const NEW_RUN_ONLY: &[&str] = &[
+    "dataset",
+    "init_weights",
+    "image_size",
+    "channels",
+    "limit",
+    "dropout",
     "batch_size",
     "lr",
     "min_lr",
@@ -71,7 +76,7 @@ const NEW_RUN_ONLY: &[&str] = &[
 pub(crate) fn train(m: &ArgMatches) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     if given(m, "resume") {
-        if let Some(id) = NEW_RUN_ONLY.iter().find(|id| given(m, id)) {
+        if let Some(id) = NEW_RUN_ONLY.iter().chain(ARCHITECTURE).find(|id| given(m, id)) {
             bail!(
                 "{} does not apply with --resume: a resumed run keeps its checkpoint's settings \
                  (only --steps, --device or --devices, --sync-every, --precision and --out may be given)",
@@ -79,6 +84,16 @@ pub(crate) fn train(m: &ArgMatches) -> Result<Vec<String>> {
             );
         }
         return Ok(notes);
+    }
+    if given(m, "init_weights") {
+        if let Some(id) = ARCHITECTURE.iter().find(|id| given(m, id)) {
+            let w: &std::path::PathBuf = m.get_one("init_weights").expect("given");
+            bail!(
+                "{} does not apply with --init-weights: the model and its schedule come from {}",
+                flag(id),
+                diffusion::weights::config_path(w).display()
+            );
+        }
     }
     let spec: &String = m.get_one("dataset").expect("has a default");
     dataset_shape(m, spec)?;
@@ -223,6 +238,16 @@ mod tests {
                 "train --resume r --lr 1e-3",
                 Error("--lr does not apply with --resume"),
             ),
+            (
+                "train --resume r --time-mode add",
+                Error("--time-mode does not apply with --resume"),
+            ),
+            // train --init-weights: the weights' config gives the model and its schedule.
+            (
+                "train --init-weights w.safetensors --schedule cosine",
+                Error("--schedule does not apply with --init-weights: the model and its schedule come from w.json"),
+            ),
+            ("train --init-weights w.safetensors --dropout 0 --lr 1e-5", Ok),
             (
                 "train --resume r --batch-size 8",
                 Error("--batch-size does not apply with --resume"),

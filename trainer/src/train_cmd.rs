@@ -236,35 +236,10 @@ impl ModelArgs {
     }
 }
 
-/// The flags that describe a new model, which `--init-weights` takes from its config instead.
-const ARCHITECTURE: &[&str] = &[
-    "preset",
-    "base_channels",
-    "channel_mults",
-    "num_res_blocks",
-    "attention_resolutions",
-    "num_heads",
-    "time_mode",
-    "unconditional",
-    "schedule",
-    "timesteps",
-    "zero_terminal_snr",
-    "prediction_type",
-];
-
 /// The model config of `--init-weights W` (`W.json`), with `--dropout` applied: the only
-/// model flag that does not change the weights' shapes or meaning.
-fn init_model(weights: &std::path::Path, args: &ModelArgs, m: &ArgMatches) -> Result<ModelConfig> {
-    if let Some(id) = ARCHITECTURE
-        .iter()
-        .find(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-    {
-        bail!(
-            "--{} does not apply with --init-weights: the model and its schedule come from {}",
-            id.replace('_', "-"),
-            diffusion::weights::config_path(weights).display()
-        );
-    }
+/// model flag that does not change the weights' shapes or meaning (`flag_rules::train` refuses
+/// the others).
+fn init_model(weights: &std::path::Path, args: &ModelArgs) -> Result<ModelConfig> {
     if !weights.is_file() {
         bail!("--init-weights {}: no such file", weights.display());
     }
@@ -311,7 +286,7 @@ pub(crate) fn cmd_train(a: TrainArgs, m: &ArgMatches) -> Result<()> {
         }
         None => {
             let init = match &a.init_weights {
-                Some(w) => Some(init_model(w, &a.model, m)?),
+                Some(w) => Some(init_model(w, &a.model)?),
                 None => None,
             };
             // Fine-tuning loads the data at the model's size and channels.

@@ -59,6 +59,16 @@ fn to_u8(v: f32) -> i32 {
     ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32
 }
 
+/// The largest difference of two samples as 8-bit pixels.
+fn max_pixel_difference(values: &[f32], golden: &[f32]) -> i32 {
+    values
+        .iter()
+        .zip(golden)
+        .map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs())
+        .max()
+        .unwrap()
+}
+
 async fn sampler(backend: &str) -> Sampler {
     yield_to_browser().await.expect("yield");
     Sampler::create(WEIGHTS.to_vec(), CONFIG.to_string(), backend.to_string())
@@ -107,12 +117,7 @@ async fn check_golden(backend: &str) {
             .unwrap_or_else(|| panic!("{} is missing: run tests/make-golden.sh", case.name));
         let golden = npy_values(npy);
         assert_eq!(values.len(), golden.len());
-        let max_px = values
-            .iter()
-            .zip(&golden)
-            .map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs())
-            .max()
-            .unwrap();
+        let max_px = max_pixel_difference(&values, &golden);
         let max_val = values
             .iter()
             .zip(&golden)
@@ -217,12 +222,7 @@ async fn imported_rgb_model_equals_native_on_both_backends() {
             js_sys::Reflect::get(&r, &"values".into()).unwrap().into();
         let values = values.to_vec();
         assert_eq!(values.len(), golden.len(), "{backend}: 4 × 3 × 8 × 8 values");
-        let max_px = values
-            .iter()
-            .zip(&golden)
-            .map(|(a, b)| (to_u8(*a) - to_u8(*b)).abs())
-            .max()
-            .unwrap();
+        let max_px = max_pixel_difference(&values, &golden);
         web_sys_log(&format!("{backend} imported google-style: max |Δ| {max_px}/255"));
         assert!(max_px <= 2, "{backend}: the imported RGB model differs by {max_px}/255 from native");
     }

@@ -249,13 +249,27 @@ fn export_gives_back_diffusers_tensors_and_config_and_reloads_bit_exactly() {
     }
 }
 
+/// A bare `unet/` folder in scratch directory `name`: the defaults-rgb weights with its
+/// config changed by `edit`.
+fn edited_unet_folder(name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let src = data().join("defaults-rgb/unet");
+    let dir = scratch(name);
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(dir.join("unet/config.json"), c.to_string()).unwrap();
+    std::fs::copy(
+        src.join("diffusion_pytorch_model.safetensors"),
+        dir.join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn unsupported_configs_are_one_line_errors_naming_the_field() {
     let device = Device::flex();
-    let src = data().join("defaults-rgb");
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("unet/config.json")).unwrap())
-            .unwrap();
     let cases: [(&str, Value, &str); 7] = [
         ("time_embedding_type", "fourier".into(), "time_embedding_type"),
         ("down_block_types", serde_json::json!(["DownBlock2D", "AttnSkipDownBlock2D"]), "down_block_types[1]"),
@@ -266,31 +280,13 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
         ("upsample_type", "resnet".into(), "upsample_type"),
     ];
     for (field, value, named) in cases {
-        let dir = scratch(&format!("bad-{field}"));
-        std::fs::create_dir_all(dir.join("unet")).unwrap();
-        let mut c = config.clone();
-        c[field] = value;
-        std::fs::write(dir.join("unet/config.json"), c.to_string()).unwrap();
-        std::fs::copy(
-            src.join("unet/diffusion_pytorch_model.safetensors"),
-            dir.join("unet/diffusion_pytorch_model.safetensors"),
-        )
-        .unwrap();
+        let dir = edited_unet_folder(&format!("bad-{field}"), |c| c[field] = value);
         let e = import(&dir.join("unet"), &device).err().expect(field).to_string();
         assert!(e.contains(named) && !e.contains('\n'), "{field}: {e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
     // A field diffusers does not know is ignored, as diffusers ignores it, with a note.
-    let dir = scratch("unknown-field");
-    std::fs::create_dir_all(dir.join("unet")).unwrap();
-    let mut c = config.clone();
-    c["some_new_field"] = 1.into();
-    std::fs::write(dir.join("unet/config.json"), c.to_string()).unwrap();
-    std::fs::copy(
-        src.join("unet/diffusion_pytorch_model.safetensors"),
-        dir.join("unet/diffusion_pytorch_model.safetensors"),
-    )
-    .unwrap();
+    let dir = edited_unet_folder("unknown-field", |c| c["some_new_field"] = 1.into());
     let imported = import(&dir.join("unet"), &device).unwrap();
     assert!(
         imported.notes.iter().any(|n| n.contains("field `some_new_field`") && n.contains("ignored")),
@@ -299,16 +295,7 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     // Weights that do not fit the config name the tensor; a folder that is neither kind says so.
-    let dir = scratch("bad-weights");
-    std::fs::create_dir_all(dir.join("unet")).unwrap();
-    let mut c = config.clone();
-    c["layers_per_block"] = 2.into();
-    std::fs::write(dir.join("unet/config.json"), c.to_string()).unwrap();
-    std::fs::copy(
-        src.join("unet/diffusion_pytorch_model.safetensors"),
-        dir.join("unet/diffusion_pytorch_model.safetensors"),
-    )
-    .unwrap();
+    let dir = edited_unet_folder("bad-weights", |c| c["layers_per_block"] = 2.into());
     let e = import(&dir.join("unet"), &device).err().unwrap().to_string();
     assert!(e.contains("missing tensor `down_blocks.0.resnets.1."), "{e}");
     let e = import(&dir, &device).err().unwrap().to_string();
