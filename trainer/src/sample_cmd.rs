@@ -9,7 +9,7 @@ use artifacts::{grid, save_npy, save_png};
 use clap::{ArgMatches, Args};
 use diffusion::sampler::{ClassChoice, GridLabels};
 use diffusion::weights::load_model;
-use training::generate::{generate_from, generate_trajectory};
+use training::generate::{generate_from, generate_trajectory, Start};
 
 #[derive(Args)]
 pub(crate) struct SampleArgs {
@@ -51,8 +51,21 @@ pub(crate) struct SampleArgs {
     /// Start from this x_T instead of the seed's noise: a `.npy` of f32 (or f64) values,
     /// shape [N, C, H, W] in the model's channels and size, N = the images asked for (to
     /// compare with a diffusers run from the same latents).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_image")]
     latents: Option<PathBuf>,
+    /// SDEdit (variations, sketch to image): start from this image (PNG; grey or RGB as the
+    /// model takes, at the model's size unless `--resize`) noised to the step `--strength`
+    /// picks, instead of pure noise.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// With `--init-image`: how much of the schedule to run, in (0, 1] (diffusers' img2img
+    /// `strength`): 1 starts from nearly pure noise, small values stay close to the image.
+    #[arg(long, requires = "init_image")]
+    strength: Option<f64>,
+    /// With `--init-image`: resize the image to the model's size instead of refusing another
+    /// size.
+    #[arg(long, requires = "init_image")]
+    resize: bool,
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -90,7 +103,18 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
                     labels.len()
                 );
             }
-            Some(values)
+            Some(Start::Latents(values))
+        }
+    };
+    let latents = match &a.init_image {
+        None => latents,
+        Some(path) => {
+            let [c, h, _] = config.unet.image_shape();
+            let image = artifacts::load_image_values(path, c, h, a.resize).map_err(|e| anyhow!(e))?;
+            Some(Start::Image {
+                image,
+                strength: a.strength.unwrap_or(0.8),
+            })
         }
     };
     let started = std::time::Instant::now();

@@ -1336,3 +1336,36 @@ fn train_init_weights_fine_tunes_from_the_given_weights() {
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// SDEdit from the CLI: `--init-image` at the model's size (or `--resize`d), `--strength`;
+/// a wrong size or strength is one error line.
+#[test]
+fn sample_from_an_init_image() {
+    let w = run().join("ema.safetensors");
+    let out = tmp("sdedit");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let png = |side: usize, name: &str| {
+        let values: Vec<f32> = (0..side * side).map(|i| if (i / side) % 7 < 3 { 1.0 } else { -1.0 }).collect();
+        let p = out.join(name);
+        artifacts::save_png(&p, &artifacts::grid(&values, [1, 1, side, side], 1, 0, 1)).unwrap();
+        p
+    };
+    let (right, small) = (png(28, "right.png"), png(20, "small.png"));
+    let sample = |img: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample".to_string(), "--weights".into(), s(&w), "--init-image".into(), s(img),
+            "--class".into(), "3".into(), "--num".into(), "2".into(), "--steps".into(), "10".into(),
+            "--out".into(), s(&out.join("o.png")), "--npy".into(), s(&out.join("o.npy")),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    ok(&sample(&right, &["--strength", "0.5"]));
+    fails_with(&sample(&small, &["--strength", "0.5"]), "the image is 20×20; the model takes 28×28");
+    ok(&sample(&small, &["--strength", "0.5", "--resize"]));
+    fails_with(&sample(&right, &["--strength", "1.5"]), "strength = 1.5 must lie in (0, 1]");
+    fails_with(&sample(&right, &["--strength", "0.05"]), "leaves no step to take");
+    std::fs::write(out.join("bad.png"), b"no image").unwrap();
+    fails_with(&sample(&out.join("bad.png"), &[]), "not a readable image");
+    std::fs::remove_dir_all(&out).unwrap();
+}

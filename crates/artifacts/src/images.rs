@@ -34,6 +34,50 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<(), IoError> {
     write_atomic(path, &png_bytes(img))
 }
 
+/// Reads an image file (PNG, or any format the `image` crate's enabled decoders read) as model
+/// values in [-1, 1], channel-major `[channels, size, size]`: grey (1 channel, luma) or RGB (3),
+/// alpha dropped. A different size is an error unless `resize` (then a triangle-filtered
+/// resize to `size` × `size`). The error is one line.
+pub fn load_image_values(
+    path: &Path,
+    channels: usize,
+    size: usize,
+    resize: bool,
+) -> Result<Vec<f32>, String> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .decode()
+        .map_err(|e| format!("{}: not a readable image ({e})", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let img = if (w, h) == (size, size) {
+        img
+    } else if resize {
+        img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
+    } else {
+        return Err(format!(
+            "{}: the image is {w}×{h}; the model takes {size}×{size} (resize it, or ask for it \
+             to be resized)",
+            path.display()
+        ));
+    };
+    let values = match channels {
+        1 => img.to_luma8().pixels().map(|p| p.0[0]).map(to_model).collect(),
+        3 => {
+            let rgb = img.to_rgb8();
+            let plane = |c: usize| rgb.pixels().map(move |p| to_model(p.0[c]));
+            plane(0).chain(plane(1)).chain(plane(2)).collect()
+        }
+        c => return Err(format!("images of {c} channels are not supported (1 or 3)")),
+    };
+    Ok(values)
+}
+
+/// An 8-bit pixel as a model value: 0 → −1, 255 → 1.
+fn to_model(v: u8) -> f32 {
+    v as f32 / 127.5 - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,34 +24,54 @@ fn prepare(
     Ok((scheduler, request))
 }
 
-/// The run of `request`, from `latents` (values of shape `[n, c, h, w]`, one image per
-/// request entry) instead of the seed's x_T when given.
+/// Where a run starts other than from the seed's x_T.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// Given x_T: `[n, c, h, w]` values, one image per request entry.
+    Latents(Vec<f32>),
+    /// SDEdit from one image (`[c, h, w]` values in [-1, 1], the same for every request
+    /// entry) at `strength` ([`diffusion::sampler::sdedit_start_index`]).
+    Image {
+        /// The image.
+        image: Vec<f32>,
+        /// How much of the schedule to run, in (0, 1].
+        strength: f64,
+    },
+}
+
+/// The run of `request`, from `start` instead of the seed's x_T when given.
 fn start<'a>(
     model: &'a UNet,
     scheduler: &'a AnyScheduler,
     request: &SampleRequest,
-    latents: Option<Vec<f32>>,
+    start: Option<Start>,
     device: &Device,
 ) -> Result<Sampling<'a, UNet, AnyScheduler>> {
     let sampling = Sampling::new(model, scheduler, request, device)?;
-    let Some(values) = latents else {
-        return Ok(sampling);
-    };
-    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-        return Err(diffusion::Error::Sampler(format!("latents hold a non-finite value ({bad})")).into());
-    }
     let [c, h, w] = request.image_shape;
     let n = request.class_labels.len();
-    if values.len() != n * c * h * w {
-        return Err(diffusion::Error::Sampler(format!(
-            "latents hold {} values; {n} images of {c}×{h}×{w} need {}",
-            values.len(),
-            n * c * h * w
-        ))
-        .into());
-    }
-    let x = Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), device);
-    Ok(sampling.with_latents(x)?)
+    let tensor = |values: Vec<f32>, what: &str| -> Result<Tensor<4>> {
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(diffusion::Error::Sampler(format!("{what} holds a non-finite value ({bad})")).into());
+        }
+        if values.len() != n * c * h * w {
+            return Err(diffusion::Error::Sampler(format!(
+                "{what} holds {} values; {n} images of {c}×{h}×{w} need {}",
+                values.len(),
+                n * c * h * w
+            ))
+            .into());
+        }
+        Ok(Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), device))
+    };
+    Ok(match start {
+        None => sampling,
+        Some(Start::Latents(values)) => sampling.with_latents(tensor(values, "latents")?)?,
+        Some(Start::Image { image, strength }) => {
+            let repeated = image.repeat(n);
+            sampling.with_init_image(tensor(repeated, "the init image")?, strength)?
+        }
+    })
 }
 
 /// Samples one image per entry of `class_labels` (`None` = unconditional) and returns the
@@ -79,7 +99,7 @@ pub fn generate(
     )
 }
 
-/// [`generate`] from given `latents` (x_T, `[n, c, h, w]` values) when `Some`.
+/// [`generate`] from `start` (given x_T, or SDEdit from an image) when `Some`.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_from(
     model: &UNet,
@@ -88,7 +108,7 @@ pub fn generate_from(
     class_labels: Vec<Option<usize>>,
     guidance_scale: f64,
     seed: u64,
-    latents: Option<Vec<f32>>,
+    latents: Option<Start>,
     device: &Device,
     progress: impl FnMut(&StepOutput),
 ) -> Result<(Vec<f32>, [usize; 4])> {
@@ -108,7 +128,7 @@ pub fn generate_trajectory(
     class_labels: Vec<Option<usize>>,
     guidance_scale: f64,
     seed: u64,
-    latents: Option<Vec<f32>>,
+    latents: Option<Start>,
     every: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {

@@ -211,6 +211,14 @@ impl Scheduler for AnyScheduler {
         }
     }
 
+    fn noise_level(&self, step_index: usize) -> (f64, f64) {
+        match self {
+            Self::Ddim(s) => s.noise_level(step_index),
+            Self::Ddpm(s) => s.noise_level(step_index),
+            Self::DpmSolver(s) => s.noise_level(step_index),
+        }
+    }
+
     fn step(
         &self,
         state: &mut SchedulerState,

@@ -136,6 +136,11 @@ impl Scheduler for DdpmScheduler {
         self.coefficients(step_index).variance > 0.0
     }
 
+    fn noise_level(&self, step_index: usize) -> (f64, f64) {
+        let ab = self.alphas_cumprod[self.timesteps[step_index]];
+        (ab.sqrt(), (1.0 - ab).sqrt())
+    }
+
     fn step(
         &self,
         _state: &mut SchedulerState,

@@ -432,6 +432,10 @@ impl Scheduler for DpmSolverMultistep {
         &self.timesteps
     }
 
+    fn noise_level(&self, step_index: usize) -> (f64, f64) {
+        alpha_sigma(self.sigmas[step_index])
+    }
+
     fn needs_noise(&self, step_index: usize) -> bool {
         self.config.algorithm_type == DpmSolverAlgorithm::SdeDpmSolverPlusPlus
             && self.sigmas[step_index + 1] > 0.0

@@ -11,6 +11,7 @@ mod ddim;
 mod ddpm;
 mod dpm_solver;
 mod karras;
+mod sdedit;
 mod sampling;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
@@ -23,6 +24,7 @@ pub use dpm_solver::{
     FinalSigmasType, SolverType, StepCoefficients,
 };
 pub use karras::{karras_sigmas, sigma_to_t};
+pub use sdedit::sdedit_start_index;
 pub use sampling::{
     to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
 };
@@ -192,6 +194,12 @@ pub trait Scheduler {
 
     /// Whether step `step_index` adds fresh Gaussian noise (so the caller draws it).
     fn needs_noise(&self, step_index: usize) -> bool;
+
+    /// The forward process at step `step_index`: x_t = α · x_0 + σ · ε with (α, σ) =
+    /// (√ᾱ_t, √(1 − ᾱ_t)) — diffusers' `add_noise` at that step (DPM-Solver++: its own noise
+    /// level, which Karras sigmas put between integer timesteps). For starting a run from a
+    /// noised image (SDEdit).
+    fn noise_level(&self, step_index: usize) -> (f64, f64);
 
     /// One reverse step from `sample` = x_t at `timesteps()[step_index]`, given the (guided)
     /// model output and, when [`Scheduler::needs_noise`], standard-normal `noise`. `state` is

@@ -203,6 +203,44 @@ impl SamplingState {
         })
     }
 
+    /// Starts an SDEdit run from `image` (values in [-1, 1], one per image of the request):
+    /// the step that `strength` picks ([`super::sdedit_start_index`]), with x_t = α · image +
+    /// σ · ε at that step's noise level ([`Scheduler::noise_level`]) and ε the x_T drawn from
+    /// the seed. The run then takes the remaining steps. Call it before the first step.
+    ///
+    /// A run that starts at the first step (strength 1) starts from ε alone, as plain sampling
+    /// does: every sampler treats its first x_t as pure noise (the image's weight there, α ≈
+    /// 0.006 for DDPM's schedule, is the schedule's residual signal, which plain sampling
+    /// ignores too), so strength 1 is plain sampling from the same seed, exactly.
+    ///
+    /// # Shapes
+    /// - `image`: like the sample, `[images, channels, height, width]`.
+    pub fn with_init_image<S: Scheduler>(
+        mut self,
+        scheduler: &S,
+        image: Tensor<4>,
+        strength: f64,
+    ) -> Result<Self> {
+        if image.dims() != self.sample.dims() {
+            return Err(Error::Sampler(format!(
+                "the init image has shape {:?}; this request needs {:?}",
+                image.dims(),
+                self.sample.dims()
+            )));
+        }
+        if self.step_index != 0 {
+            return Err(Error::Sampler("the init image must be set before the first step".into()));
+        }
+        let start = super::sdedit_start_index(scheduler.timesteps().len(), strength)?;
+        if start > 0 {
+            let (alpha, sigma) = scheduler.noise_level(start);
+            let noise = self.sample.clone();
+            self.sample = image.cast(noise.dtype()).mul_scalar(alpha) + noise.mul_scalar(sigma);
+        }
+        self.step_index = start;
+        Ok(self)
+    }
+
     /// Starts from `latents` instead of the x_T drawn from the seed (diffusers' `latents`
     /// argument): the same images a PyTorch run from that x_T gives. The generator still
     /// supplies every later step's noise. Call it before the first step.
@@ -323,6 +361,12 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
             scheduler,
             state,
         })
+    }
+
+    /// Starts an SDEdit run from `image` ([`SamplingState::with_init_image`]).
+    pub fn with_init_image(mut self, image: Tensor<4>, strength: f64) -> Result<Self> {
+        self.state = self.state.with_init_image(self.scheduler, image, strength)?;
+        Ok(self)
     }
 
     /// Starts from `latents` instead of the seed's x_T ([`SamplingState::with_latents`]).
