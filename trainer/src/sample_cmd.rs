@@ -103,6 +103,13 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
                     labels.len()
                 );
             }
+            if a.sampler.sampler == "ddim" && config.clip_range().is_some() {
+                eprintln!(
+                    "note: this DDIM clips x̂₀ and re-derives ε̂ from it (diffusers' \
+                     use_clipped_model_output=True); DDIMPipeline passes False, so its images \
+                     differ wherever x̂₀ is clipped"
+                );
+            }
             Some(Start::Latents(values))
         }
     };

@@ -81,9 +81,13 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in the .npy shape")))
         .collect::<Result<Vec<usize>, String>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(width, |acc: usize, &d| acc.checked_mul(d))
+        .ok_or("the .npy shape is too large")?
+        / width;
     let data = &bytes[start + header_len..];
-    if data.len() != count * width {
+    if Some(data.len()) != count.checked_mul(width) {
         return Err(format!(
             "the .npy data holds {} bytes; shape {shape:?} of {width}-byte floats needs {}",
             data.len(),

@@ -60,6 +60,13 @@ fn locate(dir: &Path) -> Result<(PathBuf, Option<PathBuf>, Vec<String>)> {
             }
         }
         let scheduler = dir.join("scheduler").join("scheduler_config.json");
+        if !scheduler.is_file() {
+            notes.push(format!(
+                "{} is missing: DDPM's schedule assumed (linear β 1e-4 → 0.02, T = 1000, \
+                 ε-prediction, x̂_0 clipped to [-1, 1])",
+                scheduler.display()
+            ));
+        }
         return Ok((dir.join("unet"), Some(scheduler).filter(|p| p.is_file()), notes));
     }
     if dir.join("config.json").is_file() {

@@ -155,24 +155,24 @@ pub fn to_ours(expected: &[(String, Vec<usize>)], theirs: &Tensors) -> Result<Te
                 t.clone().reshaped(s)
             }
             Source::Stacked { parts, conv } => {
+                // Each part is one `Linear` of the expected stack: [C, C] weights or [C] biases.
+                let part_shape: Vec<usize> = match (shape.first(), *conv) {
+                    (Some(&rows), true) if shape.len() == 4 => vec![rows / parts.len(), shape[1]],
+                    (Some(&rows), false) if shape.len() == 1 => vec![rows / parts.len()],
+                    _ => return Err(format!("no stacked layout for our `{name}` {shape:?}")),
+                };
                 let mut data = Vec::new();
-                let mut rows = 0;
-                let mut tail = Vec::new();
                 for n in parts {
                     let t = fetch(n)?;
-                    if rows > 0 && t.shape[1..] != tail[..] {
-                        return Err(format!("`{n}` has shape {:?}", t.shape));
+                    if t.shape != part_shape {
+                        return Err(format!(
+                            "tensor `{n}` has shape {:?}; the config needs {part_shape:?}",
+                            t.shape
+                        ));
                     }
-                    rows += t.shape.first().copied().unwrap_or(0);
-                    tail = t.shape[1..].to_vec();
                     data.extend_from_slice(&t.data);
                 }
-                let mut s = vec![rows];
-                s.extend(tail);
-                if *conv {
-                    s.extend([1, 1]);
-                }
-                HostTensor::new(s, data)
+                HostTensor::new(shape.clone(), data)
             }
         };
         if &t.shape != shape {
@@ -298,6 +298,22 @@ mod tests {
         let mut extra = theirs.clone();
         extra.insert("x.weight".into(), HostTensor::new(vec![1], vec![0.0]));
         assert!(to_ours(&expected, &extra).unwrap_err().contains("unexpected tensor `x.weight`"));
+        // q, k and v must each be one C × C projection, not rows that merely add up.
+        let mut uneven = theirs.clone();
+        uneven.insert(
+            "mid_block.attentions.0.to_q.weight".into(),
+            HostTensor::new(vec![3, c], vec![0.0; 3 * c]),
+        );
+        uneven.insert(
+            "mid_block.attentions.0.to_k.weight".into(),
+            HostTensor::new(vec![1, c], vec![0.0; c]),
+        );
+        assert!(to_ours(&expected, &uneven)
+            .unwrap_err()
+            .contains("`mid_block.attentions.0.to_q.weight` has shape [3, 2]"));
+        let mut scalar = theirs.clone();
+        scalar.insert("mid_block.attentions.0.to_q.bias".into(), HostTensor::new(vec![], vec![0.0]));
+        assert!(to_ours(&expected, &scalar).unwrap_err().contains("has shape []"));
         let mut missing = theirs;
         missing.remove("mid_block.attentions.0.to_q.weight");
         assert!(to_ours(&expected, &missing)

@@ -45,6 +45,24 @@ pub fn read(text: &str, path: &str) -> Result<SchedulerFacts> {
     let Value::Object(map) = value else {
         return Err(bad("not a JSON object".into()));
     };
+    // Schedulers over a β schedule: the model's training schedule is in their config.
+    const BETA_SCHEDULERS: &[&str] = &[
+        "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "PNDMScheduler",
+        "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+        "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+        "UniPCMultistepScheduler", "DEISMultistepScheduler", "RePaintScheduler",
+        "DDPMParallelScheduler", "DDIMParallelScheduler", "LCMScheduler", "TCDScheduler",
+    ];
+    if let Some(class) = map.get("_class_name").and_then(Value::as_str) {
+        if !BETA_SCHEDULERS.contains(&class) {
+            return Err(unsupported(
+                "_class_name",
+                &Value::from(class),
+                "a scheduler over a β schedule (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, …)",
+            ));
+        }
+    }
     let get = |k: &str| map.get(k).filter(|v| !v.is_null());
     let number = |k: &str, default: f64| -> Result<f64> {
         match get(k) {
@@ -158,36 +176,33 @@ pub fn write(
     set("_class_name", "DDPMScheduler".into());
     set("_diffusers_version", DIFFUSERS_VERSION.into());
     set("num_train_timesteps", schedule.num_train_timesteps.into());
-    let (name, start, end, trained) = match schedule.beta_schedule {
+    let (name, start, end) = match schedule.beta_schedule {
         BetaSchedule::Linear {
             beta_start,
             beta_end,
-        } => ("linear", beta_start, beta_end, None),
+        } => ("linear", beta_start, beta_end),
         BetaSchedule::ScaledLinear {
             beta_start,
             beta_end,
-        } => ("scaled_linear", beta_start, beta_end, None),
+        } => ("scaled_linear", beta_start, beta_end),
         BetaSchedule::Sigmoid {
             beta_start,
             beta_end,
-        } => ("sigmoid", beta_start, beta_end, None),
+        } => ("sigmoid", beta_start, beta_end),
         c @ BetaSchedule::Cosine { .. } if c == BetaSchedule::cosine() => {
-            ("squaredcos_cap_v2", 0.0001, 0.02, None)
+            ("squaredcos_cap_v2", 0.0001, 0.02)
         }
-        BetaSchedule::Cosine { .. } => {
-            // Another offset or cap than diffusers' fixed ones: the betas themselves.
-            let plain = NoiseScheduleConfig {
-                rescale_zero_terminal_snr: false,
-                ..schedule.clone()
-            };
-            let betas = plain.build().map_err(|e| e.to_string())?.betas;
-            ("linear", 0.0001, 0.02, Some(betas))
+        BetaSchedule::Cosine { s, max_beta } => {
+            return Err(format!(
+                "a cosine schedule with s = {s}, max_beta = {max_beta} has no diffusers name \
+                 (squaredcos_cap_v2 is s = 0.008, max_beta = 0.999)"
+            ))
         }
     };
     set("beta_schedule", name.into());
     set("beta_start", start.into());
     set("beta_end", end.into());
-    set("trained_betas", trained.map(Value::from).unwrap_or(Value::Null));
+    set("trained_betas", Value::Null);
     set("variance_type", "fixed_small".into());
     set("clip_sample", clip_range.is_some().into());
     set("clip_sample_range", clip_range.unwrap_or(1.0).into());

@@ -257,6 +257,16 @@ impl DiffusersUNetConfig {
             );
         }
         let levels = self.block_out_channels.len();
+        if levels == 0 || self.block_out_channels.contains(&0) {
+            return unsupported(
+                "block_out_channels",
+                &self.block_out_channels,
+                "at least one level, every width positive",
+            );
+        }
+        if levels > 16 {
+            return unsupported("block_out_channels", &levels, "at most 16 levels");
+        }
         if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
             return Err(Error::Config {
                 path: path.into(),
@@ -268,8 +278,10 @@ impl DiffusersUNetConfig {
             });
         }
         let mut attention_resolutions = Vec::new();
+        // diffusers drops a `UNetRes` prefix from block type names (its old names).
+        let block = |t: &str| t.strip_prefix("UNetRes").unwrap_or(t).to_string();
         for (i, t) in self.down_block_types.iter().enumerate() {
-            match t.as_str() {
+            match block(t).as_str() {
                 "DownBlock2D" => {}
                 "AttnDownBlock2D" => attention_resolutions.push(resolution >> i),
                 _ => {
@@ -285,7 +297,7 @@ impl DiffusersUNetConfig {
         for (i, t) in self.up_block_types.iter().enumerate() {
             // Up blocks run from the lowest resolution to the highest.
             let level = levels - 1 - i;
-            match t.as_str() {
+            match block(t).as_str() {
                 "UpBlock2D" => {}
                 "AttnUpBlock2D" => up_attention_resolutions.insert(0, resolution >> level),
                 _ => {
@@ -312,8 +324,9 @@ impl DiffusersUNetConfig {
                 return unsupported(field, value, "only conv");
             }
         }
-        if self.act_fn != "silu" {
-            return unsupported("act_fn", &self.act_fn, "only silu");
+        // diffusers lower-cases the name and takes swish for SiLU.
+        if !matches!(self.act_fn.to_lowercase().as_str(), "silu" | "swish") {
+            return unsupported("act_fn", &self.act_fn, "only silu (swish)");
         }
         if self.class_embed_type.is_some() {
             return unsupported(
@@ -348,6 +361,9 @@ impl DiffusersUNetConfig {
         };
         // diffusers' middle attention normalises with attn_norm_num_groups, or without it with
         // the ResNets' groups under `default` and not at all under `scale_shift`.
+        if self.attn_norm_num_groups == Some(0) {
+            return unsupported("attn_norm_num_groups", &0, "a positive number of groups, or null");
+        }
         let mid_attention_norm_groups = match (self.attn_norm_num_groups, time_mode) {
             (Some(g), _) if g == norm_groups => None,
             (Some(g), _) => Some(g),
@@ -376,7 +392,8 @@ impl DiffusersUNetConfig {
         u.flip_sin_to_cos = self.flip_sin_to_cos.then_some(true);
         u.freq_shift = (self.freq_shift != 1.0).then_some(self.freq_shift);
         u.downsample_padding = (self.downsample_padding != 1).then_some(self.downsample_padding);
-        u.time_embedding_dim = self.time_embedding_dim.filter(|&d| d != 4 * base);
+        // diffusers takes `time_embedding_dim or 4 · C₀`: 0 is the default too.
+        u.time_embedding_dim = self.time_embedding_dim.filter(|&d| d != 0 && d != 4 * base);
         u.validate().map_err(|e| Error::Config {
             path: path.into(),
             reason: e.to_string(),
@@ -388,6 +405,14 @@ impl DiffusersUNetConfig {
     pub fn from_ours(u: &UNetConfig) -> std::result::Result<Self, String> {
         u.validate().map_err(|e| e.to_string())?;
         let channels = u.level_channels();
+        if channels[0] != u.base_channels {
+            // Ours widens from conv_in's base_channels inside the first level; diffusers' conv_in
+            // gives block_out_channels[0] directly.
+            return Err(format!(
+                "the first level has {} channels but conv_in gives {} (channel_mults[0] ≠ 1)",
+                channels[0], u.base_channels
+            ));
+        }
         let levels = channels.len();
         let attention_head_dim = match u.attention_head_dim {
             Some(d) => Some(d),
@@ -422,6 +447,7 @@ impl DiffusersUNetConfig {
         };
         let groups = u.mid_attention_norm_groups.unwrap_or(u.norm_groups);
         let attn_norm_num_groups = match (groups, u.time_mode) {
+            _ if !u.has_mid_attention() => None,
             (0, TimeMode::Film) => None,
             (0, TimeMode::Add) => {
                 return Err(

@@ -270,7 +270,9 @@ fn edited_unet_folder(name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
 #[test]
 fn unsupported_configs_are_one_line_errors_naming_the_field() {
     let device = Device::flex();
-    let cases: [(&str, Value, &str); 7] = [
+    let cases: [(&str, Value, &str); 9] = [
+        ("block_out_channels", serde_json::json!([]), "block_out_channels"),
+        ("attn_norm_num_groups", 0.into(), "attn_norm_num_groups"),
         ("time_embedding_type", "fourier".into(), "time_embedding_type"),
         ("down_block_types", serde_json::json!(["DownBlock2D", "AttnSkipDownBlock2D"]), "down_block_types[1]"),
         ("class_embed_type", "timestep".into(), "class_embed_type"),
@@ -285,6 +287,15 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
         assert!(e.contains(named) && !e.contains('\n'), "{field}: {e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    // What diffusers accepts under other names imports as the same model.
+    let reference = import(&data().join("defaults-rgb"), &device).unwrap().config.unet;
+    let dir = edited_unet_folder("aliases", |c| {
+        c["act_fn"] = "swish".into();
+        c["down_block_types"] = serde_json::json!(["UNetResDownBlock2D", "AttnDownBlock2D"]);
+        c["time_embedding_dim"] = 0.into();
+    });
+    assert_eq!(import(&dir.join("unet"), &device).unwrap().config.unet, reference);
+    std::fs::remove_dir_all(&dir).unwrap();
     // A field diffusers does not know is ignored, as diffusers ignores it, with a note.
     let dir = edited_unet_folder("unknown-field", |c| c["some_new_field"] = 1.into());
     let imported = import(&dir.join("unet"), &device).unwrap();
@@ -366,4 +377,24 @@ fn our_export_runs_in_diffusers_with_the_same_forward() {
         relative(&eps[1], &r.eps[1].1),
         d * 127.5
     );
+}
+
+#[test]
+fn models_diffusers_cannot_express_are_refused_at_export() {
+    let device = Device::flex();
+    let out = scratch("refused");
+    // A first level wider than conv_in (channel_mults[0] = 2).
+    let wide = ModelConfig::new(diffusion::UNetConfig::new(1, 8, 8, vec![2, 2], vec![]).with_norm_groups(4));
+    let model = wide.unet.init(&device).unwrap();
+    let e = export(&model, &wide, &out, false).unwrap_err().to_string();
+    assert!(e.contains("channel_mults[0]") && !e.contains('\n'), "{e}");
+    // A cosine schedule other than diffusers' squaredcos_cap_v2.
+    let mut cosine = ours_tiny(&device).1;
+    cosine.schedule.beta_schedule = diffusion::BetaSchedule::Cosine { s: 0.02, max_beta: 0.999 };
+    let model = cosine.unet.init(&device).unwrap();
+    let e = export(&model, &cosine, &out, false).unwrap_err().to_string();
+    assert!(e.contains("squaredcos_cap_v2"), "{e}");
+    // Nothing was written.
+    assert!(!out.join("model_index.json").exists());
+    std::fs::remove_dir_all(&out).unwrap();
 }
