@@ -192,6 +192,8 @@ pub enum AnyScheduler {
     Ddpm(DdpmScheduler),
     /// DPM-Solver++ (either algorithm).
     DpmSolver(DpmSolverMultistep),
+    /// RePaint inpainting (a run with [`super::SchedulerState::with_inpainting`]).
+    RePaint(super::RePaintScheduler),
 }
 
 impl Scheduler for AnyScheduler {
@@ -200,6 +202,7 @@ impl Scheduler for AnyScheduler {
             Self::Ddim(s) => s.timesteps(),
             Self::Ddpm(s) => s.timesteps(),
             Self::DpmSolver(s) => s.timesteps(),
+            Self::RePaint(s) => s.timesteps(),
         }
     }
 
@@ -208,6 +211,14 @@ impl Scheduler for AnyScheduler {
             Self::Ddim(s) => s.needs_noise(step_index),
             Self::Ddpm(s) => s.needs_noise(step_index),
             Self::DpmSolver(s) => s.needs_noise(step_index),
+            Self::RePaint(s) => s.needs_noise(step_index),
+        }
+    }
+
+    fn noise_draws(&self, step_index: usize) -> usize {
+        match self {
+            Self::RePaint(s) => s.noise_draws(step_index),
+            other => usize::from(other.needs_noise(step_index)),
         }
     }
 
@@ -216,6 +227,7 @@ impl Scheduler for AnyScheduler {
             Self::Ddim(s) => s.noise_level(step_index),
             Self::Ddpm(s) => s.noise_level(step_index),
             Self::DpmSolver(s) => s.noise_level(step_index),
+            Self::RePaint(s) => s.noise_level(step_index),
         }
     }
 
@@ -231,6 +243,7 @@ impl Scheduler for AnyScheduler {
             Self::Ddim(s) => s.step(state, model_output, step_index, sample, noise),
             Self::Ddpm(s) => s.step(state, model_output, step_index, sample, noise),
             Self::DpmSolver(s) => s.step(state, model_output, step_index, sample, noise),
+            Self::RePaint(s) => s.step(state, model_output, step_index, sample, noise),
         }
     }
 }

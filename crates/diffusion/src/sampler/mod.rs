@@ -11,6 +11,7 @@ mod ddim;
 mod ddpm;
 mod dpm_solver;
 mod karras;
+mod repaint;
 mod sdedit;
 mod sampling;
 
@@ -24,6 +25,7 @@ pub use dpm_solver::{
     FinalSigmasType, SolverType, StepCoefficients,
 };
 pub use karras::{karras_sigmas, sigma_to_t};
+pub use repaint::{repaint_timesteps, RePaintScheduler, RePaintSchedulerConfig};
 pub use sdedit::sdedit_start_index;
 pub use sampling::{
     to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
@@ -170,9 +172,18 @@ pub struct SchedulerOutput {
 pub struct SchedulerState {
     /// `(step_index, x̂_0)` of the last step taken.
     previous_x0: Option<(usize, Tensor<4>)>,
+    /// An inpainting run's known image and keep-mask (1 = known), for RePaint.
+    inpainting: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 impl SchedulerState {
+    /// This run inpaints: `known` (values in [-1, 1]) is kept where `keep` is 1 and
+    /// regenerated where it is 0 ([`RePaintScheduler`]).
+    pub fn with_inpainting(mut self, known: Tensor<4>, keep: Tensor<4>) -> Self {
+        self.inpainting = Some((known, keep));
+        self
+    }
+
     /// x̂_0 of step `step_index − 1`, if that is the step this run took last.
     fn x0_before(&self, step_index: usize) -> Option<&Tensor<4>> {
         match &self.previous_x0 {
@@ -194,6 +205,13 @@ pub trait Scheduler {
 
     /// Whether step `step_index` adds fresh Gaussian noise (so the caller draws it).
     fn needs_noise(&self, step_index: usize) -> bool;
+
+    /// How many standard-normal draws of the sample's shape step `step_index` takes, passed
+    /// to [`Scheduler::step`] stacked along the batch dimension: one when it
+    /// [`Scheduler::needs_noise`] (RePaint's steps also re-noise, one draw per β).
+    fn noise_draws(&self, step_index: usize) -> usize {
+        usize::from(self.needs_noise(step_index))
+    }
 
     /// The forward process at step `step_index`: x_t = α · x_0 + σ · ε with (α, σ) =
     /// (√ᾱ_t, √(1 − ᾱ_t)) — diffusers' `add_noise` at that step (DPM-Solver++: its own noise

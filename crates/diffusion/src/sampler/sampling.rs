@@ -203,6 +203,27 @@ impl SamplingState {
         })
     }
 
+    /// Makes this an inpainting run for [`super::RePaintScheduler`]: `image` (values in [-1,
+    /// 1]) is kept where `keep` is 1 and regenerated where it is 0.
+    ///
+    /// # Shapes
+    /// - `image`, `keep`: like the sample, `[images, channels, height, width]`.
+    pub fn with_inpainting(mut self, image: Tensor<4>, keep: Tensor<4>) -> Result<Self> {
+        for (what, t) in [("image", &image), ("mask", &keep)] {
+            if t.dims() != self.sample.dims() {
+                return Err(Error::Sampler(format!(
+                    "the {what} to inpaint has shape {:?}; this request needs {:?}",
+                    t.dims(),
+                    self.sample.dims()
+                )));
+            }
+        }
+        let dtype = self.sample.dtype();
+        self.state = std::mem::take(&mut self.state)
+            .with_inpainting(image.cast(dtype), keep.cast(dtype));
+        Ok(self)
+    }
+
     /// Starts an SDEdit run from `image` (values in [-1, 1], one per image of the request):
     /// the step that `strength` picks ([`super::sdedit_start_index`]), with x_t = α · image +
     /// σ · ε at that step's noise level ([`Scheduler::noise_level`]) and ε the x_T drawn from
@@ -324,9 +345,11 @@ impl SamplingState {
             _ => prediction,
         };
         let x = self.sample.clone();
-        let noise = scheduler
-            .needs_noise(self.step_index)
-            .then(|| self.rng.normal_tensor(x.dims(), &x.device()));
+        let draws = scheduler.noise_draws(self.step_index);
+        let noise = (draws > 0).then(|| {
+            let [b, c, h, w] = x.dims();
+            self.rng.normal_tensor([draws * b, c, h, w], &x.device())
+        });
         let out = scheduler.step(&mut self.state, output, self.step_index, x, noise);
         self.sample = out.prev_sample;
         let report = StepOutput {
@@ -361,6 +384,12 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
             scheduler,
             state,
         })
+    }
+
+    /// Makes this an inpainting run ([`SamplingState::with_inpainting`]).
+    pub fn with_inpainting(mut self, image: Tensor<4>, keep: Tensor<4>) -> Result<Self> {
+        self.state = self.state.with_inpainting(image, keep)?;
+        Ok(self)
     }
 
     /// Starts an SDEdit run from `image` ([`SamplingState::with_init_image`]).
