@@ -148,7 +148,17 @@ pub(crate) fn sampler(m: &ArgMatches) -> Result<()> {
 
 /// `trainer sample`, once the model is known: guidance means nothing without a class.
 pub(crate) fn sample(m: &ArgMatches, unconditional_model: bool) -> Result<Vec<String>> {
-    sampler(m)?;
+    if given(m, "mask") {
+        // Inpainting takes RePaint's own steps; --eta is RePaint's η.
+        if let Some(id) = ["sampler", "karras_sigmas"].into_iter().find(|id| given(m, id)) {
+            bail!(
+                "{} does not apply with --mask: inpainting takes RePaint's steps (--steps, --eta)",
+                flag(id)
+            );
+        }
+    } else {
+        sampler(m)?;
+    }
     let mut notes = Vec::new();
     let class: &String = m.get_one("class").expect("has a default");
     if given(m, "guidance") && (unconditional_model || class == "none") {
@@ -248,6 +258,11 @@ mod tests {
                 Error("--schedule does not apply with --init-weights: the model and its schedule come from w.json"),
             ),
             ("train --init-weights w.safetensors --dropout 0 --lr 1e-5", Ok),
+            (
+                "sample --init-image i.png --mask m.png --sampler ddim",
+                Error("--sampler does not apply with --mask"),
+            ),
+            ("sample --init-image i.png --mask m.png --eta 1", Ok),
             (
                 "train --resume r --batch-size 8",
                 Error("--batch-size does not apply with --resume"),

@@ -60,8 +60,19 @@ pub(crate) struct SampleArgs {
     init_image: Option<PathBuf>,
     /// With `--init-image`: how much of the schedule to run, in (0, 1] (diffusers' img2img
     /// `strength`): 1 starts from nearly pure noise, small values stay close to the image.
-    #[arg(long, requires = "init_image")]
+    #[arg(long, requires = "init_image", conflicts_with = "mask")]
     strength: Option<f64>,
+    /// Inpainting (RePaint): regenerate where this mask (PNG, the model's size) is white and
+    /// keep `--init-image` where it is black, as diffusers' inpainting masks. `--steps` and
+    /// `--eta` set RePaint's steps and η; the jumps add model calls.
+    #[arg(long, requires = "init_image")]
+    mask: Option<PathBuf>,
+    /// With `--mask`: steps jumped back up at each jump point (RePaint's j).
+    #[arg(long, requires = "mask", default_value_t = 10)]
+    jump_length: usize,
+    /// With `--mask`: how often each jump point is resampled (RePaint's r; 1 = no jumps).
+    #[arg(long, requires = "mask", default_value_t = 10)]
+    jump_n_sample: usize,
     /// With `--init-image`: resize the image to the model's size instead of refusing another
     /// size.
     #[arg(long, requires = "init_image")]
@@ -118,10 +129,27 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
         Some(path) => {
             let [c, h, _] = config.unet.image_shape();
             let image = artifacts::load_image_values(path, c, h, a.resize).map_err(|e| anyhow!(e))?;
-            Some(Start::Image {
-                image,
-                strength: a.strength.unwrap_or(0.8),
-            })
+            match &a.mask {
+                None => Some(Start::Image {
+                    image,
+                    strength: a.strength.unwrap_or(0.8),
+                }),
+                Some(mask) => {
+                    // White (> half grey) = regenerate; every channel of a pixel alike.
+                    let m = artifacts::load_image_values(mask, 1, h, a.resize)
+                        .map_err(|e| anyhow!(e))?;
+                    let keep: Vec<f32> = m
+                        .iter()
+                        .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
+                        .collect();
+                    Some(Start::Inpaint {
+                        image,
+                        keep: keep.repeat(c),
+                        jump_length: a.jump_length,
+                        jump_n_sample: a.jump_n_sample,
+                    })
+                }
+            }
         }
     };
     let started = std::time::Instant::now();

@@ -1367,5 +1367,21 @@ fn sample_from_an_init_image() {
     fails_with(&sample(&right, &["--strength", "0.05"]), "leaves no step to take");
     std::fs::write(out.join("bad.png"), b"no image").unwrap();
     fails_with(&sample(&out.join("bad.png"), &[]), "not a readable image");
+    // Inpainting: white = regenerate; the kept pixels come back exactly.
+    let mask_values: Vec<f32> = (0..28 * 28).map(|i| if i >= 14 * 28 { 1.0 } else { -1.0 }).collect();
+    let mask = out.join("mask.png");
+    artifacts::save_png(&mask, &artifacts::grid(&mask_values, [1, 1, 28, 28], 1, 0, 1)).unwrap();
+    let m = s(&mask);
+    ok(&sample(&right, &["--mask", &m, "--jump-length", "2", "--jump-n-sample", "2"]));
+    let (got, shape) = artifacts::parse_npy(&std::fs::read(out.join("o.npy")).unwrap()).unwrap();
+    assert_eq!(shape, vec![2, 1, 28, 28]);
+    let image = artifacts::load_image_values(&right, 1, 28, false).unwrap();
+    for k in 0..2 {
+        for i in 0..14 * 28 {
+            assert_eq!(got[k * 784 + i], image[i], "kept pixel {i} of image {k}");
+        }
+    }
+    fails_with(&sample(&right, &["--mask", &s(&small)]), "the image is 20×20");
+    fails_with(&sample(&right, &["--mask", &m, "--sampler", "ddim"]), "--sampler does not apply with --mask");
     std::fs::remove_dir_all(&out).unwrap();
 }

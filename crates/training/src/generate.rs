@@ -1,7 +1,7 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diffusion::sampler::{to_host, AnyScheduler, SamplerSettings, StepOutput};
+use diffusion::sampler::{to_host, AnyScheduler, RePaintSchedulerConfig, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
@@ -13,8 +13,30 @@ fn prepare(
     class_labels: Vec<Option<usize>>,
     guidance_scale: f64,
     seed: u64,
+    start: Option<&Start>,
 ) -> Result<(AnyScheduler, SampleRequest)> {
-    let scheduler = config.scheduler(settings)?;
+    let scheduler = match start {
+        // Inpainting takes RePaint's steps, with the settings' step count and η.
+        Some(Start::Inpaint {
+            jump_length,
+            jump_n_sample,
+            ..
+        }) => {
+            let clip = config.clip_range();
+            AnyScheduler::RePaint(
+                RePaintSchedulerConfig {
+                    num_inference_steps: settings.num_inference_steps,
+                    jump_length: *jump_length,
+                    jump_n_sample: *jump_n_sample,
+                    eta: settings.eta,
+                    clip_sample: clip.is_some(),
+                    clip_sample_range: clip.unwrap_or(1.0),
+                }
+                .init(&config.schedule.build()?, config.prediction_type)?,
+            )
+        }
+        _ => config.scheduler(settings)?,
+    };
     let request = SampleRequest {
         image_shape: config.unet.image_shape(),
         class_labels,
@@ -36,6 +58,18 @@ pub enum Start {
         image: Vec<f32>,
         /// How much of the schedule to run, in (0, 1].
         strength: f64,
+    },
+    /// RePaint inpainting of one image (`[c, h, w]` values in [-1, 1]): kept where `keep`
+    /// (`[c, h, w]`) is 1, regenerated where it is 0, for every request entry.
+    Inpaint {
+        /// The image.
+        image: Vec<f32>,
+        /// 1 where the image is kept.
+        keep: Vec<f32>,
+        /// RePaint's jump length.
+        jump_length: usize,
+        /// RePaint's resamplings per jump point.
+        jump_n_sample: usize,
     },
 }
 
@@ -71,6 +105,10 @@ fn start<'a>(
             let repeated = image.repeat(n);
             sampling.with_init_image(tensor(repeated, "the init image")?, strength)?
         }
+        Some(Start::Inpaint { image, keep, .. }) => sampling.with_inpainting(
+            tensor(image.repeat(n), "the image to inpaint")?,
+            tensor(keep.repeat(n), "the mask")?,
+        )?,
     })
 }
 
@@ -112,7 +150,8 @@ pub fn generate_from(
     device: &Device,
     progress: impl FnMut(&StepOutput),
 ) -> Result<(Vec<f32>, [usize; 4])> {
-    let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
+    let (scheduler, request) =
+        prepare(config, settings, class_labels, guidance_scale, seed, latents.as_ref())?;
     let out = start(model, &scheduler, &request, latents, device)?.run(progress);
     let shape = out.dims();
     Ok((to_host(out), shape))
@@ -132,7 +171,8 @@ pub fn generate_trajectory(
     every: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {
-    let (scheduler, request) = prepare(config, settings, class_labels, guidance_scale, seed)?;
+    let (scheduler, request) =
+        prepare(config, settings, class_labels, guidance_scale, seed, latents.as_ref())?;
     let mut sampling = start(model, &scheduler, &request, latents, device)?;
     let mut frames = Vec::new();
     let every = every.max(1);
