@@ -44,11 +44,22 @@ pub fn load_image_values(
     size: usize,
     resize: bool,
 ) -> Result<Vec<f32>, String> {
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("{}: {e}", path.display()))?
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    image_values(&bytes, channels, size, resize).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load_image_values`] of an image file's bytes (a PNG in an API request).
+pub fn image_values(
+    bytes: &[u8],
+    channels: usize,
+    size: usize,
+    resize: bool,
+) -> Result<Vec<f32>, String> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
         .decode()
-        .map_err(|e| format!("{}: not a readable image ({e})", path.display()))?;
+        .map_err(|e| format!("not a readable image ({e})"))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let img = if (w, h) == (size, size) {
         img
@@ -56,9 +67,8 @@ pub fn load_image_values(
         img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
     } else {
         return Err(format!(
-            "{}: the image is {w}×{h}; the model takes {size}×{size} (resize it, or ask for it \
-             to be resized)",
-            path.display()
+            "the image is {w}×{h}; the model takes {size}×{size} (resize it, or ask for it to \
+             be resized)"
         ));
     };
     let values = match channels {

@@ -19,7 +19,7 @@ mod safetensors_header;
 
 pub use atomic::{ensure_parent, write_atomic, IoError};
 #[cfg(feature = "png")]
-pub use images::{grid, load_image_values, png_bytes, save_png};
+pub use images::{grid, image_values, load_image_values, png_bytes, save_png};
 #[cfg(feature = "png")]
 pub use npy::{npy_bytes, parse_npy, save_npy};
 pub use safetensors_header::{canonical_safetensors, HeaderError};

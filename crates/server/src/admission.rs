@@ -458,6 +458,7 @@ mod tests {
                 .unwrap(),
             seed: 0,
             num_images: images,
+            edit: None,
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use diffusion::sampler::{AnyScheduler, SamplerKind, SamplerSettings};
+use diffusion::Scheduler;
 use diffusion::{ModelConfig, SampleRequest};
 
 /// Largest guidance scale accepted.
@@ -13,7 +14,7 @@ pub const MAX_GUIDANCE: f64 = 30.0;
 /// beside others, so it does not hold the batch).
 pub const MAX_IMAGES: u32 = 64;
 /// Largest request body, bytes.
-pub const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 1 << 20;
 
 fn default_guidance() -> f64 {
     3.0
@@ -79,6 +80,26 @@ pub struct GenerateRequest {
     #[serde(default = "default_num_images")]
     #[schema(default = 1, minimum = 1, maximum = 64)]
     pub num_images: u32,
+    /// Edit this image instead of sampling from noise (base64 PNG at the model's size, grey or
+    /// RGB): SDEdit at `strength` (variations, sketch to image), or with `mask` inpainting.
+    #[serde(default)]
+    pub init_image: Option<String>,
+    /// Inpainting (RePaint) of `init_image`: base64 PNG at the model's size, white where the
+    /// image is regenerated, black where it is kept (diffusers' convention).
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// SDEdit with `init_image`: how much of the schedule to run, in (0, 1] (default 0.8).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub strength: Option<f64>,
+    /// Inpainting: steps jumped back up at each jump point (RePaint's j; default 10).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub jump_length: Option<u32>,
+    /// Inpainting: resamplings per jump point (RePaint's r; default 10, 1 = no jumps).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    pub jump_n_sample: Option<u32>,
 }
 
 impl Default for GenerateRequest {
@@ -92,8 +113,32 @@ impl Default for GenerateRequest {
             use_karras_sigmas: false,
             seed: None,
             num_images: default_num_images(),
+            init_image: None,
+            mask: None,
+            strength: None,
+            jump_length: None,
+            jump_n_sample: None,
         }
     }
+}
+
+/// What a job does to a given image, validated: values `[c, h, w]` in [-1, 1].
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// SDEdit from `image` at `strength`.
+    Vary {
+        /// The image.
+        image: Vec<f32>,
+        /// How much of the schedule to run.
+        strength: f64,
+    },
+    /// RePaint: `image` kept where `keep` is 1.
+    Inpaint {
+        /// The image.
+        image: Vec<f32>,
+        /// 1 where kept, 0 where regenerated.
+        keep: Vec<f32>,
+    },
 }
 
 /// The query of `GET /v1/generate.png` (one image).
@@ -129,6 +174,7 @@ impl From<GenerateQuery> for GenerateRequest {
             use_karras_sigmas: q.use_karras_sigmas.unwrap_or(d.use_karras_sigmas),
             seed: Some(q.seed.unwrap_or(0)),
             num_images: 1,
+            ..d
         }
     }
 }
@@ -199,6 +245,8 @@ pub struct Job {
     pub seed: u64,
     /// Images.
     pub num_images: usize,
+    /// An image to edit, if any.
+    pub edit: Option<Edit>,
 }
 
 impl Job {
@@ -258,17 +306,105 @@ pub fn validate(req: &GenerateRequest, config: &ModelConfig, seed: u64) -> Resul
         eta: req.eta,
         use_karras_sigmas: req.use_karras_sigmas,
     };
-    // The sampler's own rules (e.g. DPM-Solver++'s spacings cannot repeat a timestep).
-    let scheduler = config
-        .scheduler(&settings)
-        .map_err(|e| format!("sampler: {e}"))?;
+    let (edit, scheduler) = edit(req, config, &settings)?;
     Ok(Job {
         class_label: req.class_label.map(|k| k as usize),
         guidance_scale: w,
         scheduler,
         seed,
         num_images: req.num_images as usize,
+        edit,
     })
+}
+
+/// The image edit a request asks for (`init_image`, `mask`, `strength`, `jump_*`), checked
+/// field by field, and the sampler that runs it.
+fn edit(
+    req: &GenerateRequest,
+    config: &ModelConfig,
+    settings: &SamplerSettings,
+) -> Result<(Option<Edit>, AnyScheduler), String> {
+    let sampler = || {
+        // The sampler's own rules (e.g. DPM-Solver++'s spacings cannot repeat a timestep).
+        config
+            .scheduler(settings)
+            .map_err(|e| format!("sampler: {e}"))
+    };
+    let Some(init) = &req.init_image else {
+        for (field, given) in [
+            ("mask", req.mask.is_some()),
+            ("strength", req.strength.is_some()),
+            ("jump_length", req.jump_length.is_some()),
+            ("jump_n_sample", req.jump_n_sample.is_some()),
+        ] {
+            if given {
+                return Err(format!("{field}: applies to an init_image, and none was given"));
+            }
+        }
+        return Ok((None, sampler()?));
+    };
+    let [c, h, _] = config.unet.image_shape();
+    let decode = |field: &str, b64: &str, channels: usize| -> Result<Vec<f32>, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| format!("{field}: not base64 ({e})"))?;
+        artifacts::image_values(&bytes, channels, h, false).map_err(|e| format!("{field}: {e}"))
+    };
+    let image = decode("init_image", init, c)?;
+    let Some(mask) = &req.mask else {
+        for (field, given) in [
+            ("jump_length", req.jump_length.is_some()),
+            ("jump_n_sample", req.jump_n_sample.is_some()),
+        ] {
+            if given {
+                return Err(format!("{field}: applies to inpainting (a mask), and none was given"));
+            }
+        }
+        let strength = req.strength.unwrap_or(0.8);
+        let scheduler = sampler()?;
+        diffusion::sampler::sdedit_start_index(scheduler.timesteps().len(), strength)
+            .map_err(|e| format!("strength: {e}"))?;
+        return Ok((Some(Edit::Vary { image, strength }), scheduler));
+    };
+    if req.strength.is_some() {
+        return Err("strength: applies to SDEdit (an init_image without a mask)".into());
+    }
+    if req.sampler != SamplerKind::default() || req.use_karras_sigmas {
+        return Err("sampler: inpainting (a mask) takes RePaint's steps; leave sampler and use_karras_sigmas out (num_inference_steps and eta apply)".into());
+    }
+    let keep: Vec<f32> = decode("mask", mask, 1)?
+        .iter()
+        .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
+        .collect();
+    let (jump_length, jump_n_sample) = (req.jump_length.unwrap_or(10), req.jump_n_sample.unwrap_or(10));
+    if !(1..=100).contains(&jump_n_sample) {
+        return Err(format!("jump_n_sample: {jump_n_sample} must lie in 1..=100"));
+    }
+    if jump_length == 0 || jump_length as usize > settings.num_inference_steps {
+        return Err(format!(
+            "jump_length: {jump_length} must lie in 1..={} (num_inference_steps)",
+            settings.num_inference_steps
+        ));
+    }
+    let clip = config.clip_range();
+    let repaint = diffusion::sampler::RePaintSchedulerConfig {
+        num_inference_steps: settings.num_inference_steps,
+        jump_length: jump_length as usize,
+        jump_n_sample: jump_n_sample as usize,
+        eta: settings.eta,
+        clip_sample: clip.is_some(),
+        clip_sample_range: clip.unwrap_or(1.0),
+    }
+    .init(&config.schedule.build().map_err(|e| e.to_string())?, config.prediction_type)
+    .map_err(|e| format!("mask: {e}"))?;
+    Ok((
+        Some(Edit::Inpaint {
+            image,
+            keep: keep.repeat(c),
+        }),
+        AnyScheduler::RePaint(repaint),
+    ))
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ fn random_seed() -> u64 {
     responses(
         (status = 200, description = "The images", body = GenerateResponse),
         (status = 400, description = "Malformed JSON, wrong types or unknown fields", body = ErrorBody),
-        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Content type is not application/json", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
         (status = 503, description = "Busy: it would not finish within the time limit, or the rows held are at the bound (Retry-After: when it would be admitted, predicted)", body = ErrorBody),

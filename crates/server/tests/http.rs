@@ -264,10 +264,10 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
         .as_str()
         .unwrap()
         .contains("application/json"));
-    let big = format!(r#"{{"class_label": 1, "pad": "{}"}}"#, "x".repeat(20_000));
+    let big = format!(r#"{{"class_label": 1, "pad": "{}"}}"#, "x".repeat(server::api::MAX_BODY));
     let r = post(srv.addr, &big).await;
     assert_eq!(r.status, 413);
-    assert!(r.json()["error"].as_str().unwrap().contains("16384"));
+    assert!(r.json()["error"].as_str().unwrap().contains("1048576"));
     let r = http(srv.addr, "GET", "/v1/generate.png?class_label=x", None, b"").await;
     assert_eq!(r.status, 400);
     let r = http(srv.addr, "GET", "/nope", None, b"").await;
@@ -736,4 +736,113 @@ async fn an_imported_rgb_model_serves_its_colour_images() {
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A base64 PNG of a `side` × `side` grey pattern (values in [-1, 1] from `f`).
+fn png_b64(side: usize, f: impl Fn(usize) -> f32) -> String {
+    use base64::Engine;
+    let values: Vec<f32> = (0..side * side).map(f).collect();
+    let png = artifacts::png_bytes(&artifacts::grid(&values, [1, 1, side, side], 1, 0, 1));
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// SDEdit and inpainting over HTTP: the very images the library gives for the same request,
+/// and every bad combination of the new fields a 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_image_and_mask_edit_as_the_library_does() {
+    let mut srv = start(1, Duration::from_secs(60)).await;
+    let image = png_b64(8, |i| if (i / 8) % 3 == 0 { 0.8 } else { -0.6 });
+    let mask = png_b64(8, |i| if i >= 32 { 1.0 } else { -1.0 });
+    let (model, cfg) = diffusion::weights::load_model(&weights(), &Device::flex()).unwrap();
+    let device = Device::flex();
+    let image_values = {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD.decode(&image).unwrap();
+        artifacts::image_values(&png, 1, 8, false).unwrap()
+    };
+    let to4 = |v: Vec<f32>| burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(v, [2, 1, 8, 8]), &device);
+    let request = SampleRequest {
+        image_shape: [1, 8, 8],
+        class_labels: vec![Some(1); 2],
+        guidance_scale: 2.0,
+        seed: 4,
+    };
+    // SDEdit, DDIM 10 steps at strength 0.6.
+    let body = format!(
+        r#"{{"class_label": 1, "guidance_scale": 2.0, "sampler": "ddim", "num_inference_steps": 10, "seed": 4, "num_images": 2, "init_image": "{image}", "strength": 0.6}}"#
+    );
+    let r = post(srv.addr, &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let scheduler = cfg
+        .scheduler(&SamplerSettings {
+            sampler: SamplerKind::Ddim,
+            num_inference_steps: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let values = to_host(
+        Sampling::new(&model, &scheduler, &request, &device)
+            .unwrap()
+            .with_init_image(to4(image_values.repeat(2)), 0.6)
+            .unwrap()
+            .run(|_| {}),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pngs: Vec<Vec<u8>> = r.json()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| b64.decode(s.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(pngs[1], server::worker::image_png(&values[64..], [1, 8, 8]));
+    // Inpainting, RePaint 10 steps with jumps.
+    let body = format!(
+        r#"{{"class_label": 1, "guidance_scale": 2.0, "num_inference_steps": 10, "seed": 4, "num_images": 2, "init_image": "{image}", "mask": "{mask}", "jump_length": 3, "jump_n_sample": 2}}"#
+    );
+    let r = post(srv.addr, &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let keep: Vec<f32> = (0..64).map(|i| if i >= 32 { 0.0 } else { 1.0 }).collect();
+    let repaint = diffusion::sampler::AnyScheduler::RePaint(
+        diffusion::sampler::RePaintSchedulerConfig {
+            num_inference_steps: 10,
+            jump_length: 3,
+            jump_n_sample: 2,
+            ..Default::default()
+        }
+        .init(&cfg.schedule.build().unwrap(), cfg.prediction_type)
+        .unwrap(),
+    );
+    let values = to_host(
+        Sampling::new(&model, &repaint, &request, &device)
+            .unwrap()
+            .with_inpainting(to4(image_values.repeat(2)), to4(keep.repeat(2)))
+            .unwrap()
+            .run(|_| {}),
+    );
+    let png = b64.decode(r.json()["images"][0].as_str().unwrap()).unwrap();
+    assert_eq!(png, server::worker::image_png(&values[..64], [1, 8, 8]));
+    // Bad combinations.
+    let big = png_b64(16, |_| 0.0);
+    let cases = [
+        (format!(r#"{{"mask": "{mask}"}}"#), "mask: applies to an init_image"),
+        (r#"{"strength": 0.5}"#.to_string(), "strength: applies to an init_image"),
+        (r#"{"init_image": "!!"}"#.to_string(), "init_image: not base64"),
+        (r#"{"init_image": "aGVsbG8="}"#.to_string(), "init_image: not a readable image"),
+        (format!(r#"{{"init_image": "{big}"}}"#), "init_image: the image is 16×16; the model takes 8×8"),
+        (format!(r#"{{"init_image": "{image}", "strength": 1.5}}"#), "strength = 1.5 must lie in (0, 1]"),
+        (format!(r#"{{"init_image": "{image}", "strength": 0.01}}"#), "leaves no step to take"),
+        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "strength": 0.5}}"#), "strength: applies to SDEdit"),
+        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "sampler": "ddim"}}"#), "sampler: inpainting"),
+        (format!(r#"{{"init_image": "{image}", "jump_length": 3}}"#), "jump_length: applies to inpainting"),
+        (format!(r#"{{"init_image": "{image}", "mask": "{big}"}}"#), "mask: the image is 16×16"),
+        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "jump_n_sample": 0}}"#), "jump_n_sample: 0"),
+    ];
+    for (body, needle) in cases {
+        let r = post(srv.addr, &body).await;
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(r.status, 422, "{body} → {msg}");
+        assert!(msg.contains(needle) && !msg.contains('\n'), "`{msg}` lacks `{needle}`");
+    }
+    srv.stop.take().unwrap().send(()).unwrap();
+    srv.done.await.unwrap().unwrap();
 }
