@@ -38,6 +38,8 @@ pub(crate) enum Command {
     /// Put several `eval` reports (eval.json) of one model side by side: a table and plots of
     /// FID against model calls (e.g. DPM-Solver++ vs DDIM at several step counts).
     EvalCompare(crate::eval_cmd::EvalCompareArgs),
+    /// Measure editing: SDEdit from sketches and RePaint of held-out digits, without a class.
+    EvalEdit(crate::eval_cmd::EvalEditArgs),
     /// List the backends compiled into this build (cpu, wgpu, cuda) and the devices each sees.
     Devices(crate::devices_cmd::DevicesArgs),
 }

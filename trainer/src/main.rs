@@ -37,6 +37,7 @@ fn main() {
         Command::TrainClassifier(a) => eval_cmd::cmd_train_classifier(a),
         Command::Eval(a) => eval_cmd::cmd_eval(a, m),
         Command::EvalCompare(a) => eval_cmd::cmd_eval_compare(a),
+        Command::EvalEdit(a) => eval_cmd::cmd_eval_edit(a),
         Command::Devices(a) => devices_cmd::cmd_devices(a),
     };
     if let Err(e) = result {

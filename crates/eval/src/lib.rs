@@ -9,6 +9,7 @@
 
 pub mod classifier;
 pub mod compare;
+pub mod editing;
 pub mod error;
 pub mod evaluate;
 pub mod fid;
