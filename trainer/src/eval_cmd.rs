@@ -336,7 +336,10 @@ pub fn cmd_eval_edit(a: EvalEditArgs) -> Result<()> {
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let md = eval::editing::edit_markdown(&report);
-    artifacts::write_atomic(&a.out.join("edit.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    artifacts::write_atomic(
+        &a.out.join("edit.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     artifacts::write_atomic(&a.out.join("edit.md"), md.as_bytes())?;
     println!("{md}");
     Ok(())

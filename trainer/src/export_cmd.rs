@@ -93,7 +93,11 @@ pub(crate) fn cmd_import(a: ImportArgs) -> Result<()> {
 pub(crate) fn cmd_export(a: ExportArgs) -> Result<()> {
     if a.format == Format::Toolkit {
         check_weights_out(&a.out)?;
-    } else if a.out.extension().is_some_and(|e| e == "safetensors" || e == "json") {
+    } else if a
+        .out
+        .extension()
+        .is_some_and(|e| e == "safetensors" || e == "json")
+    {
         bail!("--format diffusers writes a folder: give --out a directory, not a file name");
     }
     let device = burn::tensor::Device::flex();

@@ -76,7 +76,11 @@ const NEW_RUN_ONLY: &[&str] = &[
 pub(crate) fn train(m: &ArgMatches) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     if given(m, "resume") {
-        if let Some(id) = NEW_RUN_ONLY.iter().chain(ARCHITECTURE).find(|id| given(m, id)) {
+        if let Some(id) = NEW_RUN_ONLY
+            .iter()
+            .chain(ARCHITECTURE)
+            .find(|id| given(m, id))
+        {
             bail!(
                 "{} does not apply with --resume: a resumed run keeps its checkpoint's settings \
                  (only --steps, --device or --devices, --sync-every, --precision and --out may be given)",
@@ -150,7 +154,10 @@ pub(crate) fn sampler(m: &ArgMatches) -> Result<()> {
 pub(crate) fn sample(m: &ArgMatches, unconditional_model: bool) -> Result<Vec<String>> {
     if given(m, "mask") {
         // Inpainting takes RePaint's own steps; --eta is RePaint's η.
-        if let Some(id) = ["sampler", "karras_sigmas"].into_iter().find(|id| given(m, id)) {
+        if let Some(id) = ["sampler", "karras_sigmas"]
+            .into_iter()
+            .find(|id| given(m, id))
+        {
             bail!(
                 "{} does not apply with --mask: inpainting takes RePaint's steps (--steps, --eta)",
                 flag(id)

@@ -128,7 +128,8 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
         None => latents,
         Some(path) => {
             let [c, h, _] = config.unet.image_shape();
-            let image = artifacts::load_image_values(path, c, h, a.resize).map_err(|e| anyhow!(e))?;
+            let image =
+                artifacts::load_image_values(path, c, h, a.resize).map_err(|e| anyhow!(e))?;
             match &a.mask {
                 None => Some(Start::Image {
                     image,
@@ -138,10 +139,8 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
                     // White (> half grey) = regenerate; every channel of a pixel alike.
                     let m = artifacts::load_image_values(mask, 1, h, a.resize)
                         .map_err(|e| anyhow!(e))?;
-                    let keep: Vec<f32> = m
-                        .iter()
-                        .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
-                        .collect();
+                    let keep: Vec<f32> =
+                        m.iter().map(|&v| if v > 0.0 { 0.0 } else { 1.0 }).collect();
                     Some(Start::Inpaint {
                         image,
                         keep: keep.repeat(c),

@@ -1205,16 +1205,28 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
         "--out",
         &s(&w),
     ]));
-    assert!(err.contains("unconditional") && err.contains("F16"), "{err}");
+    assert!(
+        err.contains("unconditional") && err.contains("F16"),
+        "{err}"
+    );
     // The reference's x_T as .npy, and diffusers' result after 10 DDIM steps.
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(data.join("grey-two-levels.reference.json")).unwrap(),
     )
     .unwrap();
     let floats = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
     };
-    let shape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = r["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let latents = dir.join("x_t.npy");
     artifacts::save_npy(&latents, &floats(&r["x_t"]), &shape).unwrap();
     let npy = dir.join("out.npy");
@@ -1241,17 +1253,35 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
     let (ours, our_shape) = artifacts::parse_npy(&std::fs::read(&npy).unwrap()).unwrap();
     assert_eq!(our_shape, shape);
     let want = floats(&r["ddim"]);
-    let d = ours.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(d * 127.5 <= 2.0, "the CLI's DDIM from the latents differs by {}/255", d * 127.5);
+    let d = ours
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        d * 127.5 <= 2.0,
+        "the CLI's DDIM from the latents differs by {}/255",
+        d * 127.5
+    );
     // The latents must fit the request and the model.
-    fails_with(&sample(&["--num", "3"]), "holds 2 images, but --class all --num 3 asks for 3");
+    fails_with(
+        &sample(&["--num", "3"]),
+        "holds 2 images, but --class all --num 3 asks for 3",
+    );
     artifacts::save_npy(&latents, &vec![0.0; 2 * 3 * 12 * 12], &[2, 3, 12, 12]).unwrap();
     fails_with(&sample(&["--num", "2"]), "this model needs [N, 1, 12, 12]");
     std::fs::write(&latents, b"not numpy").unwrap();
     fails_with(&sample(&["--num", "2"]), "not a .npy file");
     // Export as a pipeline folder, import it again: the same bytes.
     let pipe = dir.join("pipeline");
-    ok(&trainer(&["export", "--weights", &s(&w), "--format", "diffusers", "--out", &s(&pipe)]));
+    ok(&trainer(&[
+        "export",
+        "--weights",
+        &s(&w),
+        "--format",
+        "diffusers",
+        "--out",
+        &s(&pipe),
+    ]));
     assert!(pipe.join("model_index.json").is_file());
     let w2 = dir.join("again.safetensors");
     ok(&trainer(&["import-diffusers", &s(&pipe), "--out", &s(&w2)]));
@@ -1271,11 +1301,27 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
         "--out",
         &s(&gw),
     ]));
-    assert_eq!(std::fs::read(&gw).unwrap(), std::fs::read(golden.join("google-style.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(&gw).unwrap(),
+        std::fs::read(golden.join("google-style.safetensors")).unwrap()
+    );
     let gnpy = dir.join("google.npy");
     ok(&trainer(&[
-        "sample", "--weights", &s(&gw), "--num", "4", "--sampler", "ddim", "--steps", "10",
-        "--seed", "3", "--out", &s(&dir.join("g.png")), "--npy", &s(&gnpy),
+        "sample",
+        "--weights",
+        &s(&gw),
+        "--num",
+        "4",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--seed",
+        "3",
+        "--out",
+        &s(&dir.join("g.png")),
+        "--npy",
+        &s(&gnpy),
     ]));
     assert_eq!(
         std::fs::read(&gnpy).unwrap(),
@@ -1287,7 +1333,15 @@ fn diffusers_import_sample_from_latents_export_round_trip() {
         "neither a pipeline folder",
     );
     fails_with(
-        &trainer(&["export", "--weights", &s(&w), "--format", "diffusers", "--out", &s(&w2)]),
+        &trainer(&[
+            "export",
+            "--weights",
+            &s(&w),
+            "--format",
+            "diffusers",
+            "--out",
+            &s(&w2),
+        ]),
         "writes a folder",
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -1303,9 +1357,25 @@ fn train_init_weights_fine_tunes_from_the_given_weights() {
     let tuned = out.join("tuned");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     ok(&trainer(&[
-        "train", "--init-weights", &s(&w), "--steps", "1", "--lr", "1e-12", "--warmup-steps", "0",
-        "--batch-size", "4", "--limit", "16", "--sample-every", "100", "--checkpoint-every", "1",
-        "--out", &s(&tuned),
+        "train",
+        "--init-weights",
+        &s(&w),
+        "--steps",
+        "1",
+        "--lr",
+        "1e-12",
+        "--warmup-steps",
+        "0",
+        "--batch-size",
+        "4",
+        "--limit",
+        "16",
+        "--sample-every",
+        "100",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        &s(&tuned),
     ]));
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(tuned.join("checkpoints/step-00000001/state.json")).unwrap(),
@@ -1314,8 +1384,19 @@ fn train_init_weights_fine_tunes_from_the_given_weights() {
     assert_eq!(state["config"]["init_weights"], s(&w));
     let sample = |weights: &Path, npy: &Path| {
         ok(&trainer(&[
-            "sample", "--weights", &s(weights), "--class", "3", "--num", "2", "--steps", "3",
-            "--out", &s(&out.join("s.png")), "--npy", &s(npy),
+            "sample",
+            "--weights",
+            &s(weights),
+            "--class",
+            "3",
+            "--num",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            &s(&out.join("s.png")),
+            "--npy",
+            &s(npy),
         ]))
     };
     let (a, b) = (out.join("a.npy"), out.join("b.npy"));
@@ -1323,15 +1404,38 @@ fn train_init_weights_fine_tunes_from_the_given_weights() {
     sample(&tuned.join("ema.safetensors"), &b);
     let read = |p: &Path| artifacts::parse_npy(&std::fs::read(p).unwrap()).unwrap().0;
     let (a, b) = (read(&a), read(&b));
-    let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(d < 1e-3, "fine-tuned at lr 1e-12, the EMA samples differ by {d}");
-    assert!(a.iter().any(|v| v.abs() > 0.05), "the samples are not trivially zero");
+    let d = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        d < 1e-3,
+        "fine-tuned at lr 1e-12, the EMA samples differ by {d}"
+    );
+    assert!(
+        a.iter().any(|v| v.abs() > 0.05),
+        "the samples are not trivially zero"
+    );
     fails_with(
-        &trainer(&["train", "--init-weights", &s(&w), "--base-channels", "64", "--out", &s(&tuned)]),
+        &trainer(&[
+            "train",
+            "--init-weights",
+            &s(&w),
+            "--base-channels",
+            "64",
+            "--out",
+            &s(&tuned),
+        ]),
         "--base-channels does not apply with --init-weights",
     );
     fails_with(
-        &trainer(&["train", "--init-weights", &s(&out.join("none.safetensors")), "--out", &s(&tuned)]),
+        &trainer(&[
+            "train",
+            "--init-weights",
+            &s(&out.join("none.safetensors")),
+            "--out",
+            &s(&tuned),
+        ]),
         "no such file",
     );
     std::fs::remove_dir_all(&out).unwrap();
@@ -1345,7 +1449,9 @@ fn sample_from_an_init_image() {
     let out = tmp("sdedit");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let png = |side: usize, name: &str| {
-        let values: Vec<f32> = (0..side * side).map(|i| if (i / side) % 7 < 3 { 1.0 } else { -1.0 }).collect();
+        let values: Vec<f32> = (0..side * side)
+            .map(|i| if (i / side) % 7 < 3 { 1.0 } else { -1.0 })
+            .collect();
         let p = out.join(name);
         artifacts::save_png(&p, &artifacts::grid(&values, [1, 1, side, side], 1, 0, 1)).unwrap();
         p
@@ -1353,26 +1459,56 @@ fn sample_from_an_init_image() {
     let (right, small) = (png(28, "right.png"), png(20, "small.png"));
     let sample = |img: &Path, extra: &[&str]| {
         let mut args = vec![
-            "sample".to_string(), "--weights".into(), s(&w), "--init-image".into(), s(img),
-            "--class".into(), "3".into(), "--num".into(), "2".into(), "--steps".into(), "10".into(),
-            "--out".into(), s(&out.join("o.png")), "--npy".into(), s(&out.join("o.npy")),
+            "sample".to_string(),
+            "--weights".into(),
+            s(&w),
+            "--init-image".into(),
+            s(img),
+            "--class".into(),
+            "3".into(),
+            "--num".into(),
+            "2".into(),
+            "--steps".into(),
+            "10".into(),
+            "--out".into(),
+            s(&out.join("o.png")),
+            "--npy".into(),
+            s(&out.join("o.npy")),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     ok(&sample(&right, &["--strength", "0.5"]));
-    fails_with(&sample(&small, &["--strength", "0.5"]), "the image is 20×20; the model takes 28×28");
+    fails_with(
+        &sample(&small, &["--strength", "0.5"]),
+        "the image is 20×20; the model takes 28×28",
+    );
     ok(&sample(&small, &["--strength", "0.5", "--resize"]));
-    fails_with(&sample(&right, &["--strength", "1.5"]), "strength = 1.5 must lie in (0, 1]");
-    fails_with(&sample(&right, &["--strength", "0.05"]), "leaves no step to take");
+    fails_with(
+        &sample(&right, &["--strength", "1.5"]),
+        "strength = 1.5 must lie in (0, 1]",
+    );
+    fails_with(
+        &sample(&right, &["--strength", "0.05"]),
+        "leaves no step to take",
+    );
     std::fs::write(out.join("bad.png"), b"no image").unwrap();
     fails_with(&sample(&out.join("bad.png"), &[]), "not a readable image");
     // Inpainting: white = regenerate; the kept pixels come back exactly.
-    let mask_values: Vec<f32> = (0..28 * 28).map(|i| if i >= 14 * 28 { 1.0 } else { -1.0 }).collect();
+    let mask_values: Vec<f32> = (0..28 * 28)
+        .map(|i| if i >= 14 * 28 { 1.0 } else { -1.0 })
+        .collect();
     let mask = out.join("mask.png");
-    artifacts::save_png(&mask, &artifacts::grid(&mask_values, [1, 1, 28, 28], 1, 0, 1)).unwrap();
+    artifacts::save_png(
+        &mask,
+        &artifacts::grid(&mask_values, [1, 1, 28, 28], 1, 0, 1),
+    )
+    .unwrap();
     let m = s(&mask);
-    ok(&sample(&right, &["--mask", &m, "--jump-length", "2", "--jump-n-sample", "2"]));
+    ok(&sample(
+        &right,
+        &["--mask", &m, "--jump-length", "2", "--jump-n-sample", "2"],
+    ));
     let (got, shape) = artifacts::parse_npy(&std::fs::read(out.join("o.npy")).unwrap()).unwrap();
     assert_eq!(shape, vec![2, 1, 28, 28]);
     let image = artifacts::load_image_values(&right, 1, 28, false).unwrap();
@@ -1381,7 +1517,13 @@ fn sample_from_an_init_image() {
             assert_eq!(got[k * 784 + i], image[i], "kept pixel {i} of image {k}");
         }
     }
-    fails_with(&sample(&right, &["--mask", &s(&small)]), "the image is 20×20");
-    fails_with(&sample(&right, &["--mask", &m, "--sampler", "ddim"]), "--sampler does not apply with --mask");
+    fails_with(
+        &sample(&right, &["--mask", &s(&small)]),
+        "the image is 20×20",
+    );
+    fails_with(
+        &sample(&right, &["--mask", &m, "--sampler", "ddim"]),
+        "--sampler does not apply with --mask",
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }

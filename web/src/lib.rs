@@ -509,4 +509,3 @@ impl Sampler {
         Ok(result.into())
     }
 }
-

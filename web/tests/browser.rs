@@ -188,7 +188,10 @@ fn large_models_are_refused_with_a_reason() {
     // google/ddpm-celebahq-256's U-Net: ch 128, mults 1-1-2-2-4-4, attention at 16×16.
     let celeba = UNetConfig::new(3, 256, 128, vec![1, 1, 2, 2, 4, 4], vec![16]);
     let e = web::browser_budget(&ModelConfig::new(celeba), 455 << 20).unwrap_err();
-    assert!(e.contains("GFLOP per image per step") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("GFLOP per image per step") && !e.contains('\n'),
+        "{e}"
+    );
     let e = web::browser_budget(&ModelConfig::new(UNetConfig::mnist()), 2 << 30).unwrap_err();
     assert!(e.contains("MB"), "{e}");
 }
@@ -221,9 +224,18 @@ async fn imported_rgb_model_equals_native_on_both_backends() {
         let values: js_sys::Float32Array =
             js_sys::Reflect::get(&r, &"values".into()).unwrap().into();
         let values = values.to_vec();
-        assert_eq!(values.len(), golden.len(), "{backend}: 4 × 3 × 8 × 8 values");
+        assert_eq!(
+            values.len(),
+            golden.len(),
+            "{backend}: 4 × 3 × 8 × 8 values"
+        );
         let max_px = max_pixel_difference(&values, &golden);
-        web_sys_log(&format!("{backend} imported google-style: max |Δ| {max_px}/255"));
-        assert!(max_px <= 2, "{backend}: the imported RGB model differs by {max_px}/255 from native");
+        web_sys_log(&format!(
+            "{backend} imported google-style: max |Δ| {max_px}/255"
+        ));
+        assert!(
+            max_px <= 2,
+            "{backend}: the imported RGB model differs by {max_px}/255 from native"
+        );
     }
 }

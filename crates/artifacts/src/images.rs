@@ -64,7 +64,11 @@ pub fn image_values(
     let img = if (w, h) == (size, size) {
         img
     } else if resize {
-        img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
+        img.resize_exact(
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        )
     } else {
         return Err(format!(
             "the image is {w}×{h}; the model takes {size}×{size} (resize it, or ask for it to \
@@ -72,7 +76,12 @@ pub fn image_values(
         ));
     };
     let values = match channels {
-        1 => img.to_luma8().pixels().map(|p| p.0[0]).map(to_model).collect(),
+        1 => img
+            .to_luma8()
+            .pixels()
+            .map(|p| p.0[0])
+            .map(to_model)
+            .collect(),
         3 => {
             let rgb = img.to_rgb8();
             let plane = |c: usize| rgb.pixels().map(move |p| to_model(p.0[c]));

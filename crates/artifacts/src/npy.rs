@@ -56,7 +56,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         let at = header
             .find(&format!("'{key}'"))
             .ok_or_else(|| format!("the .npy header has no '{key}'"))?;
-        Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+        Ok(header[at + key.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start())
     };
     let descr = field("descr")?;
     let width = if descr.starts_with("'<f4'") {
@@ -65,7 +68,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         8
     } else {
         let d = descr.split(',').next().unwrap_or(descr);
-        return Err(format!("dtype {d} is not supported: save float32 (or float64)"));
+        return Err(format!(
+            "dtype {d} is not supported: save float32 (or float64)"
+        ));
     };
     if field("fortran_order")?.starts_with("True") {
         return Err("Fortran-order arrays are not supported: save a C-order array".into());
@@ -79,7 +84,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in the .npy shape")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}` in the .npy shape"))
+        })
         .collect::<Result<Vec<usize>, String>>()?;
     let count = shape
         .iter()
@@ -117,10 +125,14 @@ mod tests {
         assert_eq!(parse_npy(&bytes).unwrap(), (values.to_vec(), vec![1, 2, 3]));
         assert_eq!(parse_npy(&npy_bytes(&[4.0], &[1])).unwrap().1, vec![1]);
         assert!(parse_npy(b"hello").unwrap_err().contains("not a .npy"));
-        assert!(parse_npy(&bytes[..bytes.len() - 4]).unwrap_err().contains("needs 24"));
+        assert!(parse_npy(&bytes[..bytes.len() - 4])
+            .unwrap_err()
+            .contains("needs 24"));
         let mut int = bytes.clone();
         let at = int.windows(3).position(|w| w == b"<f4").unwrap();
         int[at + 1] = b'i';
-        assert!(parse_npy(&int).unwrap_err().contains("'<i4' is not supported"));
+        assert!(parse_npy(&int)
+            .unwrap_err()
+            .contains("'<i4' is not supported"));
     }
 }

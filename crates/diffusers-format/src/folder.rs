@@ -55,7 +55,8 @@ fn locate(dir: &Path) -> Result<(PathBuf, Option<PathBuf>, Vec<String>)> {
                     path: shown(&index),
                     field: "unet".into(),
                     value: other.map(Value::to_string).unwrap_or("absent".into()),
-                    why: "a pipeline whose unet is a UNet2DModel (DDPMPipeline, DDIMPipeline)".into(),
+                    why: "a pipeline whose unet is a UNet2DModel (DDPMPipeline, DDIMPipeline)"
+                        .into(),
                 })
             }
         }
@@ -67,10 +68,16 @@ fn locate(dir: &Path) -> Result<(PathBuf, Option<PathBuf>, Vec<String>)> {
                 scheduler.display()
             ));
         }
-        return Ok((dir.join("unet"), Some(scheduler).filter(|p| p.is_file()), notes));
+        return Ok((
+            dir.join("unet"),
+            Some(scheduler).filter(|p| p.is_file()),
+            notes,
+        ));
     }
     if dir.join("config.json").is_file() {
-        let sibling = dir.parent().map(|p| p.join("scheduler").join("scheduler_config.json"));
+        let sibling = dir
+            .parent()
+            .map(|p| p.join("scheduler").join("scheduler_config.json"));
         let scheduler = sibling.filter(|p| p.is_file());
         if scheduler.is_none() {
             notes.push(format!(
@@ -125,7 +132,10 @@ fn expected_tensors(config: &ModelConfig, device: &Device) -> Result<Vec<(String
         fn exit_module(&mut self, _name: &str, _container_type: &str) {
             self.path.pop();
         }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
             self.found
                 .push((self.path.join("."), param.lazy_shape().dims::<D>().to_vec()));
         }
@@ -145,7 +155,8 @@ fn expected_tensors(config: &ModelConfig, device: &Device) -> Result<Vec<(String
 pub fn import(dir: &Path, device: &Device) -> Result<Imported> {
     let (unet_dir, scheduler, mut notes) = locate(dir)?;
     let unet_json = unet_dir.join("config.json");
-    let diffusers_unet = DiffusersUNetConfig::from_json(&read_text(&unet_json)?, &shown(&unet_json))?;
+    let diffusers_unet =
+        DiffusersUNetConfig::from_json(&read_text(&unet_json)?, &shown(&unet_json))?;
     let unet = diffusers_unet.to_ours(&shown(&unet_json))?;
     for field in &diffusers_unet.ignored {
         notes.push(format!(
@@ -177,7 +188,8 @@ pub fn import(dir: &Path, device: &Device) -> Result<Imported> {
         ));
     }
     let weights_path = weights_file(&unet_dir)?;
-    let bytes = std::fs::read(&weights_path).map_err(|e| artifacts::IoError::new(&weights_path, e))?;
+    let bytes =
+        std::fs::read(&weights_path).map_err(|e| artifacts::IoError::new(&weights_path, e))?;
     let fail = |reason: String| Error::Weights {
         path: shown(&weights_path),
         reason,
@@ -214,9 +226,12 @@ pub fn export(
         reason: format!("diffusers cannot express this model: {reason}"),
     };
     let unet = DiffusersUNetConfig::from_ours(&config.unet).map_err(cannot)?;
-    let scheduler =
-        scheduler_config::write(&config.schedule, config.prediction_type, config.clip_range())
-            .map_err(cannot)?;
+    let scheduler = scheduler_config::write(
+        &config.schedule,
+        config.prediction_type,
+        config.clip_range(),
+    )
+    .map_err(cannot)?;
     let ours = tensors::read(&weights_to_bytes(model, false)?).map_err(|e| Error::Weights {
         path: "<model>".into(),
         reason: e,
@@ -236,7 +251,10 @@ pub fn export(
         std::fs::create_dir_all(&d).map_err(|e| artifacts::IoError::new(&d, e))?;
     }
     artifacts::write_atomic(&out_dir.join("unet").join(WEIGHTS_FILE), &bytes)?;
-    artifacts::write_atomic(&out_dir.join("unet").join("config.json"), unet.to_json().as_bytes())?;
+    artifacts::write_atomic(
+        &out_dir.join("unet").join("config.json"),
+        unet.to_json().as_bytes(),
+    )?;
     artifacts::write_atomic(
         &out_dir.join("scheduler").join("scheduler_config.json"),
         scheduler.as_bytes(),

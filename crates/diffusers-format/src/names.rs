@@ -49,9 +49,9 @@ pub fn source(ours: &str) -> Option<Source> {
         ["down", i, "downsample", "conv", p @ ("weight" | "bias")] => Some(Source::Same(format!(
             "down_blocks.{i}.downsamplers.0.conv.{p}"
         ))),
-        ["up", i, "upsample", "conv", p @ ("weight" | "bias")] => Some(Source::Same(format!(
-            "up_blocks.{i}.upsamplers.0.conv.{p}"
-        ))),
+        ["up", i, "upsample", "conv", p @ ("weight" | "bias")] => {
+            Some(Source::Same(format!("up_blocks.{i}.upsamplers.0.conv.{p}")))
+        }
         ["mid_block_1", rest @ ..] => res_block("mid_block.resnets.0", rest),
         ["mid_block_2", rest @ ..] => res_block("mid_block.resnets.1", rest),
         ["mid_attention", rest @ ..] => attention("mid_block.attentions.0", rest),
@@ -252,7 +252,9 @@ mod tests {
         );
         assert_eq!(
             source("mid_block_2.emb_proj.weight"),
-            Some(Source::Transposed("mid_block.resnets.1.time_emb_proj.weight".into()))
+            Some(Source::Transposed(
+                "mid_block.resnets.1.time_emb_proj.weight".into()
+            ))
         );
         assert_eq!(
             source("down.0.downsample.conv.weight"),
@@ -260,7 +262,9 @@ mod tests {
         );
         assert_eq!(
             source("mid_attention.proj.weight"),
-            Some(Source::Conv1x1("mid_block.attentions.0.to_out.0.weight".into()))
+            Some(Source::Conv1x1(
+                "mid_block.attentions.0.to_out.0.weight".into()
+            ))
         );
         assert_eq!(source("norm_out.beta"), same("conv_norm_out.bias"));
         assert_eq!(source("down.0.blocks.0.dropout.weight"), None);
@@ -288,7 +292,10 @@ mod tests {
             theirs["mid_block.attentions.0.to_k.weight"],
             HostTensor::new(vec![c, c], qkv[4..8].to_vec())
         );
-        assert_eq!(theirs["mid_block.attentions.0.to_v.bias"].data, vec![5.0, 6.0]);
+        assert_eq!(
+            theirs["mid_block.attentions.0.to_v.bias"].data,
+            vec![5.0, 6.0]
+        );
         let expected: Vec<(String, Vec<usize>)> = ours
             .iter()
             .map(|(n, t)| (n.clone(), t.shape.clone()))
@@ -297,7 +304,9 @@ mod tests {
         // A tensor too many, or one missing, is named.
         let mut extra = theirs.clone();
         extra.insert("x.weight".into(), HostTensor::new(vec![1], vec![0.0]));
-        assert!(to_ours(&expected, &extra).unwrap_err().contains("unexpected tensor `x.weight`"));
+        assert!(to_ours(&expected, &extra)
+            .unwrap_err()
+            .contains("unexpected tensor `x.weight`"));
         // q, k and v must each be one C × C projection, not rows that merely add up.
         let mut uneven = theirs.clone();
         uneven.insert(
@@ -312,8 +321,13 @@ mod tests {
             .unwrap_err()
             .contains("`mid_block.attentions.0.to_q.weight` has shape [3, 2]"));
         let mut scalar = theirs.clone();
-        scalar.insert("mid_block.attentions.0.to_q.bias".into(), HostTensor::new(vec![], vec![0.0]));
-        assert!(to_ours(&expected, &scalar).unwrap_err().contains("has shape []"));
+        scalar.insert(
+            "mid_block.attentions.0.to_q.bias".into(),
+            HostTensor::new(vec![], vec![0.0]),
+        );
+        assert!(to_ours(&expected, &scalar)
+            .unwrap_err()
+            .contains("has shape []"));
         let mut missing = theirs;
         missing.remove("mid_block.attentions.0.to_q.weight");
         assert!(to_ours(&expected, &missing)

@@ -47,12 +47,25 @@ pub fn read(text: &str, path: &str) -> Result<SchedulerFacts> {
     };
     // Schedulers over a β schedule: the model's training schedule is in their config.
     const BETA_SCHEDULERS: &[&str] = &[
-        "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
-        "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "PNDMScheduler",
-        "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-        "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-        "UniPCMultistepScheduler", "DEISMultistepScheduler", "RePaintScheduler",
-        "DDPMParallelScheduler", "DDIMParallelScheduler", "LCMScheduler", "TCDScheduler",
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverSDEScheduler",
+        "PNDMScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "RePaintScheduler",
+        "DDPMParallelScheduler",
+        "DDIMParallelScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
     ];
     if let Some(class) = map.get("_class_name").and_then(Value::as_str) {
         if !BETA_SCHEDULERS.contains(&class) {
@@ -67,13 +80,17 @@ pub fn read(text: &str, path: &str) -> Result<SchedulerFacts> {
     let number = |k: &str, default: f64| -> Result<f64> {
         match get(k) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| bad(format!("{k} = {v} is not a number"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(format!("{k} = {v} is not a number"))),
         }
     };
     let flag = |k: &str, default: bool| -> Result<bool> {
         match get(k) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| bad(format!("{k} = {v} is not true/false"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad(format!("{k} = {v} is not true/false"))),
         }
     };
     let text_of = |k: &str, default: &str| -> Result<String> {
@@ -87,7 +104,9 @@ pub fn read(text: &str, path: &str) -> Result<SchedulerFacts> {
     };
     let t = number("num_train_timesteps", 1000.0)?;
     if !(t >= 1.0 && t.fract() == 0.0) {
-        return Err(bad(format!("num_train_timesteps = {t} is not a positive integer")));
+        return Err(bad(format!(
+            "num_train_timesteps = {t} is not a positive integer"
+        )));
     }
     if let Some(v) = get("trained_betas") {
         return Err(unsupported(
@@ -136,12 +155,17 @@ pub fn read(text: &str, path: &str) -> Result<SchedulerFacts> {
     let clip_sample = flag("clip_sample", true)?;
     let clip_sample_range = number("clip_sample_range", 1.0)?;
     if !(clip_sample_range > 0.0 && clip_sample_range.is_finite()) {
-        return Err(bad(format!("clip_sample_range = {clip_sample_range} must be positive")));
+        return Err(bad(format!(
+            "clip_sample_range = {clip_sample_range} must be positive"
+        )));
     }
     let mut notes = Vec::new();
     let mut note = |k: &str, ours: &str| {
         if let Some(v) = get(k) {
-            let shown = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+            let shown = v
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string());
             if shown != ours {
                 notes.push(format!(
                     "scheduler {k} = {shown} is a sampling setting; our samplers use {ours}"
@@ -219,7 +243,10 @@ pub fn write(
     set("sample_max_value", 1.0.into());
     set("timestep_spacing", "leading".into());
     set("steps_offset", 0.into());
-    set("rescale_betas_zero_snr", schedule.rescale_zero_terminal_snr.into());
+    set(
+        "rescale_betas_zero_snr",
+        schedule.rescale_zero_terminal_snr.into(),
+    );
     let mut text = serde_json::to_string_pretty(&sorted(Value::Object(m))).expect("JSON");
     text.push('\n');
     Ok(text)

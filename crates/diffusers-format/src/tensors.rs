@@ -60,7 +60,8 @@ pub enum StoredDtype {
 /// Reads every tensor of a safetensors buffer into f32 (from f32, f16 or bf16). Returns the
 /// tensors and the dtype they were stored in (the widest, if mixed); an error is one line.
 pub fn read(bytes: &[u8]) -> Result<(Tensors, StoredDtype), String> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
+    let file =
+        SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
     let mut out = Tensors::new();
     let mut stored = None;
     for (name, view) in file.tensors() {
@@ -120,7 +121,11 @@ pub fn write(
             (name.clone(), bytes, t.shape.clone())
         })
         .collect();
-    let dtype = if half_precision { Dtype::F16 } else { Dtype::F32 };
+    let dtype = if half_precision {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    };
     let views = encoded
         .iter()
         .map(|(name, bytes, shape)| {
@@ -144,7 +149,10 @@ mod tests {
     #[test]
     fn f32_and_f16_round_trip_and_bytes_are_canonical() {
         let mut t = Tensors::new();
-        t.insert("b".into(), HostTensor::new(vec![2, 3], vec![1.0, -2.5, 3.0, 0.0, 1e-3, 7.0]));
+        t.insert(
+            "b".into(),
+            HostTensor::new(vec![2, 3], vec![1.0, -2.5, 3.0, 0.0, 1e-3, 7.0]),
+        );
         t.insert("a".into(), HostTensor::new(vec![1], vec![0.5]));
         let bytes = write(&t, false, &[("format", "pt")]).unwrap();
         assert_eq!(write(&t, false, &[("format", "pt")]).unwrap(), bytes);
@@ -154,7 +162,9 @@ mod tests {
         assert_eq!(dtype, StoredDtype::F16);
         assert_eq!(half["b"].data[1], -2.5);
         assert!((half["b"].data[4] - 1e-3).abs() < 1e-6);
-        assert!(read(b"nonsense").unwrap_err().contains("not a safetensors file"));
+        assert!(read(b"nonsense")
+            .unwrap_err()
+            .contains("not a safetensors file"));
     }
 
     #[test]

@@ -160,14 +160,24 @@ fn mid_block() -> Option<String> {
     Some("UNetMidBlock2D".into())
 }
 fn default_down_blocks() -> Vec<String> {
-    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_up_blocks() -> Vec<String> {
-    ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_block_out_channels() -> Vec<usize> {
     vec![224, 448, 672, 896]
@@ -314,7 +324,11 @@ impl DiffusersUNetConfig {
             other => return unsupported("mid_block_type", &other, "only UNetMidBlock2D"),
         }
         if self.mid_block_scale_factor != 1.0 {
-            return unsupported("mid_block_scale_factor", &self.mid_block_scale_factor, "only 1");
+            return unsupported(
+                "mid_block_scale_factor",
+                &self.mid_block_scale_factor,
+                "only 1",
+            );
         }
         for (field, value) in [
             ("downsample_type", &self.downsample_type),
@@ -362,7 +376,11 @@ impl DiffusersUNetConfig {
         // diffusers' middle attention normalises with attn_norm_num_groups, or without it with
         // the ResNets' groups under `default` and not at all under `scale_shift`.
         if self.attn_norm_num_groups == Some(0) {
-            return unsupported("attn_norm_num_groups", &0, "a positive number of groups, or null");
+            return unsupported(
+                "attn_norm_num_groups",
+                &0,
+                "a positive number of groups, or null",
+            );
         }
         let mid_attention_norm_groups = match (self.attn_norm_num_groups, time_mode) {
             (Some(g), _) if g == norm_groups => None,
@@ -371,13 +389,19 @@ impl DiffusersUNetConfig {
             (None, TimeMode::Film) => Some(0),
         };
         let base = self.block_out_channels[0];
-        let mut u = UNetConfig::new(self.in_channels, resolution, base, vec![], attention_resolutions)
-            .with_num_res_blocks(self.layers_per_block)
-            .with_dropout(self.dropout)
-            .with_num_classes(num_classes)
-            .with_time_mode(time_mode)
-            .with_norm_groups(norm_groups)
-            .with_norm_eps(self.norm_eps);
+        let mut u = UNetConfig::new(
+            self.in_channels,
+            resolution,
+            base,
+            vec![],
+            attention_resolutions,
+        )
+        .with_num_res_blocks(self.layers_per_block)
+        .with_dropout(self.dropout)
+        .with_num_classes(num_classes)
+        .with_time_mode(time_mode)
+        .with_norm_groups(norm_groups)
+        .with_norm_eps(self.norm_eps);
         u.block_out_channels = Some(self.block_out_channels.clone());
         if up_attention_resolutions != u.attention_resolutions {
             u.up_attention_resolutions = Some(up_attention_resolutions);
@@ -528,7 +552,12 @@ pub(crate) fn sorted(value: Value) -> Value {
         }
         Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
         // diffusers writes integral numbers as ints (freq_shift: 1, not 1.0).
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) && !n.is_i64() && !n.is_u64() => {
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                && !n.is_i64()
+                && !n.is_u64() =>
+        {
             Value::from(n.as_f64().unwrap() as i64)
         }
         other => other,

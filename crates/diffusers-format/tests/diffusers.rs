@@ -101,7 +101,12 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Our outputs on the reference's inputs: ε at each timestep, then 10 DDIM steps configured
 /// as diffusers' `DDIMScheduler.from_config` of the folder's scheduler.
-fn our_outputs(model: &UNet, config: &ModelConfig, r: &Reference, device: &Device) -> (Vec<Vec<f32>>, Vec<usize>, Vec<f32>) {
+fn our_outputs(
+    model: &UNet,
+    config: &ModelConfig,
+    r: &Reference,
+    device: &Device,
+) -> (Vec<Vec<f32>>, Vec<usize>, Vec<f32>) {
     let x_t = Tensor::<4>::from_data(TensorData::new(r.x_t.clone(), r.shape), device);
     let n = r.shape[0];
     let labels = r.labels.as_deref();
@@ -137,7 +142,10 @@ fn imported_models_match_diffusers_outputs() {
         let (eps, timesteps, ddim) = our_outputs(&imported.model, &imported.config, &r, &device);
         for ((t, want), got) in r.eps.iter().zip(&eps) {
             let rel = relative(got, want);
-            assert!(rel <= 1e-4, "{case}: ε at t = {t} differs by {rel:e} (relative)");
+            assert!(
+                rel <= 1e-4,
+                "{case}: ε at t = {t} differs by {rel:e} (relative)"
+            );
         }
         assert_eq!(timesteps, r.ddim_timesteps, "{case}: DDIM timesteps");
         // Pixels: x ∈ [-1, 1] ↦ 127.5 (x + 1), so 2/255 of the range is 2/127.5 in x.
@@ -162,12 +170,18 @@ fn what_each_fixture_exercises_was_imported() {
     let get = |case: &str| import(&data().join(case), &device).unwrap();
     let defaults = get("defaults-rgb");
     let u = &defaults.config.unet;
-    assert_eq!((u.in_channels, u.flip_sin_to_cos, u.freq_shift), (3, Some(true), Some(0.0)));
+    assert_eq!(
+        (u.in_channels, u.flip_sin_to_cos, u.freq_shift),
+        (3, Some(true), Some(0.0))
+    );
     assert_eq!(u.attention_head_dim, Some(4));
     assert_eq!(defaults.stored, StoredDtype::Bf16);
     let google = get("google-style");
     let u = &google.config.unet;
-    assert_eq!((u.flip_sin_to_cos, u.freq_shift, u.downsample_padding), (None, None, Some(0)));
+    assert_eq!(
+        (u.flip_sin_to_cos, u.freq_shift, u.downsample_padding),
+        (None, None, Some(0))
+    );
     assert_eq!(google.stored, StoredDtype::F16);
     assert_eq!(
         google.config.schedule.beta_schedule,
@@ -177,12 +191,22 @@ fn what_each_fixture_exercises_was_imported() {
     let u = &grey.config.unet;
     assert_eq!(u.attention_resolutions, vec![6, 3]);
     assert_eq!(u.up_attention_resolutions, Some(vec![3]));
-    assert_eq!(u.mid_attention_norm_groups, Some(0), "scale_shift: no GroupNorm in the middle");
+    assert_eq!(
+        u.mid_attention_norm_groups,
+        Some(0),
+        "scale_shift: no GroupNorm in the middle"
+    );
     assert_eq!(grey.config.clip_sample, Some(false));
     let cond = get("class-conditional");
     let u = &cond.config.unet;
-    assert_eq!((u.num_classes, u.mid_attention, u.time_embedding_dim), (Some(3), Some(false), Some(24)));
-    assert_eq!(cond.config.prediction_type, diffusion::PredictionType::VPrediction);
+    assert_eq!(
+        (u.num_classes, u.mid_attention, u.time_embedding_dim),
+        (Some(3), Some(false), Some(24))
+    );
+    assert_eq!(
+        cond.config.prediction_type,
+        diffusion::PredictionType::VPrediction
+    );
 }
 
 #[test]
@@ -229,17 +253,31 @@ fn export_gives_back_diffusers_tensors_and_config_and_reloads_bit_exactly() {
         let again = import(&exported, &device).unwrap();
         assert_eq!(again.config, imported.config, "{case}");
         let x = diffusion::NoiseRng::new(3).normal_tensor(
-            [2, cfg.unet.in_channels, cfg.unet.resolution, cfg.unet.resolution],
+            [
+                2,
+                cfg.unet.in_channels,
+                cfg.unet.resolution,
+                cfg.unet.resolution,
+            ],
             &device,
         );
         let labels = cfg.unet.num_classes.map(|n| vec![0, n]);
-        let a = values(imported.model.forward(x.clone(), &[500.0, 20.0], labels.as_deref()));
-        let b = values(again.model.forward(x.clone(), &[500.0, 20.0], labels.as_deref()));
+        let a = values(
+            imported
+                .model
+                .forward(x.clone(), &[500.0, 20.0], labels.as_deref()),
+        );
+        let b = values(
+            again
+                .model
+                .forward(x.clone(), &[500.0, 20.0], labels.as_deref()),
+        );
         let c = values(reloaded.forward(x, &[500.0, 20.0], labels.as_deref()));
         assert_eq!(a, b, "{case}: export → import is bit-exact");
         assert_eq!(a, c, "{case}: save → load is bit-exact");
         // The same model gives the same bytes.
-        let first = std::fs::read(exported.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+        let first =
+            std::fs::read(exported.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
         export(&again.model, &again.config, &exported, false).unwrap();
         assert_eq!(
             std::fs::read(exported.join("unet/diffusion_pytorch_model.safetensors")).unwrap(),
@@ -271,10 +309,22 @@ fn edited_unet_folder(name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
 fn unsupported_configs_are_one_line_errors_naming_the_field() {
     let device = Device::flex();
     let cases: [(&str, Value, &str); 9] = [
-        ("block_out_channels", serde_json::json!([]), "block_out_channels"),
+        (
+            "block_out_channels",
+            serde_json::json!([]),
+            "block_out_channels",
+        ),
         ("attn_norm_num_groups", 0.into(), "attn_norm_num_groups"),
-        ("time_embedding_type", "fourier".into(), "time_embedding_type"),
-        ("down_block_types", serde_json::json!(["DownBlock2D", "AttnSkipDownBlock2D"]), "down_block_types[1]"),
+        (
+            "time_embedding_type",
+            "fourier".into(),
+            "time_embedding_type",
+        ),
+        (
+            "down_block_types",
+            serde_json::json!(["DownBlock2D", "AttnSkipDownBlock2D"]),
+            "down_block_types[1]",
+        ),
         ("class_embed_type", "timestep".into(), "class_embed_type"),
         ("out_channels", 6.into(), "out_channels"),
         ("act_fn", "gelu".into(), "act_fn"),
@@ -283,32 +333,50 @@ fn unsupported_configs_are_one_line_errors_naming_the_field() {
     ];
     for (field, value, named) in cases {
         let dir = edited_unet_folder(&format!("bad-{field}"), |c| c[field] = value);
-        let e = import(&dir.join("unet"), &device).err().expect(field).to_string();
+        let e = import(&dir.join("unet"), &device)
+            .err()
+            .expect(field)
+            .to_string();
         assert!(e.contains(named) && !e.contains('\n'), "{field}: {e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
     // What diffusers accepts under other names imports as the same model.
-    let reference = import(&data().join("defaults-rgb"), &device).unwrap().config.unet;
+    let reference = import(&data().join("defaults-rgb"), &device)
+        .unwrap()
+        .config
+        .unet;
     let dir = edited_unet_folder("aliases", |c| {
         c["act_fn"] = "swish".into();
         c["down_block_types"] = serde_json::json!(["UNetResDownBlock2D", "AttnDownBlock2D"]);
         c["time_embedding_dim"] = 0.into();
     });
-    assert_eq!(import(&dir.join("unet"), &device).unwrap().config.unet, reference);
+    assert_eq!(
+        import(&dir.join("unet"), &device).unwrap().config.unet,
+        reference
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     // A field diffusers does not know is ignored, as diffusers ignores it, with a note.
     let dir = edited_unet_folder("unknown-field", |c| c["some_new_field"] = 1.into());
     let imported = import(&dir.join("unet"), &device).unwrap();
     assert!(
-        imported.notes.iter().any(|n| n.contains("field `some_new_field`") && n.contains("ignored")),
+        imported
+            .notes
+            .iter()
+            .any(|n| n.contains("field `some_new_field`") && n.contains("ignored")),
         "{:?}",
         imported.notes
     );
     std::fs::remove_dir_all(&dir).unwrap();
     // Weights that do not fit the config name the tensor; a folder that is neither kind says so.
     let dir = edited_unet_folder("bad-weights", |c| c["layers_per_block"] = 2.into());
-    let e = import(&dir.join("unet"), &device).err().unwrap().to_string();
-    assert!(e.contains("missing tensor `down_blocks.0.resnets.1."), "{e}");
+    let e = import(&dir.join("unet"), &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("missing tensor `down_blocks.0.resnets.1."),
+        "{e}"
+    );
     let e = import(&dir, &device).err().unwrap().to_string();
     assert!(e.contains("neither a pipeline folder"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -328,7 +396,8 @@ fn ours_tiny(device: &Device) -> (UNet, ModelConfig) {
     let config = ModelConfig::new(unet);
     let model = config.unet.init(device).unwrap().randomize(21, 0.2);
     let half = diffusion::weights::weights_to_bytes(&model, true).unwrap();
-    let model = diffusion::weights::load_model_from_bytes(&config, half, "ours-tiny", device).unwrap();
+    let model =
+        diffusion::weights::load_model_from_bytes(&config, half, "ours-tiny", device).unwrap();
     (model, config)
 }
 
@@ -362,11 +431,18 @@ fn our_export_runs_in_diffusers_with_the_same_forward() {
     }
     std::fs::remove_dir_all(&out).unwrap();
     let r = reference(&dir.join("ours-tiny.diffusers-eps.json"));
-    assert_eq!(r.labels.as_deref(), Some(&[0, 3][..]), "a class and the null row");
+    assert_eq!(
+        r.labels.as_deref(),
+        Some(&[0, 3][..]),
+        "a class and the null row"
+    );
     let (eps, timesteps, ddim) = our_outputs(&model, &config, &r, &device);
     for ((t, want), got) in r.eps.iter().zip(&eps) {
         let rel = relative(got, want);
-        assert!(rel <= 1e-5, "ε at t = {t} differs from diffusers' by {rel:e} (relative)");
+        assert!(
+            rel <= 1e-5,
+            "ε at t = {t} differs from diffusers' by {rel:e} (relative)"
+        );
     }
     assert_eq!(timesteps, r.ddim_timesteps);
     let d = max_abs_diff(&ddim, &r.ddim);
@@ -384,15 +460,22 @@ fn models_diffusers_cannot_express_are_refused_at_export() {
     let device = Device::flex();
     let out = scratch("refused");
     // A first level wider than conv_in (channel_mults[0] = 2).
-    let wide = ModelConfig::new(diffusion::UNetConfig::new(1, 8, 8, vec![2, 2], vec![]).with_norm_groups(4));
+    let wide = ModelConfig::new(
+        diffusion::UNetConfig::new(1, 8, 8, vec![2, 2], vec![]).with_norm_groups(4),
+    );
     let model = wide.unet.init(&device).unwrap();
     let e = export(&model, &wide, &out, false).unwrap_err().to_string();
     assert!(e.contains("channel_mults[0]") && !e.contains('\n'), "{e}");
     // A cosine schedule other than diffusers' squaredcos_cap_v2.
     let mut cosine = ours_tiny(&device).1;
-    cosine.schedule.beta_schedule = diffusion::BetaSchedule::Cosine { s: 0.02, max_beta: 0.999 };
+    cosine.schedule.beta_schedule = diffusion::BetaSchedule::Cosine {
+        s: 0.02,
+        max_beta: 0.999,
+    };
     let model = cosine.unet.init(&device).unwrap();
-    let e = export(&model, &cosine, &out, false).unwrap_err().to_string();
+    let e = export(&model, &cosine, &out, false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("squaredcos_cap_v2"), "{e}");
     // Nothing was written.
     assert!(!out.join("model_index.json").exists());

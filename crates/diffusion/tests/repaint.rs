@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::{
-    repaint_timesteps, step_together, to_host, AnyScheduler, RePaintSchedulerConfig, Scheduler,
-    SamplingState,
+    repaint_timesteps, step_together, to_host, AnyScheduler, RePaintSchedulerConfig, SamplingState,
+    Scheduler,
 };
 use diffusion::schedule::NoiseScheduleConfig;
 use diffusion::{ModelConfig, PredictionType, SampleRequest, Sampling, UNetConfig};
@@ -20,7 +20,11 @@ fn reference() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn tensor(v: &Value, shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -49,7 +53,12 @@ fn timesteps_step_and_undo_match_diffusers() {
         .try_into()
         .unwrap();
     for case in r["timesteps"].as_array().unwrap() {
-        let want: Vec<usize> = case["timesteps"].as_array().unwrap().iter().map(usize_of).collect();
+        let want: Vec<usize> = case["timesteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(usize_of)
+            .collect();
         let got = repaint_timesteps(
             1000,
             usize_of(&case["n"]),
@@ -82,7 +91,11 @@ fn timesteps_step_and_undo_match_diffusers() {
             relative(&prev, &floats(&case["prev_sample"])),
             relative(&x0, &floats(&case["pred_original_sample"])),
         );
-        assert!(e1 <= 1e-5 && e2 <= 1e-5, "t = {}: {e1:e}, {e2:e}", case["t"]);
+        assert!(
+            e1 <= 1e-5 && e2 <= 1e-5,
+            "t = {}: {e1:e}, {e2:e}",
+            case["t"]
+        );
     }
     for case in r["undo"].as_array().unwrap() {
         let s = RePaintSchedulerConfig {
@@ -97,7 +110,11 @@ fn timesteps_step_and_undo_match_diffusers() {
             .iter()
             .map(|z| tensor(z, shape, &device))
             .collect();
-        let got = to_host(s.undo_step(tensor(&case["sample"], shape, &device), usize_of(&case["t"]), &noise));
+        let got = to_host(s.undo_step(
+            tensor(&case["sample"], shape, &device),
+            usize_of(&case["t"]),
+            &noise,
+        ));
         let e = relative(&got, &floats(&case["result"]));
         assert!(e <= 1e-5, "undo from t = {}: {e:e}", case["t"]);
     }
@@ -109,7 +126,11 @@ fn tiny() -> (diffusion::UNet, ModelConfig) {
         .with_num_classes(Some(3))
         .with_dropout(0.0);
     let config = ModelConfig::new(unet);
-    let model = config.unet.init(&Device::flex()).unwrap().randomize(2, 0.05);
+    let model = config
+        .unet
+        .init(&Device::flex())
+        .unwrap()
+        .randomize(2, 0.05);
     (model, config)
 }
 
@@ -127,11 +148,17 @@ fn a_run_keeps_the_known_pixels_exactly_and_batches_like_any_sampler() {
         .init(&config.schedule.build().unwrap(), config.prediction_type)
         .unwrap(),
     );
-    let AnyScheduler::RePaint(repaint) = &scheduler else { unreachable!() };
+    let AnyScheduler::RePaint(repaint) = &scheduler else {
+        unreachable!()
+    };
     assert_eq!(scheduler.timesteps().len() + repaint.jumps(), 28);
-    let image: Vec<f32> = (0..2 * 64).map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0).collect();
+    let image: Vec<f32> = (0..2 * 64)
+        .map(|i| ((i * 37) % 255) as f32 / 127.5 - 1.0)
+        .collect();
     // Keep the top half, regenerate the bottom half.
-    let keep: Vec<f32> = (0..2 * 64).map(|i| if (i % 64) < 32 { 1.0 } else { 0.0 }).collect();
+    let keep: Vec<f32> = (0..2 * 64)
+        .map(|i| if (i % 64) < 32 { 1.0 } else { 0.0 })
+        .collect();
     let to4 = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [2, 1, 8, 8]), &device);
     let request = SampleRequest::new([1, 8, 8], Some(1), 2).with_guidance_scale(2.0);
     let run = || {
@@ -146,15 +173,21 @@ fn a_run_keeps_the_known_pixels_exactly_and_batches_like_any_sampler() {
             assert_eq!(out[i], image[i], "known pixel {i} changed");
         }
     }
-    let changed = (0..out.len()).filter(|&i| keep[i] == 0.0 && (out[i] - image[i]).abs() > 0.05).count();
-    assert!(changed > 32, "the unknown half was regenerated ({changed} of 64 pixels differ)");
+    let changed = (0..out.len())
+        .filter(|&i| keep[i] == 0.0 && (out[i] - image[i]).abs() > 0.05)
+        .count();
+    assert!(
+        changed > 32,
+        "the unknown half was regenerated ({changed} of 64 pixels differ)"
+    );
     // Step-batched with a plain run: the same bytes as alone.
     let plain_scheduler = config.scheduler(&Default::default()).unwrap();
     let mut a = SamplingState::new(Some(3), &request, &device)
         .unwrap()
         .with_inpainting(to4(image.clone()), to4(keep.clone()))
         .unwrap();
-    let mut b = SamplingState::new(Some(3), &SampleRequest::new([1, 8, 8], Some(2), 1), &device).unwrap();
+    let mut b =
+        SamplingState::new(Some(3), &SampleRequest::new([1, 8, 8], Some(2), 1), &device).unwrap();
     let mut rounds = 0;
     loop {
         let mut runs: Vec<(&mut SamplingState, &AnyScheduler)> = Vec::new();

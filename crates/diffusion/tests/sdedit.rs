@@ -34,7 +34,11 @@ fn tiny() -> (diffusion::UNet, ModelConfig) {
         .with_num_classes(Some(3))
         .with_dropout(0.0);
     let config = ModelConfig::new(unet);
-    let model = config.unet.init(&Device::flex()).unwrap().randomize(2, 0.05);
+    let model = config
+        .unet
+        .init(&Device::flex())
+        .unwrap()
+        .randomize(2, 0.05);
     (model, config)
 }
 
@@ -53,7 +57,9 @@ fn strength_one_is_plain_sampling_from_the_same_seed() {
     let request = SampleRequest::new([1, 8, 8], Some(1), 2).with_guidance_scale(2.0);
     for s in every_sampler() {
         let scheduler = config.scheduler(&s).unwrap();
-        let plain = Sampling::new(&model, &scheduler, &request, &device).unwrap().run(|_| {});
+        let plain = Sampling::new(&model, &scheduler, &request, &device)
+            .unwrap()
+            .run(|_| {});
         let edited = Sampling::new(&model, &scheduler, &request, &device)
             .unwrap()
             .with_init_image(image(2, 1, 8, &device), 1.0)
@@ -74,13 +80,18 @@ fn the_run_starts_at_the_strengths_step_from_the_noised_image() {
         let n = scheduler.timesteps().len();
         let fresh = || SamplingState::new(Some(3), &request, &device).unwrap();
         let eps = fresh().sample().clone();
-        let state = fresh().with_init_image(&scheduler, x0.clone(), 0.5).unwrap();
+        let state = fresh()
+            .with_init_image(&scheduler, x0.clone(), 0.5)
+            .unwrap();
         let start = sdedit_start_index(n, 0.5).unwrap();
         assert_eq!(state.steps_done(), start, "{:?}", s.sampler);
         let (a, b) = scheduler.noise_level(start);
         let expected = to_host(x0.clone().mul_scalar(a) + eps.mul_scalar(b));
         let got = to_host(state.sample().clone());
-        let d = got.iter().zip(&expected).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let d = got
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(d < 1e-6, "{:?}: x_t differs by {d}", s.sampler);
         // Karras sigmas put the noise level between integer timesteps: the solver's own.
         assert!(a > 0.0 && b > 0.0 && (a * a + b * b - 1.0).abs() < 1e-9);
@@ -88,7 +99,11 @@ fn the_run_starts_at_the_strengths_step_from_the_noised_image() {
     // The image must fit the request; the strength must leave a step.
     let scheduler = config.scheduler(&every_sampler()[0]).unwrap();
     let state = SamplingState::new(Some(3), &request, &device).unwrap();
-    let e = state.clone().with_init_image(&scheduler, image(1, 1, 8, &device), 0.5).err().unwrap();
+    let e = state
+        .clone()
+        .with_init_image(&scheduler, image(1, 1, 8, &device), 0.5)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("init image has shape"), "{e}");
     let e = state.with_init_image(&scheduler, x0, 0.01).err().unwrap();
     assert!(e.to_string().contains("no step to take"), "{e}");
@@ -103,9 +118,14 @@ fn the_smallest_strength_gives_the_image_back() {
     let (model, config) = load_model(&root.join("weights/mnist.safetensors"), &device).unwrap();
     let s = settings(SamplerKind::Ddim, 50, false);
     let scheduler = config.scheduler(&s).unwrap();
-    let digit = Sampling::new(&model, &scheduler, &SampleRequest::new([1, 28, 28], Some(3), 1), &device)
-        .unwrap()
-        .run(|_| {});
+    let digit = Sampling::new(
+        &model,
+        &scheduler,
+        &SampleRequest::new([1, 28, 28], Some(3), 1),
+        &device,
+    )
+    .unwrap()
+    .run(|_| {});
     let request = SampleRequest::new([1, 28, 28], None, 1).with_seed(8);
     let back = Sampling::new(&model, &scheduler, &request, &device)
         .unwrap()
@@ -114,6 +134,11 @@ fn the_smallest_strength_gives_the_image_back() {
         .run(|_| {});
     let px = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32;
     let (a, b) = (to_host(digit), to_host(back));
-    let max = a.iter().zip(&b).map(|(x, y)| (px(*x) - px(*y)).abs()).max().unwrap();
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (px(*x) - px(*y)).abs())
+        .max()
+        .unwrap();
     assert!(max <= 3, "strength 1/50 changed a pixel by {max}/255");
 }

@@ -73,7 +73,8 @@ pub fn sketch(image: &[f32], side: usize, block: usize) -> Vec<f32> {
             let cells: Vec<(usize, usize)> = (by..(by + block).min(side))
                 .flat_map(|y| (bx..(bx + block).min(side)).map(move |x| (y, x)))
                 .collect();
-            let mean = cells.iter().map(|&(y, x)| image[y * side + x]).sum::<f32>() / cells.len() as f32;
+            let mean =
+                cells.iter().map(|&(y, x)| image[y * side + x]).sum::<f32>() / cells.len() as f32;
             let v = if mean > -0.6 { 1.0 } else { -1.0 };
             for (y, x) in cells {
                 out[y * side + x] = v;
@@ -83,7 +84,13 @@ pub fn sketch(image: &[f32], side: usize, block: usize) -> Vec<f32> {
     out
 }
 
-fn accuracy(classifier: &Classifier, images: &[f32], labels: &[usize], shape: [usize; 4], device: &Device) -> f64 {
+fn accuracy(
+    classifier: &Classifier,
+    images: &[f32],
+    labels: &[usize],
+    shape: [usize; 4],
+    device: &Device,
+) -> f64 {
     let (probs, _) = predict(classifier, images, shape, 64, device);
     let k = probs.len() / labels.len();
     let right = labels
@@ -119,7 +126,9 @@ pub fn evaluate_editing(
     }
     let n = settings.n.min(test.len());
     if n == 0 || settings.batch == 0 || settings.block == 0 {
-        return Err(EvalError::Invalid("n, batch and block must be at least 1".into()));
+        return Err(EvalError::Invalid(
+            "n, batch and block must be at least 1".into(),
+        ));
     }
     let per = h * w;
     let labels: Vec<usize> = test.labels[..n].to_vec();
@@ -139,7 +148,8 @@ pub fn evaluate_editing(
         });
     }
     let total = settings.strengths.len() + 1;
-    let tensor = |v: &[f32], m: usize| Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape(m)), device);
+    let tensor =
+        |v: &[f32], m: usize| Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape(m)), device);
     let batches: Vec<(usize, usize)> = (0..n)
         .step_by(settings.batch)
         .map(|s| (s, settings.batch.min(n - s)))
@@ -182,17 +192,23 @@ pub fn evaluate_editing(
         }
         .init(&config.schedule.build()?, config.prediction_type)?,
     );
-    let keep_one: Vec<f32> = (0..per).map(|i| if i < per / 2 { 1.0 } else { 0.0 }).collect();
+    let keep_one: Vec<f32> = (0..per)
+        .map(|i| if i < per / 2 { 1.0 } else { 0.0 })
+        .collect();
     let started = std::time::Instant::now();
     let mut out = Vec::with_capacity(n * per);
     for (k, &(s, m)) in batches.iter().enumerate() {
         let x = Sampling::new(model, &repaint, &request(k, m), device)?
-            .with_inpainting(tensor(&originals[s * per..(s + m) * per], m), tensor(&keep_one.repeat(m), m))?
+            .with_inpainting(
+                tensor(&originals[s * per..(s + m) * per], m),
+                tensor(&keep_one.repeat(m), m),
+            )?
             .run(|_| {});
         out.extend(to_host(x));
     }
     let px = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32;
-    let exact = (0..n).all(|i| (0..per / 2).all(|j| px(out[i * per + j]) == px(originals[i * per + j])));
+    let exact =
+        (0..n).all(|i| (0..per / 2).all(|j| px(out[i * per + j]) == px(originals[i * per + j])));
     rows.push(EditRow {
         mode: "inpaint".into(),
         strength: None,
@@ -220,7 +236,8 @@ pub fn edit_markdown(r: &EditReport) -> String {
             row.mode,
             row.strength.map_or("—".into(), |v| format!("{v}")),
             100.0 * row.read_as_digit,
-            row.known_region_exact.map_or("—", |b| if b { "yes" } else { "no" }),
+            row.known_region_exact
+                .map_or("—", |b| if b { "yes" } else { "no" }),
             row.seconds
         );
     }
@@ -236,11 +253,16 @@ mod tests {
         let side = 4;
         // Cell means: top-left −0.725 (a quarter faint ink), top-right 0.875, bottom-left
         // −0.25, bottom-right −0.975.
-        let image = [-1.0, -1.0, 0.9, 0.8, -1.0, 0.1, 0.9, 0.9, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -0.9, -1.0];
+        let image = [
+            -1.0, -1.0, 0.9, 0.8, -1.0, 0.1, 0.9, 0.9, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -0.9, -1.0,
+        ];
         let s = sketch(&image, side, 2);
         assert_eq!(
             s,
-            vec![-1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0]
+            vec![
+                -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0,
+                -1.0
+            ]
         );
     }
 }

@@ -338,7 +338,9 @@ fn edit(
             ("jump_n_sample", req.jump_n_sample.is_some()),
         ] {
             if given {
-                return Err(format!("{field}: applies to an init_image, and none was given"));
+                return Err(format!(
+                    "{field}: applies to an init_image, and none was given"
+                ));
             }
         }
         return Ok((None, sampler()?));
@@ -358,7 +360,9 @@ fn edit(
             ("jump_n_sample", req.jump_n_sample.is_some()),
         ] {
             if given {
-                return Err(format!("{field}: applies to inpainting (a mask), and none was given"));
+                return Err(format!(
+                    "{field}: applies to inpainting (a mask), and none was given"
+                ));
             }
         }
         let strength = req.strength.unwrap_or(0.8);
@@ -377,9 +381,14 @@ fn edit(
         .iter()
         .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
         .collect();
-    let (jump_length, jump_n_sample) = (req.jump_length.unwrap_or(10), req.jump_n_sample.unwrap_or(10));
+    let (jump_length, jump_n_sample) = (
+        req.jump_length.unwrap_or(10),
+        req.jump_n_sample.unwrap_or(10),
+    );
     if !(1..=100).contains(&jump_n_sample) {
-        return Err(format!("jump_n_sample: {jump_n_sample} must lie in 1..=100"));
+        return Err(format!(
+            "jump_n_sample: {jump_n_sample} must lie in 1..=100"
+        ));
     }
     if jump_length == 0 || jump_length as usize > settings.num_inference_steps {
         return Err(format!(
@@ -396,7 +405,10 @@ fn edit(
         clip_sample: clip.is_some(),
         clip_sample_range: clip.unwrap_or(1.0),
     }
-    .init(&config.schedule.build().map_err(|e| e.to_string())?, config.prediction_type)
+    .init(
+        &config.schedule.build().map_err(|e| e.to_string())?,
+        config.prediction_type,
+    )
     .map_err(|e| format!("mask: {e}"))?;
     Ok((
         Some(Edit::Inpaint {
@@ -507,7 +519,9 @@ mod tests {
             "17".into(),
             "[1, 2]".into(),
         ];
-        let numbers = ["0", "1", "-1", "0.5", "1e308", "-0.0", "3", "null", "\"x\"", "1000000"];
+        let numbers = [
+            "0", "1", "-1", "0.5", "1e308", "-0.0", "3", "null", "\"x\"", "1000000",
+        ];
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: usize| {
             state ^= state << 13;
@@ -516,7 +530,10 @@ mod tests {
             (state % n as u64) as usize
         };
         for _ in 0..2000 {
-            let mut fields = vec![format!("\"num_inference_steps\": {}", ["1", "5", "10"][next(3)])];
+            let mut fields = vec![format!(
+                "\"num_inference_steps\": {}",
+                ["1", "5", "10"][next(3)]
+            )];
             for key in ["init_image", "mask"] {
                 if next(3) > 0 {
                     fields.push(format!("\"{key}\": {}", images[next(images.len())]));

@@ -215,7 +215,10 @@ impl Executor {
         let [c, h, w] = request.image_shape;
         let n = job.num_images;
         let tensor = |values: &[f32]| {
-            Tensor::<4>::from_data(TensorData::new(values.repeat(n), [n, c, h, w]), &self.device)
+            Tensor::<4>::from_data(
+                TensorData::new(values.repeat(n), [n, c, h, w]),
+                &self.device,
+            )
         };
         match &job.edit {
             None => Ok(state),

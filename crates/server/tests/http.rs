@@ -264,7 +264,10 @@ async fn invalid_requests_get_4xx_naming_the_problem() {
         .as_str()
         .unwrap()
         .contains("application/json"));
-    let big = format!(r#"{{"class_label": 1, "pad": "{}"}}"#, "x".repeat(server::api::MAX_BODY));
+    let big = format!(
+        r#"{{"class_label": 1, "pad": "{}"}}"#,
+        "x".repeat(server::api::MAX_BODY)
+    );
     let r = post(srv.addr, &big).await;
     assert_eq!(r.status, 413);
     assert!(r.json()["error"].as_str().unwrap().contains("1048576"));
@@ -711,7 +714,14 @@ async fn an_imported_rgb_model_serves_its_colour_images() {
     for f in ["google-style.safetensors", "google-style.json"] {
         std::fs::copy(golden.join(f), dir.join(f)).unwrap();
     }
-    let mut srv = start_with(dir.join("google-style.safetensors"), 1, 8, None, Duration::from_secs(60)).await;
+    let mut srv = start_with(
+        dir.join("google-style.safetensors"),
+        1,
+        8,
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
     let r = post(
         srv.addr,
         r#"{"num_images": 4, "sampler": "ddim", "num_inference_steps": 10, "seed": 3}"#,
@@ -727,7 +737,10 @@ async fn an_imported_rgb_model_serves_its_colour_images() {
     for (i, img) in images.iter().enumerate() {
         let png = b64.decode(img.as_str().unwrap()).unwrap();
         assert_eq!(png_dims(&png), (8, 8));
-        assert_eq!(png, server::worker::image_png(&values[i * 192..(i + 1) * 192], [3, 8, 8]));
+        assert_eq!(
+            png,
+            server::worker::image_png(&values[i * 192..(i + 1) * 192], [3, 8, 8])
+        );
     }
     // A class for an unconditional model is a 4xx naming the field.
     let bad = post(srv.addr, r#"{"class_label": 1}"#).await;
@@ -757,10 +770,17 @@ async fn init_image_and_mask_edit_as_the_library_does() {
     let device = Device::flex();
     let image_values = {
         use base64::Engine;
-        let png = base64::engine::general_purpose::STANDARD.decode(&image).unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(&image)
+            .unwrap();
         artifacts::image_values(&png, 1, 8, false).unwrap()
     };
-    let to4 = |v: Vec<f32>| burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(v, [2, 1, 8, 8]), &device);
+    let to4 = |v: Vec<f32>| {
+        burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(v, [2, 1, 8, 8]),
+            &device,
+        )
+    };
     let request = SampleRequest {
         image_shape: [1, 8, 8],
         class_labels: vec![Some(1); 2],
@@ -824,24 +844,63 @@ async fn init_image_and_mask_edit_as_the_library_does() {
     // Bad combinations.
     let big = png_b64(16, |_| 0.0);
     let cases = [
-        (format!(r#"{{"mask": "{mask}"}}"#), "mask: applies to an init_image"),
-        (r#"{"strength": 0.5}"#.to_string(), "strength: applies to an init_image"),
-        (r#"{"init_image": "!!"}"#.to_string(), "init_image: not base64"),
-        (r#"{"init_image": "aGVsbG8="}"#.to_string(), "init_image: not a readable image"),
-        (format!(r#"{{"init_image": "{big}"}}"#), "init_image: the image is 16×16; the model takes 8×8"),
-        (format!(r#"{{"init_image": "{image}", "strength": 1.5}}"#), "strength = 1.5 must lie in (0, 1]"),
-        (format!(r#"{{"init_image": "{image}", "strength": 0.01}}"#), "leaves no step to take"),
-        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "strength": 0.5}}"#), "strength: applies to SDEdit"),
-        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "sampler": "ddim"}}"#), "sampler: inpainting"),
-        (format!(r#"{{"init_image": "{image}", "jump_length": 3}}"#), "jump_length: applies to inpainting"),
-        (format!(r#"{{"init_image": "{image}", "mask": "{big}"}}"#), "mask: the image is 16×16"),
-        (format!(r#"{{"init_image": "{image}", "mask": "{mask}", "jump_n_sample": 0}}"#), "jump_n_sample: 0"),
+        (
+            format!(r#"{{"mask": "{mask}"}}"#),
+            "mask: applies to an init_image",
+        ),
+        (
+            r#"{"strength": 0.5}"#.to_string(),
+            "strength: applies to an init_image",
+        ),
+        (
+            r#"{"init_image": "!!"}"#.to_string(),
+            "init_image: not base64",
+        ),
+        (
+            r#"{"init_image": "aGVsbG8="}"#.to_string(),
+            "init_image: not a readable image",
+        ),
+        (
+            format!(r#"{{"init_image": "{big}"}}"#),
+            "init_image: the image is 16×16; the model takes 8×8",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "strength": 1.5}}"#),
+            "strength = 1.5 must lie in (0, 1]",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "strength": 0.01}}"#),
+            "leaves no step to take",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "mask": "{mask}", "strength": 0.5}}"#),
+            "strength: applies to SDEdit",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "mask": "{mask}", "sampler": "ddim"}}"#),
+            "sampler: inpainting",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "jump_length": 3}}"#),
+            "jump_length: applies to inpainting",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "mask": "{big}"}}"#),
+            "mask: the image is 16×16",
+        ),
+        (
+            format!(r#"{{"init_image": "{image}", "mask": "{mask}", "jump_n_sample": 0}}"#),
+            "jump_n_sample: 0",
+        ),
     ];
     for (body, needle) in cases {
         let r = post(srv.addr, &body).await;
         let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
         assert_eq!(r.status, 422, "{body} → {msg}");
-        assert!(msg.contains(needle) && !msg.contains('\n'), "`{msg}` lacks `{needle}`");
+        assert!(
+            msg.contains(needle) && !msg.contains('\n'),
+            "`{msg}` lacks `{needle}`"
+        );
     }
     srv.stop.take().unwrap().send(()).unwrap();
     srv.done.await.unwrap().unwrap();

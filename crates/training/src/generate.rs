@@ -1,7 +1,9 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diffusion::sampler::{to_host, AnyScheduler, RePaintSchedulerConfig, SamplerSettings, StepOutput};
+use diffusion::sampler::{
+    to_host, AnyScheduler, RePaintSchedulerConfig, SamplerSettings, StepOutput,
+};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
@@ -86,7 +88,10 @@ fn start<'a>(
     let n = request.class_labels.len();
     let tensor = |values: Vec<f32>, what: &str| -> Result<Tensor<4>> {
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(diffusion::Error::Sampler(format!("{what} holds a non-finite value ({bad})")).into());
+            return Err(diffusion::Error::Sampler(format!(
+                "{what} holds a non-finite value ({bad})"
+            ))
+            .into());
         }
         if values.len() != n * c * h * w {
             return Err(diffusion::Error::Sampler(format!(
@@ -96,7 +101,10 @@ fn start<'a>(
             ))
             .into());
         }
-        Ok(Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), device))
+        Ok(Tensor::<4>::from_data(
+            TensorData::new(values, [n, c, h, w]),
+            device,
+        ))
     };
     Ok(match start {
         None => sampling,
@@ -150,8 +158,14 @@ pub fn generate_from(
     device: &Device,
     progress: impl FnMut(&StepOutput),
 ) -> Result<(Vec<f32>, [usize; 4])> {
-    let (scheduler, request) =
-        prepare(config, settings, class_labels, guidance_scale, seed, latents.as_ref())?;
+    let (scheduler, request) = prepare(
+        config,
+        settings,
+        class_labels,
+        guidance_scale,
+        seed,
+        latents.as_ref(),
+    )?;
     let out = start(model, &scheduler, &request, latents, device)?.run(progress);
     let shape = out.dims();
     Ok((to_host(out), shape))
@@ -171,8 +185,14 @@ pub fn generate_trajectory(
     every: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>, [usize; 4])> {
-    let (scheduler, request) =
-        prepare(config, settings, class_labels, guidance_scale, seed, latents.as_ref())?;
+    let (scheduler, request) = prepare(
+        config,
+        settings,
+        class_labels,
+        guidance_scale,
+        seed,
+        latents.as_ref(),
+    )?;
     let mut sampling = start(model, &scheduler, &request, latents, device)?;
     let mut frames = Vec::new();
     let every = every.max(1);

@@ -131,9 +131,8 @@ pub fn train_on(
                 // Fine-tuning: the given weights (the EMA starts from them too), a fresh
                 // optimiser.
                 Some(path) => {
-                    let bytes = std::fs::read(path).map_err(|e| {
-                        TrainError::Invalid(format!("--init-weights {path}: {e}"))
-                    })?;
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| TrainError::Invalid(format!("--init-weights {path}: {e}")))?;
                     diffusion::weights::load_model_from_bytes(
                         &config.model,
                         bytes,

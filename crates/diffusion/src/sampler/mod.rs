@@ -12,8 +12,8 @@ mod ddpm;
 mod dpm_solver;
 mod karras;
 mod repaint;
-mod sdedit;
 mod sampling;
+mod sdedit;
 
 pub use any::{AnyScheduler, SamplerKind, SamplerSettings};
 pub use batched::{rows_left, step_in_parts, step_together, PartialStep, Share};
@@ -26,10 +26,10 @@ pub use dpm_solver::{
 };
 pub use karras::{karras_sigmas, sigma_to_t};
 pub use repaint::{repaint_timesteps, RePaintScheduler, RePaintSchedulerConfig};
-pub use sdedit::sdedit_start_index;
 pub use sampling::{
     to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
 };
+pub use sdedit::sdedit_start_index;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

@@ -182,9 +182,7 @@ impl RePaintScheduler {
         noise: Tensor<4>,
     ) -> SchedulerOutput {
         let (ab, ab_prev) = self.alphas(t);
-        let (mut x0, eps) = self
-            .prediction_type
-            .to_x0_and_eps(model_output, sample, ab);
+        let (mut x0, eps) = self.prediction_type.to_x0_and_eps(model_output, sample, ab);
         if self.config.clip_sample {
             let r = self.config.clip_sample_range as f32;
             x0 = x0.clamp(-r, r);
@@ -279,6 +277,9 @@ mod tests {
                 .to_vec()
         );
         // No jumps with jump_n_sample 1: plain descending steps.
-        assert_eq!(repaint_timesteps(1000, 5, 10, 1), vec![800, 600, 400, 200, 0]);
+        assert_eq!(
+            repaint_timesteps(1000, 5, 10, 1),
+            vec![800, 600, 400, 200, 0]
+        );
     }
 }

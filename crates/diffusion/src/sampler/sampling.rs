@@ -219,8 +219,8 @@ impl SamplingState {
             }
         }
         let dtype = self.sample.dtype();
-        self.state = std::mem::take(&mut self.state)
-            .with_inpainting(image.cast(dtype), keep.cast(dtype));
+        self.state =
+            std::mem::take(&mut self.state).with_inpainting(image.cast(dtype), keep.cast(dtype));
         Ok(self)
     }
 
@@ -250,7 +250,9 @@ impl SamplingState {
             )));
         }
         if self.step_index != 0 {
-            return Err(Error::Sampler("the init image must be set before the first step".into()));
+            return Err(Error::Sampler(
+                "the init image must be set before the first step".into(),
+            ));
         }
         let start = super::sdedit_start_index(scheduler.timesteps().len(), strength)?;
         if start > 0 {
@@ -277,7 +279,9 @@ impl SamplingState {
             )));
         }
         if self.step_index != 0 {
-            return Err(Error::Sampler("latents must be set before the first step".into()));
+            return Err(Error::Sampler(
+                "latents must be set before the first step".into(),
+            ));
         }
         self.sample = latents.cast(self.sample.dtype());
         Ok(self)
@@ -394,7 +398,9 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
 
     /// Starts an SDEdit run from `image` ([`SamplingState::with_init_image`]).
     pub fn with_init_image(mut self, image: Tensor<4>, strength: f64) -> Result<Self> {
-        self.state = self.state.with_init_image(self.scheduler, image, strength)?;
+        self.state = self
+            .state
+            .with_init_image(self.scheduler, image, strength)?;
         Ok(self)
     }
 

@@ -46,7 +46,10 @@ mod tests {
         assert_eq!(sdedit_start_index(50, 0.5).unwrap(), 25);
         assert_eq!(sdedit_start_index(50, 0.3).unwrap(), 35);
         assert_eq!(sdedit_start_index(10, 0.15).unwrap(), 9);
-        assert!(sdedit_start_index(10, 0.05).unwrap_err().to_string().contains("no step"));
+        assert!(sdedit_start_index(10, 0.05)
+            .unwrap_err()
+            .to_string()
+            .contains("no step"));
         for bad in [0.0, -0.1, 1.5, f64::NAN] {
             assert!(sdedit_start_index(50, bad).is_err(), "{bad}");
         }

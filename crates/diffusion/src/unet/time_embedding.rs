@@ -30,7 +30,11 @@ pub fn timestep_embedding(
 ) -> Tensor<2> {
     let half = dim / 2;
     // A single frequency (h = 1) is 1 whatever the shift: DDPM's h − 1 would divide by zero.
-    let denom = if half > 1 { half as f64 - freq_shift } else { 1.0 };
+    let denom = if half > 1 {
+        half as f64 - freq_shift
+    } else {
+        1.0
+    };
     let freqs: Vec<f64> = (0..half)
         .map(|i| libm::exp(-libm::log(MAX_PERIOD) * i as f64 / denom))
         .collect();
