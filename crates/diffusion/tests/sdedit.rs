@@ -1,6 +1,8 @@
 //! SDEdit's math: where a run starts, how the image is noised, and its two limits — strength 1
 //! is plain sampling from the same seed, exactly; the smallest strength gives the image back.
 
+mod common;
+use common::tiny;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -8,7 +10,7 @@ use diffusion::sampler::{
     sdedit_start_index, to_host, SamplerKind, SamplerSettings, SamplingState, Scheduler,
 };
 use diffusion::weights::load_model;
-use diffusion::{ModelConfig, SampleRequest, Sampling, UNetConfig};
+use diffusion::{SampleRequest, Sampling};
 
 fn settings(sampler: SamplerKind, steps: usize, karras: bool) -> SamplerSettings {
     SamplerSettings {
@@ -26,20 +28,6 @@ fn every_sampler() -> Vec<SamplerSettings> {
         settings(SamplerKind::DpmSolverPlusPlus, 8, true),
         settings(SamplerKind::SdeDpmSolverPlusPlus, 8, true),
     ]
-}
-
-fn tiny() -> (diffusion::UNet, ModelConfig) {
-    let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![4])
-        .with_num_res_blocks(1)
-        .with_num_classes(Some(3))
-        .with_dropout(0.0);
-    let config = ModelConfig::new(unet);
-    let model = config
-        .unet
-        .init(&Device::flex())
-        .unwrap()
-        .randomize(2, 0.05);
-    (model, config)
 }
 
 fn image(n: usize, c: usize, side: usize, device: &Device) -> Tensor<4> {

@@ -172,15 +172,16 @@ pub struct SchedulerOutput {
 pub struct SchedulerState {
     /// `(step_index, x̂_0)` of the last step taken.
     previous_x0: Option<(usize, Tensor<4>)>,
-    /// An inpainting run's known image and keep-mask (1 = known), for RePaint.
-    inpainting: Option<(Tensor<4>, Tensor<4>)>,
+    /// An inpainting run's known image and where it is kept, for RePaint (the mask made
+    /// boolean once, so each step selects instead of blending).
+    inpainting: Option<(Tensor<4>, Tensor<4, burn::tensor::Bool>)>,
 }
 
 impl SchedulerState {
     /// This run inpaints: `known` (values in [-1, 1]) is kept where `keep` is 1 and
     /// regenerated where it is 0 ([`RePaintScheduler`]).
     pub fn with_inpainting(mut self, known: Tensor<4>, keep: Tensor<4>) -> Self {
-        self.inpainting = Some((known, keep));
+        self.inpainting = Some((known, keep.greater_elem(0.5)));
         self
     }
 

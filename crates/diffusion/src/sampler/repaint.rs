@@ -13,7 +13,7 @@
 //! sampler. A run's known image and mask live in its [`SchedulerState`]
 //! ([`SchedulerState::with_inpainting`]).
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{check_clip_range, check_eta, Scheduler, SchedulerOutput, SchedulerState};
@@ -170,15 +170,15 @@ impl RePaintScheduler {
     /// DDIM step and the known region noised to the new step, one `noise` for both.
     ///
     /// # Shapes
-    /// - every tensor: `[batch, channels, height, width]`; `keep` is 1 where the pixel is
-    ///   known (kept) and 0 where it is regenerated.
+    /// - every tensor: `[batch, channels, height, width]`; `keep` is true where the pixel is
+    ///   known (kept) and false where it is regenerated.
     pub fn repaint_step(
         &self,
         model_output: Tensor<4>,
         t: usize,
         sample: Tensor<4>,
         known: Tensor<4>,
-        keep: Tensor<4>,
+        keep: Tensor<4, Bool>,
         noise: Tensor<4>,
     ) -> SchedulerOutput {
         let (ab, ab_prev) = self.alphas(t);
@@ -195,7 +195,8 @@ impl RePaintScheduler {
             unknown = unknown + noise.clone().mul_scalar(std);
         }
         let known = known.mul_scalar(ab_prev.sqrt()) + noise.mul_scalar((1.0 - ab_prev).sqrt());
-        let prev = keep.clone() * known + (keep.neg().add_scalar(1.0)) * unknown;
+        // A selection, not a blend: the known pixels are exactly the noised input.
+        let prev = unknown.mask_where(keep, known);
         SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: x0,
