@@ -14,7 +14,8 @@
 //               {type: "grid", pad, scale}  (the last result drawn again at another zoom)
 //               {type: "cancel"}            (stops the running sample between two steps)
 // Messages out: {type: "ready", backend, threads, simd ("relaxed" or "baseline": which CPU build
-//               runs; the WebGPU bundle counts as baseline), classNames (one per class), imageSize}
+//               runs; the WebGPU bundle counts as baseline), classNames (one per class), imageSize,
+//               channels}
 //               {type: "progress", step, total, preview: {width, height, pixels} | null}
 //               {type: "done", result, grid} | {type: "grid", grid} | {type: "cancelled"}
 //               {type: "error", message}
@@ -91,7 +92,7 @@ self.onmessage = async ({ data }) => {
       bundle = m;
       if (sampler) { sampler.free(); sampler = null; last = null; }
       sampler = await bundle.Sampler.create(data.weights, data.config, data.backend);
-      self.postMessage({ type: "ready", backend: sampler.backend, threads, simd, classNames: sampler.classNames, imageSize: sampler.imageSize });
+      self.postMessage({ type: "ready", backend: sampler.backend, threads, simd, classNames: sampler.classNames, imageSize: sampler.imageSize, channels: sampler.channels });
     } else if (data.type === "sample") {
       cancelled = false;
       // Returning false from the progress callback ends the run; the sampler yields to this

@@ -1,10 +1,13 @@
 // End-to-end: `trainer serve` serves index.html, pkg/ and the weights on 127.0.0.1; headless
 // Chromium opens the page, sets the golden `page` case (a 16-image grid), clicks Generate, and
 // the canvas must be that batch laid out as `trainer sample` lays out grids (max |Δ| ≤ 2/255);
-// then: another zoom, the PNG download, the URL round trip, Cancel, a plain static host, and a
-// retrained model (new content hash) that must replace the cached weights.
+// then: another zoom, the PNG download, the URL round trip, Cancel, drawing and the three edits
+// (make a drawing real, vary an image, erase and fill) against `trainer sample` on the same
+// inputs, a plain static host, and a retrained model (new content hash) that must replace the
+// cached weights.
 //
 // Usage: [PAGE_SCREENSHOT=out.png] node tests/e2e/page.test.mjs <trainer binary> [backend]
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -65,6 +68,116 @@ async function canvasDiff(page, values, cols, zoom) {
   let max = 0;
   want.grey.forEach((g, i) => { for (let ch = 0; ch < 3; ch++) max = Math.max(max, Math.abs(got.rgba[4 * i + ch] - g)); });
   return max;
+}
+
+// `trainer sample` on the served weights with `args` → its values (`--npy`).
+function nativeSample(args) {
+  const dir = mkdtempSync(join(tmpdir(), "rust-ddpm-edit-"));
+  const npy = join(dir, "out.npy");
+  execFileSync(trainer, ["sample", "--weights", goldenWeights, ...args, "--npy", npy, "--out", join(dir, "out.png")], { stdio: ["ignore", "ignore", "pipe"] });
+  return npyValues(npy);
+}
+
+// Saves what clicking `button` downloads; returns the file's path.
+async function downloaded(page, button, name) {
+  const [d] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
+  const path = join(mkdtempSync(join(tmpdir(), "rust-ddpm-edit-")), name);
+  copyFileSync(await d.path(), path);
+  return path;
+}
+
+// Dispatches one stroke of pointer events of `type` ("pen", "touch") through model-pixel points.
+async function stroke(page, type, points) {
+  await page.evaluate(([type, points]) => {
+    const c = document.getElementById("sketch");
+    const r = c.getBoundingClientRect();
+    const at = ([x, y]) => ({ clientX: r.left + (x / c.width) * r.width, clientY: r.top + (y / c.height) * r.height });
+    const fire = (name, p) => c.dispatchEvent(new PointerEvent(name, { ...at(p), pointerId: 7, pointerType: type, isPrimary: true, button: 0, buttons: 1, bubbles: true, pressure: 0.5 }));
+    fire("pointerdown", points[0]);
+    for (const p of points.slice(1)) fire("pointermove", p);
+    fire("pointerup", points[points.length - 1]);
+  }, [type, points]);
+}
+
+// The drawing's pixels (grey levels) and how many are masked.
+const sketchState = (page) => page.evaluate(() => {
+  const c = document.getElementById("sketch");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const grey = [], red = [];
+  for (let i = 0; i < d.length; i += 4) { grey.push(d[i + 1]); red.push(d[i] !== d[i + 1]); }
+  return { grey, masked: red.filter(Boolean).length };
+});
+
+async function editTests(browser, addr) {
+  const page = await browser.newPage();
+  page.on("console", (m) => console.log(`[edit] ${m.text()}`));
+  const seed = 11, num = 2;
+  await page.goto(`${addr}/?${backend ? `backend=${backend}&` : ""}class=none&num=${num}&seed=${seed}&sampler=ddim&steps=20&eta=0&zoom=3`);
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  const zoom = 3, cols = num;
+  const run = async (button) => {
+    await page.evaluate(() => { document.body.dataset.done = ""; });
+    await page.click(button);
+    await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 600_000 });
+    const text = await page.textContent("#status");
+    if (await page.evaluate(() => document.body.dataset.done) !== "1") throw new Error(`${button}: ${text}`);
+    return text;
+  };
+  // A mouse stroke: the stem of a 1, down the middle column.
+  const box = await page.locator("#sketch").boundingBox();
+  const at = (x, y) => [box.x + (x / 28) * box.width, box.y + (y / 28) * box.height];
+  await page.mouse.move(...at(14, 5));
+  await page.mouse.down();
+  for (let y = 6; y <= 23; y += 2) await page.mouse.move(...at(14, y));
+  await page.mouse.up();
+  // A pen stroke: its flag, up and to the left.
+  await stroke(page, "pen", [[14, 6], [12, 8], [10, 10]]);
+  const drawn = await sketchState(page);
+  const lit = drawn.grey.filter((g) => g === 255).length;
+  const stem = [6, 10, 14, 18, 22].every((y) => drawn.grey[y * 28 + 14] === 255);
+  console.log(`drawing: ${lit} white pixels after a mouse and a pen stroke`);
+  if (!stem || !(lit > 30 && lit < 200) || drawn.grey[10 * 28 + 10] !== 255) throw new Error(`the strokes did not draw as expected (${lit} white pixels)`);
+  // A touch stroke, then Undo: the drawing is as before.
+  await stroke(page, "touch", [[3, 25], [25, 25]]);
+  if ((await sketchState(page)).grey.filter((g) => g === 255).length <= lit) throw new Error("the touch stroke drew nothing");
+  await page.click("#undo");
+  if (JSON.stringify((await sketchState(page)).grey) !== JSON.stringify(drawn.grey)) throw new Error("Undo did not restore the drawing");
+  // Make it real (SDEdit from the drawing, no class) against trainer sample --init-image.
+  await page.evaluate(() => { const s = document.getElementById("strength"); s.value = "0.6"; s.dispatchEvent(new Event("input")); });
+  console.log(`make it real: ${await run("#real")}`);
+  const drawing = await downloaded(page, "#downloadSketch", "drawing.png");
+  const common = ["--class", "none", "--num", String(num), "--seed", String(seed)];
+  const real = nativeSample(["--init-image", drawing, "--strength", "0.6", ...common, "--sampler", "ddim", "--steps", "20", "--eta", "0"]);
+  const realDiff = await canvasDiff(page, real, cols, zoom);
+  console.log(`make it real vs trainer sample --init-image: max |Δ| = ${realDiff}/255`);
+  if (realDiff > 2) throw new Error(`"Make it real" differs from the CLI (max |Δ| ${realDiff})`);
+  // Vary: pick the second image of the grid, vary it; the CLI varies the same pixels (the page
+  // puts the picked image into the drawing, whose PNG it downloads).
+  const cell = 28 * zoom + 2;
+  await page.locator("#final").click({ position: { x: 2 + cell + 40, y: 2 + 40 } });
+  if (await page.evaluate(() => document.body.dataset.selected) !== "1") throw new Error("a click on the second image did not select it");
+  console.log(`vary: ${await run("#vary")}`);
+  await page.click("#toSketch");
+  const picked = await downloaded(page, "#downloadSketch", "picked.png");
+  const vary = nativeSample(["--init-image", picked, "--strength", "0.6", ...common, "--sampler", "ddim", "--steps", "20", "--eta", "0"]);
+  const varyDiff = await canvasDiff(page, vary, cols, zoom);
+  console.log(`vary vs trainer sample --init-image: max |Δ| = ${varyDiff}/255`);
+  if (varyDiff > 2) throw new Error(`"Vary" differs from the CLI (max |Δ| ${varyDiff})`);
+  // Erase and fill: the picked image is in the drawing and the mask tool is chosen; touch
+  // strokes mask the lower half; RePaint fills it, against trainer sample --mask.
+  if (await page.inputValue("#tool") !== "mask") throw new Error("Erase and fill did not pick the mask tool");
+  await page.evaluate(() => { const b = document.getElementById("brush"); b.value = "8"; b.dispatchEvent(new Event("input")); });
+  for (const y of [16, 20, 24, 27]) await stroke(page, "touch", [[0, y], [27, y]]);
+  const { masked } = await sketchState(page);
+  if (!(masked > 200 && masked < 500)) throw new Error(`the mask covers ${masked} pixels, not about the lower half`);
+  for (const [id, v] of [["fillSteps", "20"], ["jumpLength", "5"], ["jumpNSample", "2"]]) await page.fill(`#${id}`, v);
+  console.log(`fill: ${await run("#fill")}`);
+  const mask = await downloaded(page, "#downloadMask", "mask.png");
+  const fill = nativeSample(["--init-image", picked, "--mask", mask, ...common, "--steps", "20", "--eta", "0", "--jump-length", "5", "--jump-n-sample", "2"]);
+  const fillDiff = await canvasDiff(page, fill, cols, zoom);
+  console.log(`fill vs trainer sample --mask: max |Δ| = ${fillDiff}/255 (${masked} pixels masked)`);
+  if (fillDiff > 2) throw new Error(`"Fill the mask" differs from the CLI (max |Δ| ${fillDiff})`);
+  await page.close();
 }
 
 let server = await startServer(trainer, { weights: goldenWeights });
@@ -174,6 +287,10 @@ try {
   if (cancelled[0] !== "cancelled" || !(cancelled[1] < 200)) throw new Error(`cancel did not stop the run: ${cancelled}`);
   // Sampling runs in the worker: the page thread never stalls for a step (≈ 40–600 ms here).
   if (!(gap < 250)) throw new Error(`the page thread paused ${gap.toFixed(0)} ms while sampling`);
+  // Draw, vary, erase and fill: strokes of synthetic pointer events (mouse, pen, touch) on the
+  // drawing, each edit run in the page, and the same edit run natively by `trainer sample` on
+  // the PNGs the page downloads (its drawing, its mask): the grids must agree (≤ 2/255).
+  await editTests(browser, server.addr);
   // "One of each class" and a select value the page lacks, from the URL.
   const all = await browser.newPage();
   await all.goto(`${server.addr}/?backend=cpu&class=all&num=2&zoom=5&sampler=nope`);

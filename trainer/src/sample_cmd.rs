@@ -136,14 +136,11 @@ pub(crate) fn cmd_sample(a: SampleArgs, m: &ArgMatches) -> Result<()> {
                     strength: a.strength.unwrap_or(0.8),
                 }),
                 Some(mask) => {
-                    // White (> half grey) = regenerate; every channel of a pixel alike.
                     let m = artifacts::load_image_values(mask, 1, h, a.resize)
                         .map_err(|e| anyhow!(e))?;
-                    let keep: Vec<f32> =
-                        m.iter().map(|&v| if v > 0.0 { 0.0 } else { 1.0 }).collect();
                     Some(Start::Inpaint {
                         image,
-                        keep: keep.repeat(c),
+                        keep: diffusion::sampler::keep_from_mask(&m, c),
                         jump_length: a.jump_length,
                         jump_n_sample: a.jump_n_sample,
                     })

@@ -6,7 +6,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use artifacts::pixels::{grid_rgb, to_rgba, GridPixels};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use diffusion::sampler::{ClassChoice, GridLabels, SamplerKind, SamplerSettings};
 use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};
@@ -36,6 +36,21 @@ export interface SampleOptions {
   karrasSigmas?: boolean;
   /** x̂₀ preview every this many steps (0 = never). Default 1. */
   previewEvery?: number;
+  /** Start from this image instead of noise: SDEdit (variations, sketch to image) with
+   *  `strength`, or, with `mask`, RePaint inpainting. RGBA at the model's size, as a canvas'
+   *  `ImageData` holds it (`{width, height, pixels: imageData.data}`); grey models read its
+   *  luma, as `trainer sample --init-image` reads a PNG. */
+  initImage?: RgbaImage;
+  /** SDEdit: how much of the schedule to run, in (0, 1] (1 = from noise alone). Default 0.8. */
+  strength?: number;
+  /** Inpainting: RGBA at the model's size, white (above mid grey) where `initImage` is
+   *  regenerated, black where it is kept. Takes RePaint's steps: leave `sampler` and
+   *  `karrasSigmas` out. */
+  mask?: RgbaImage;
+  /** Inpainting: steps jumped back up at each jump point (RePaint's j). Default 10. */
+  jumpLength?: number;
+  /** Inpainting: resamplings per jump point (RePaint's r; 1 = no jumps). Default 10. */
+  jumpNSample?: number;
 }
 
 /** An RGBA image for a canvas (`new ImageData(pixels, width, height)`). */
@@ -105,9 +120,9 @@ struct SampleOptions {
     /// Seed (a JS number: integers up to 2^53 are exact).
     #[serde(default)]
     seed: f64,
-    /// "ddim", "ddpm", "dpmsolver++" or "sde-dpmsolver++".
-    #[serde(default = "default_sampler")]
-    sampler: String,
+    /// "ddim", "ddpm", "dpmsolver++" or "sde-dpmsolver++" (absent: the library's default).
+    #[serde(default)]
+    sampler: Option<String>,
     /// DPM-Solver++ with Karras noise levels.
     #[serde(default)]
     karras_sigmas: bool,
@@ -115,6 +130,65 @@ struct SampleOptions {
     /// preview is an asynchronous device read, so fewer previews keep WebGPU busier.
     #[serde(default = "one")]
     preview_every: usize,
+    /// SDEdit, or with `mask` inpainting, from this image: `trainer sample --init-image`.
+    #[serde(default)]
+    init_image: Option<ImageInput>,
+    /// SDEdit's strength: `--strength`.
+    #[serde(default)]
+    strength: Option<f64>,
+    /// Inpainting's mask, white = regenerate: `--mask`.
+    #[serde(default)]
+    mask: Option<ImageInput>,
+    /// RePaint's jump length: `--jump-length`.
+    #[serde(default)]
+    jump_length: Option<usize>,
+    /// RePaint's resamplings per jump point: `--jump-n-sample`.
+    #[serde(default)]
+    jump_n_sample: Option<usize>,
+}
+
+/// An RGBA image from JavaScript (`{width, height, pixels}`; `pixels` an array, `Uint8Array` or
+/// `Uint8ClampedArray` such as `ImageData.data`).
+#[derive(Debug, Deserialize)]
+struct ImageInput {
+    width: usize,
+    height: usize,
+    pixels: Vec<u8>,
+}
+
+impl ImageInput {
+    /// Model values `[channels, size, size]`, read as `trainer sample` reads a PNG.
+    fn values(&self, what: &str, channels: usize, size: usize) -> Result<Vec<f32>, JsError> {
+        if (self.width, self.height) != (size, size) {
+            return Err(js_err(format!(
+                "{what} is {}×{}; the model takes {size}×{size}",
+                self.width, self.height
+            )));
+        }
+        if self.pixels.len() != size * size * 4 {
+            return Err(js_err(format!(
+                "{what} holds {} bytes; {size}×{size} RGBA needs {}",
+                self.pixels.len(),
+                size * size * 4
+            )));
+        }
+        artifacts::pixels::rgba_to_values(&self.pixels, channels)
+            .map_err(|e| js_err(format!("{what}: {e}")))
+    }
+}
+
+/// RePaint's defaults (diffusers'), and the most resamplings a page may ask for (each
+/// multiplies the work).
+const JUMP_LENGTH: usize = 10;
+const JUMP_N_SAMPLE: usize = 10;
+const MAX_JUMP_N_SAMPLE: usize = 100;
+/// diffusers' img2img default strength.
+const STRENGTH: f64 = 0.8;
+
+/// What a call starts from besides the seed's noise.
+enum Edit {
+    Vary { image: Vec<f32>, strength: f64 },
+    Inpaint { image: Vec<f32>, keep: Vec<f32> },
 }
 
 fn one() -> usize {
@@ -126,9 +200,6 @@ fn three() -> f64 {
 }
 fn fifty() -> usize {
     50
-}
-fn default_sampler() -> String {
-    SamplerKind::default().name().into()
 }
 
 /// The largest RGBA grid `gridRgba` draws, bytes.
@@ -308,6 +379,83 @@ pub struct Sampler {
     backend: String,
 }
 
+impl Sampler {
+    /// The edit `o` asks for and the scheduler it runs on, each option checked as the HTTP
+    /// API checks its fields: an option that does not apply is an error, not ignored.
+    fn edit(
+        &self,
+        o: &SampleOptions,
+        settings: &SamplerSettings,
+    ) -> Result<(Option<Edit>, diffusion::sampler::AnyScheduler), JsError> {
+        let [c, size, _] = self.config.unet.image_shape();
+        let Some(init) = &o.init_image else {
+            for (field, given) in [
+                ("strength", o.strength.is_some()),
+                ("mask", o.mask.is_some()),
+                ("jumpLength", o.jump_length.is_some()),
+                ("jumpNSample", o.jump_n_sample.is_some()),
+            ] {
+                if given {
+                    return Err(js_err(format!(
+                        "{field}: applies to an edit of an initImage, and none was given"
+                    )));
+                }
+            }
+            return Ok((None, self.config.scheduler(settings).map_err(js_err)?));
+        };
+        let image = init.values("initImage", c, size)?;
+        let Some(mask) = &o.mask else {
+            for (field, given) in [
+                ("jumpLength", o.jump_length.is_some()),
+                ("jumpNSample", o.jump_n_sample.is_some()),
+            ] {
+                if given {
+                    return Err(js_err(format!(
+                        "{field}: applies to inpainting (a mask), and none was given"
+                    )));
+                }
+            }
+            let scheduler = self.config.scheduler(settings).map_err(js_err)?;
+            let strength = o.strength.unwrap_or(STRENGTH);
+            diffusion::sampler::sdedit_start_index(scheduler.timesteps().len(), strength)
+                .map_err(|e| js_err(format!("strength: {e}")))?;
+            return Ok((Some(Edit::Vary { image, strength }), scheduler));
+        };
+        if o.strength.is_some() {
+            return Err(js_err(
+                "strength: applies to SDEdit (an initImage without a mask)",
+            ));
+        }
+        if o.sampler.is_some() || o.karras_sigmas {
+            return Err(js_err(
+                "sampler: inpainting (a mask) takes RePaint's steps; leave sampler and \
+                 karrasSigmas out (steps and eta apply)",
+            ));
+        }
+        let keep = diffusion::sampler::keep_from_mask(&mask.values("mask", 1, size)?, c);
+        let (jump_length, jump_n_sample) = (
+            o.jump_length.unwrap_or(JUMP_LENGTH),
+            o.jump_n_sample.unwrap_or(JUMP_N_SAMPLE),
+        );
+        if !(1..=MAX_JUMP_N_SAMPLE).contains(&jump_n_sample) {
+            return Err(js_err(format!(
+                "jumpNSample: {jump_n_sample} must lie in 1..={MAX_JUMP_N_SAMPLE}"
+            )));
+        }
+        if jump_length == 0 || jump_length > o.steps {
+            return Err(js_err(format!(
+                "jumpLength: {jump_length} must lie in 1..={} (steps)",
+                o.steps
+            )));
+        }
+        let scheduler = self
+            .config
+            .repaint_scheduler(o.steps, o.eta, jump_length, jump_n_sample)
+            .map_err(js_err)?;
+        Ok((Some(Edit::Inpaint { image, keep }), scheduler))
+    }
+}
+
 #[wasm_bindgen]
 impl Sampler {
     /// Loads safetensors `weights` (f32 or f16) with their `config_json` on `backend`:
@@ -356,6 +504,12 @@ impl Sampler {
         self.config.unet.resolution
     }
 
+    /// Image channels: 1 (grey) or 3 (RGB).
+    #[wasm_bindgen(getter)]
+    pub fn channels(&self) -> usize {
+        self.config.unet.image_shape()[0]
+    }
+
     /// Number of classes (0 for an unconditional model).
     #[wasm_bindgen(getter, js_name = numClasses)]
     pub fn num_classes(&self) -> usize {
@@ -390,7 +544,8 @@ impl Sampler {
 
     /// Samples a batch in one run, as `trainer sample` does for the same settings. `options`:
     /// `{classLabel, numImages, guidanceScale, steps, eta, seed, sampler, karrasSigmas,
-    /// previewEvery}`. `onProgress(step, total, preview | null)` is called after each step, with
+    /// previewEvery}`, and for an edit `{initImage, strength}` (SDEdit: `--init-image
+    /// --strength`) or `{initImage, mask, jumpLength, jumpNSample}` (RePaint inpainting). `onProgress(step, total, preview | null)` is called after each step, with
     /// x̂₀ as a grid (`{width, height, pixels}`, 1 pixel apart) every `previewEvery` steps;
     /// returning `false` cancels the run (the call then fails with "cancelled").
     /// Returns `{pixels: Uint8ClampedArray (RGBA, image after image), values: Float32Array
@@ -414,13 +569,17 @@ impl Sampler {
                 o.seed
             )));
         }
+        let sampler = match &o.sampler {
+            Some(name) => SamplerKind::from_name(name).map_err(js_err)?,
+            None => SamplerKind::default(),
+        };
         let settings = SamplerSettings {
-            sampler: SamplerKind::from_name(&o.sampler).map_err(js_err)?,
+            sampler,
             num_inference_steps: o.steps,
             eta: o.eta,
             use_karras_sigmas: o.karras_sigmas,
         };
-        let scheduler = self.config.scheduler(&settings).map_err(js_err)?;
+        let (edit, scheduler) = self.edit(&o, &settings)?;
         if o.num_images > MAX_IMAGES {
             return Err(js_err(format!(
                 "numImages {}: at most {MAX_IMAGES}",
@@ -456,6 +615,20 @@ impl Sampler {
         let mut first_step_ms = 0.0;
         let mut sampling =
             Sampling::new(&self.model, &scheduler, &request, &self.device).map_err(js_err)?;
+        let n = batch[0];
+        let tensor = |values: &[f32]| {
+            Tensor::<4>::from_data(TensorData::new(values.repeat(n), batch), &self.device)
+        };
+        sampling = match &edit {
+            None => sampling,
+            Some(Edit::Vary { image, strength }) => sampling
+                .with_init_image(tensor(image), *strength)
+                .map_err(js_err)?,
+            Some(Edit::Inpaint { image, keep }) => sampling
+                .with_inpainting(tensor(image), tensor(keep))
+                .map_err(js_err)?,
+        };
+        let first_index = sampling.steps_done();
         while let Some(out) = sampling.step() {
             yield_to_browser().await?;
             if let Some(cb) = &on_progress {
@@ -479,7 +652,7 @@ impl Sampler {
                     return Err(js_err("cancelled"));
                 }
             }
-            if out.step_index == 0 {
+            if out.step_index == first_index {
                 if on_progress.is_none() {
                     // Make the first-step time honest: wait for the device.
                     read(sampling.sample().clone()).await?;
@@ -489,7 +662,7 @@ impl Sampler {
         }
         let values = read(sampling.sample().clone()).await?;
         let total_ms = now_ms() - started;
-        let steps = scheduler.timesteps().len();
+        let steps = scheduler.timesteps().len() - first_index;
         let rgba = to_rgba(&values, batch);
         let result = js_sys::Object::new();
         let pixels = js_sys::Uint8ClampedArray::from(rgba.as_slice());

@@ -75,26 +75,8 @@ pub fn image_values(
              be resized)"
         ));
     };
-    let values = match channels {
-        1 => img
-            .to_luma8()
-            .pixels()
-            .map(|p| p.0[0])
-            .map(to_model)
-            .collect(),
-        3 => {
-            let rgb = img.to_rgb8();
-            let plane = |c: usize| rgb.pixels().map(move |p| to_model(p.0[c]));
-            plane(0).chain(plane(1)).chain(plane(2)).collect()
-        }
-        c => return Err(format!("images of {c} channels are not supported (1 or 3)")),
-    };
-    Ok(values)
-}
-
-/// An 8-bit pixel as a model value: 0 → −1, 255 → 1.
-fn to_model(v: u8) -> f32 {
-    v as f32 / 127.5 - 1.0
+    // One conversion for files, API requests and the browser's canvases.
+    crate::pixels::rgba_to_values(img.to_rgba8().as_raw(), channels)
 }
 
 #[cfg(test)]

@@ -21,6 +21,43 @@ pub fn to_rgba(values: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<u8> {
     out
 }
 
+/// An 8-bit pixel as a model value: 0 → −1, 255 → 1 (the inverse of [`to_u8`] on its range).
+pub fn from_u8(v: u8) -> f32 {
+    v as f32 / 127.5 - 1.0
+}
+
+/// The grey level of an RGB pixel as Pillow's `Image.convert("L")` computes it (ITU-R 601-2
+/// luma, L = R·299/1000 + G·587/1000 + B·114/1000 in 16-bit fixed point, rounded), which is what
+/// a diffusers user gets from a colour image for a grey model; integers, so every target
+/// computes the same byte.
+pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((19_595 * r as u32 + 38_470 * g as u32 + 7_471 * b as u32 + 0x8000) >> 16) as u8
+}
+
+/// Model values `[channels, height, width]` (channel-major, in [-1, 1]) of interleaved RGBA
+/// bytes: grey (1 channel, [`luma`]) or RGB (3); alpha is dropped. `trainer sample
+/// --init-image`, the HTTP API and the browser all read images through this.
+pub fn rgba_to_values(rgba: &[u8], channels: usize) -> Result<Vec<f32>, String> {
+    if rgba.len() % 4 != 0 {
+        return Err(format!("{} bytes are not whole RGBA pixels", rgba.len()));
+    }
+    let px = rgba.chunks_exact(4);
+    match channels {
+        1 => Ok(px.map(|p| from_u8(luma(p[0], p[1], p[2]))).collect()),
+        3 => {
+            let hw = rgba.len() / 4;
+            let mut out = vec![0.0; 3 * hw];
+            for (i, p) in px.enumerate() {
+                for c in 0..3 {
+                    out[c * hw + i] = from_u8(p[c]);
+                }
+            }
+            Ok(out)
+        }
+        c => Err(format!("images of {c} channels are not supported (1 or 3)")),
+    }
+}
+
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GridPixels {
@@ -102,6 +139,37 @@ mod tests {
         );
         let rgba = to_rgba(&[-1.0, 1.0], [1, 1, 1, 2]);
         assert_eq!(rgba, vec![0, 0, 0, 255, 255, 255, 255, 255]);
+        assert_eq!([from_u8(0), from_u8(255)], [-1.0, 1.0]);
+        assert!((0..=255u8).all(|v| to_u8(from_u8(v)) == v));
+    }
+
+    #[test]
+    fn reads_rgba_as_grey_or_rgb() {
+        let rgba = [255, 255, 255, 9, 10, 200, 30, 255];
+        // Grey pixels keep their level exactly.
+        assert!((0..=255u8).all(|v| luma(v, v, v) == v));
+        // Colour as Pillow 13.0.0 converts it (`Image.convert("L")` of these pixels).
+        let px = [
+            (98, 243, 110),
+            (14, 172, 201),
+            (10, 200, 30),
+            (255, 0, 0),
+            (0, 255, 0),
+            (0, 0, 255),
+            (1, 2, 3),
+            (250, 251, 252),
+        ];
+        let pillow = [184, 128, 124, 76, 150, 29, 2, 251];
+        for ((r, g, b), want) in px.into_iter().zip(pillow) {
+            assert_eq!(luma(r, g, b), want, "{r}, {g}, {b}");
+        }
+        assert_eq!(rgba_to_values(&rgba, 1).unwrap(), vec![1.0, from_u8(124)]);
+        assert_eq!(
+            rgba_to_values(&rgba, 3).unwrap(),
+            vec![1.0, from_u8(10), 1.0, from_u8(200), 1.0, from_u8(30)]
+        );
+        assert!(rgba_to_values(&rgba[..5], 1).unwrap_err().contains("RGBA"));
+        assert!(rgba_to_values(&rgba, 2).unwrap_err().contains("2 channels"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::objective::PredictionType;
-use crate::sampler::{AnyScheduler, SamplerSettings};
+use crate::sampler::{AnyScheduler, RePaintSchedulerConfig, SamplerSettings};
 use crate::schedule::NoiseScheduleConfig;
 use crate::unet::{UNet, UNetConfig};
 
@@ -121,6 +121,30 @@ impl ModelConfig {
             self.prediction_type,
             self.clip_range(),
         )
+    }
+
+    /// RePaint's scheduler for inpainting this model: `num_inference_steps` and `eta` as for
+    /// DDIM, the jumps as diffusers' `RePaintScheduler`, clipping as the model's config says.
+    /// The CLI, the HTTP API and the browser all inpaint through this.
+    pub fn repaint_scheduler(
+        &self,
+        num_inference_steps: usize,
+        eta: f64,
+        jump_length: usize,
+        jump_n_sample: usize,
+    ) -> Result<AnyScheduler> {
+        let clip = self.clip_range();
+        let config = RePaintSchedulerConfig {
+            num_inference_steps,
+            jump_length,
+            jump_n_sample,
+            eta,
+            clip_sample: clip.is_some(),
+            clip_sample_range: clip.unwrap_or(1.0),
+        };
+        Ok(AnyScheduler::RePaint(
+            config.init(&self.schedule.build()?, self.prediction_type)?,
+        ))
     }
 
     /// The bound samplers clip x̂_0 to, `None` when they do not clip.

@@ -377,10 +377,7 @@ fn edit(
     if req.sampler != SamplerKind::default() || req.use_karras_sigmas {
         return Err("sampler: inpainting (a mask) takes RePaint's steps; leave sampler and use_karras_sigmas out (num_inference_steps and eta apply)".into());
     }
-    let keep: Vec<f32> = decode("mask", mask, 1)?
-        .iter()
-        .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
-        .collect();
+    let keep = diffusion::sampler::keep_from_mask(&decode("mask", mask, 1)?, c);
     let (jump_length, jump_n_sample) = (
         req.jump_length.unwrap_or(10),
         req.jump_n_sample.unwrap_or(10),
@@ -396,27 +393,15 @@ fn edit(
             settings.num_inference_steps
         ));
     }
-    let clip = config.clip_range();
-    let repaint = diffusion::sampler::RePaintSchedulerConfig {
-        num_inference_steps: settings.num_inference_steps,
-        jump_length: jump_length as usize,
-        jump_n_sample: jump_n_sample as usize,
-        eta: settings.eta,
-        clip_sample: clip.is_some(),
-        clip_sample_range: clip.unwrap_or(1.0),
-    }
-    .init(
-        &config.schedule.build().map_err(|e| e.to_string())?,
-        config.prediction_type,
-    )
-    .map_err(|e| format!("mask: {e}"))?;
-    Ok((
-        Some(Edit::Inpaint {
-            image,
-            keep: keep.repeat(c),
-        }),
-        AnyScheduler::RePaint(repaint),
-    ))
+    let repaint = config
+        .repaint_scheduler(
+            settings.num_inference_steps,
+            settings.eta,
+            jump_length as usize,
+            jump_n_sample as usize,
+        )
+        .map_err(|e| format!("mask: {e}"))?;
+    Ok((Some(Edit::Inpaint { image, keep }), repaint))
 }
 
 #[cfg(test)]

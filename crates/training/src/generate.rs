@@ -1,9 +1,7 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diffusion::sampler::{
-    to_host, AnyScheduler, RePaintSchedulerConfig, SamplerSettings, StepOutput,
-};
+use diffusion::sampler::{to_host, AnyScheduler, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
@@ -23,20 +21,12 @@ fn prepare(
             jump_length,
             jump_n_sample,
             ..
-        }) => {
-            let clip = config.clip_range();
-            AnyScheduler::RePaint(
-                RePaintSchedulerConfig {
-                    num_inference_steps: settings.num_inference_steps,
-                    jump_length: *jump_length,
-                    jump_n_sample: *jump_n_sample,
-                    eta: settings.eta,
-                    clip_sample: clip.is_some(),
-                    clip_sample_range: clip.unwrap_or(1.0),
-                }
-                .init(&config.schedule.build()?, config.prediction_type)?,
-            )
-        }
+        }) => config.repaint_scheduler(
+            settings.num_inference_steps,
+            settings.eta,
+            *jump_length,
+            *jump_n_sample,
+        )?,
         _ => config.scheduler(settings)?,
     };
     let request = SampleRequest {

@@ -25,7 +25,7 @@ pub use dpm_solver::{
     FinalSigmasType, SolverType, StepCoefficients,
 };
 pub use karras::{karras_sigmas, sigma_to_t};
-pub use repaint::{repaint_timesteps, RePaintScheduler, RePaintSchedulerConfig};
+pub use repaint::{keep_from_mask, repaint_timesteps, RePaintScheduler, RePaintSchedulerConfig};
 pub use sampling::{
     to_host, Denoiser, ModelQuery, SampleRequest, Sampling, SamplingState, StepOutput,
 };

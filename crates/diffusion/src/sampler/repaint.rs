@@ -52,6 +52,17 @@ impl Default for RePaintSchedulerConfig {
     }
 }
 
+/// The `keep` input of [`SchedulerState::with_inpainting`] from a grey mask image (values in
+/// [-1, 1], `[height, width]`) for an image of `channels` channels: white (above mid grey)
+/// is regenerated, black kept, as diffusers' inpainting masks; every channel of a pixel alike.
+pub fn keep_from_mask(mask: &[f32], channels: usize) -> Vec<f32> {
+    let keep: Vec<f32> = mask
+        .iter()
+        .map(|&v| if v > 0.0 { 0.0 } else { 1.0 })
+        .collect();
+    keep.repeat(channels)
+}
+
 /// diffusers' RePaint timesteps: descending model steps interleaved with jumps back up, in
 /// units of `num_train_timesteps / num_inference_steps`.
 pub fn repaint_timesteps(
