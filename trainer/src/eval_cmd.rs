@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use datasets::{DatasetSpec, Split};
 use diffusion::weights::load_model;
+use eval::chunks::ChunkStore;
 use eval::classifier::{load_classifier, save_classifier, train_classifier, ClassifierTraining};
 use eval::compare::{compare, compare_markdown, read_report, write_comparison};
 use eval::evaluate::{evaluate, markdown, write_report, EvalSettings};
@@ -126,9 +127,14 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     guidance_sweep: Option<Vec<f64>>,
     /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "seeds")]
     seed: u64,
-    /// Images per sampling batch.
+    /// Several sampling seeds (e.g. `0,1,2`): every guidance scale is sampled n times per
+    /// seed, and the report gives each score as mean ± standard deviation over the seeds.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Images per sampling batch: the unit of work kept on disk (`OUT/chunks/`) as soon as it
+    /// is done, so a stopped run (Ctrl-C, SIGTERM) resumes when the same command runs again.
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Images per Inception batch.
@@ -147,12 +153,23 @@ pub struct EvalArgs {
     /// Skip the Inception FID (no weights needed).
     #[arg(long)]
     no_inception: bool,
-    /// Output directory for eval.json, eval.md, sample grids and the sweep plot.
+    /// Output directory for eval.json, eval.md, sample grids and the sweep plot, and the
+    /// finished chunks of a run (`chunks/`), which a rerun of the same command resumes from.
     #[arg(long, default_value = "runs/eval")]
     out: PathBuf,
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+/// The SHA-256 of a file (hex): what names a model in the chunks of its evaluation.
+fn file_sha256(path: &std::path::Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
@@ -188,21 +205,29 @@ pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             .unwrap_or_else(default_weights_path);
         Some(FidInception::load(&path, &device).context("or pass --no-inception")?)
     };
+    let stop = crate::signals::StopSignal::install()?;
     let settings = EvalSettings {
         dataset: a.dataset.clone(),
         n: a.n,
         batch: a.batch,
         sampler,
         guidance,
-        seed: a.seed,
+        seeds: a.seeds.clone().unwrap_or_else(|| vec![a.seed]),
         classifier,
         inception,
         inception_batch: a.inception_batch,
         splits: 10,
         stats_cache: None,
+        chunks: Some(ChunkStore::new(a.out.join("chunks"))),
+        model_id: file_sha256(&a.weights)?,
+        stop: Some(stop.flag()),
     };
     let pb = bar(a.n as u64);
     let mut stage = String::new();
+    // Per stage: when it started and how much was done then (finished chunks of an earlier
+    // run count at once), for the estimate of what is left.
+    let mut since = (std::time::Instant::now(), 0usize);
+    let mut last_line = std::time::Instant::now();
     let (report, samples) = evaluate(
         &model,
         &config,
@@ -213,12 +238,33 @@ pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             if s != stage {
                 stage = s.to_string();
                 pb.set_length(total as u64);
+                pb.set_position(done as u64);
                 pb.reset_eta();
                 pb.set_message(stage.clone());
+                since = (std::time::Instant::now(), done);
+                if done > 0 {
+                    pb.println(format!("{stage}: {done} of {total} done by an earlier run"));
+                }
             }
             pb.set_position(done as u64);
+            // Without a terminal (a log file): a line with the estimate every 30 s.
+            if pb.is_hidden() && last_line.elapsed().as_secs() >= 30 && done > since.1 {
+                last_line = std::time::Instant::now();
+                let rate = (done - since.1) as f64 / since.0.elapsed().as_secs_f64();
+                eprintln!(
+                    "{stage}: {done}/{total}, {:.0} s left",
+                    (total - done) as f64 / rate
+                );
+            }
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        eval::EvalError::Stopped(why) => anyhow::Error::new(crate::signals::Stopped {
+            signal: stop.received().unwrap_or_else(|| "SIGTERM".into()),
+            message: why,
+        }),
+        e => e.into(),
+    })?;
     pb.finish_and_clear();
     let files = write_report(&report, &samples, &a.out)?;
     println!("{}", markdown(&report));

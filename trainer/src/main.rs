@@ -50,10 +50,15 @@ fn main() {
             }
         }
         eprintln!("error: {}", msg.join(": "));
-        // A training run stopped by a signal (after saving) exits as the signal would have.
-        let code = match e.downcast_ref::<training::TrainError>() {
-            Some(training::TrainError::Stopped { reason, .. }) if reason == "SIGINT" => 130,
-            Some(training::TrainError::Stopped { .. }) => 143,
+        // A run stopped by a signal (after saving) exits as the signal would have.
+        let code = match (
+            e.downcast_ref::<training::TrainError>(),
+            e.downcast_ref::<signals::Stopped>(),
+        ) {
+            (Some(training::TrainError::Stopped { reason, .. }), _) if reason == "SIGINT" => 130,
+            (Some(training::TrainError::Stopped { .. }), _) => 143,
+            (_, Some(s)) if s.signal == "SIGINT" => 130,
+            (_, Some(_)) => 143,
             _ => 1,
         };
         std::process::exit(code);

@@ -1,5 +1,6 @@
-//! Stop signals during training: the first SIGTERM or SIGINT (Ctrl-C) asks the training loop
-//! to finish the steps in flight, write a checkpoint and stop; a second one exits at once
+//! Stop signals during training and evaluation: the first SIGTERM or SIGINT (Ctrl-C) asks the
+//! training loop to finish the steps in flight, write a checkpoint and stop (an evaluation: to
+//! finish and keep the chunk in progress); a second one exits at once
 //! (128 + the signal's number, as a shell reports a killed process).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,6 +34,11 @@ impl StopSignal {
         Ok(Self { requested, which })
     }
 
+    /// The flag the first signal sets, for a library loop to poll.
+    pub(crate) fn flag(&self) -> Arc<AtomicBool> {
+        self.requested.clone()
+    }
+
     /// The signal's name once one arrived.
     pub(crate) fn received(&self) -> Option<String> {
         if !self.requested.load(Ordering::SeqCst) {
@@ -47,3 +53,21 @@ impl StopSignal {
         )
     }
 }
+
+/// A command stopped by `signal` after keeping its finished work (an evaluation's chunks): the
+/// process exits as a stopped training run does (130 for SIGINT, 143 for SIGTERM).
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    /// `SIGINT` or `SIGTERM`.
+    pub(crate) signal: String,
+    /// What was kept and how to resume.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.signal, self.message)
+    }
+}
+
+impl std::error::Error for Stopped {}

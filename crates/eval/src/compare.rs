@@ -241,12 +241,14 @@ mod tests {
                 use_karras_sigmas: false,
             },
             seed: 0,
+            seeds: Vec::new(),
             classifier: None,
             classifier_test_accuracy: None,
             inception: true,
             baseline: Scores::default(),
             rows: vec![EvalRow {
                 guidance: 3.0,
+                seed: None,
                 scores: Scores {
                     inception_fid: Some(fid),
                     ..Default::default()
@@ -254,6 +256,7 @@ mod tests {
                 sample_s: steps as f64,
                 inception_s: 1.0,
             }],
+            summary: Vec::new(),
             total_s: 1.0,
         }
     }

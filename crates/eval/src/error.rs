@@ -17,6 +17,9 @@ pub enum EvalError {
     /// A bad argument or setting.
     #[error("{0}")]
     Invalid(String),
+    /// A run stopped on request (a signal) after saving what it finished.
+    #[error("{0}")]
+    Stopped(String),
     /// A weights or statistics file that cannot be used.
     #[error("{path}: {reason}")]
     File {

@@ -16,12 +16,20 @@
 //!   floor to read the model's numbers against.
 //!
 //! Sample i asks for class i mod K (a conditional model), so classes are balanced; batch j uses
-//! seed `mix_seed(seed, 20, j)`, the same for every guidance scale.
+//! seed `mix_seed(seed, 20, j)`, the same for every guidance scale. Several seeds give one row
+//! per guidance scale and seed, and a summary of each scale as mean ± standard deviation over
+//! the seeds, so a difference between two models can be told from the noise of sampling.
+//!
+//! The work is done in chunks ([`crate::chunks`]): every sampling batch (its 8-bit samples and
+//! their Inception features) and every 500 real images' features are saved as they finish, so
+//! a stopped run resumes where it stopped and gives the same report.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use artifacts::pixels::to_u8;
+use artifacts::pixels::{from_u8, to_u8};
 use artifacts::{grid, save_png, write_atomic};
 use burn::tensor::Device;
 use datasets::loader::mix_seed;
@@ -32,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use training::generate::generate;
 use training::plot::{line_plot, Series};
 
+use crate::chunks::{key, Chunk, ChunkStore};
 use crate::classifier::{predict, Classifier, ClassifierInfo};
 use crate::error::{EvalError, Result};
 use crate::fid::{FeatureStats, FidReference};
@@ -51,8 +60,8 @@ pub struct EvalSettings {
     pub sampler: SamplerSettings,
     /// Guidance scales (one, or a sweep).
     pub guidance: Vec<f64>,
-    /// Sampling seed.
-    pub seed: u64,
+    /// Sampling seeds: one row per guidance scale and seed (at least one).
+    pub seeds: Vec<u64>,
     /// The evaluation classifier and its info (skipped when `None`).
     pub classifier: Option<(Classifier, ClassifierInfo)>,
     /// The FID Inception (Inception FID skipped when `None`).
@@ -63,7 +72,17 @@ pub struct EvalSettings {
     pub splits: usize,
     /// Directory for cached real-data statistics (default: `<cache>/fid-stats`).
     pub stats_cache: Option<PathBuf>,
+    /// Where finished sample chunks are kept, so a stopped run resumes (`None`: kept nowhere).
+    pub chunks: Option<ChunkStore>,
+    /// What identifies the model's weights in a chunk's key (the weights file's SHA-256).
+    pub model_id: String,
+    /// Set (by a signal handler) to stop after the chunk in progress, with
+    /// [`EvalError::Stopped`].
+    pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// Images of real data per chunk of Inception features.
+const REAL_CHUNK: usize = 500;
 
 /// The scores of one set of images.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -85,12 +104,29 @@ pub struct Scores {
 pub struct EvalRow {
     /// Guidance scale w (ε̃ = ε_u + w (ε_c − ε_u); 1 = plain conditional).
     pub guidance: f64,
+    /// The sampling seed of this row (absent in reports of one seed written before seeds
+    /// became a list: the report's `seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// The scores.
     pub scores: Scores,
     /// Seconds spent sampling.
     pub sample_s: f64,
     /// Seconds spent on Inception features (0 if skipped).
     pub inception_s: f64,
+}
+
+/// One guidance scale over several seeds: each score's mean and sample standard deviation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRow {
+    /// Guidance scale w.
+    pub guidance: f64,
+    /// The seeds.
+    pub seeds: Vec<u64>,
+    /// The mean of each score over the seeds.
+    pub mean: Scores,
+    /// The standard deviation (n − 1) of each score over the seeds.
+    pub std: Scores,
 }
 
 /// The whole report (`eval.json`).
@@ -108,8 +144,11 @@ pub struct EvalReport {
     pub n_baseline: usize,
     /// Sampler settings.
     pub sampler: SamplerSettings,
-    /// Sampling seed.
+    /// Sampling seed (the first of `seeds`).
     pub seed: u64,
+    /// Every sampling seed (absent in reports written before seeds became a list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// The classifier file and its test accuracy, if used.
     pub classifier: Option<String>,
     /// Its accuracy on the real test split.
@@ -118,8 +157,11 @@ pub struct EvalReport {
     pub inception: bool,
     /// Real test images vs real train images, at `n_baseline` each.
     pub baseline: Scores,
-    /// One row per guidance scale.
+    /// One row per guidance scale and seed.
     pub rows: Vec<EvalRow>,
+    /// With several seeds: one row per guidance scale, mean ± std over the seeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<SummaryRow>,
     /// Wall time of the whole evaluation.
     pub total_s: f64,
 }
@@ -160,11 +202,27 @@ pub fn evaluate(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(EvalReport, Vec<(f64, Vec<f32>, [usize; 4])>)> {
     let started = Instant::now();
-    if settings.n < 2 || settings.batch == 0 || settings.guidance.is_empty() {
+    if settings.n < 2
+        || settings.batch == 0
+        || settings.guidance.is_empty()
+        || settings.seeds.is_empty()
+    {
         return Err(EvalError::Invalid(
-            "eval needs n ≥ 2, batch ≥ 1 and at least one guidance scale".into(),
+            "eval needs n ≥ 2, batch ≥ 1, at least one guidance scale and at least one seed".into(),
         ));
     }
+    let stop_check = |done: &str| -> Result<()> {
+        if settings
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+        {
+            return Err(EvalError::Stopped(format!(
+                "stopped after {done}; what is done is kept: run the same command again to resume"
+            )));
+        }
+        Ok(())
+    };
     let spec = DatasetSpec::parse(
         &settings.dataset,
         config.unet.resolution,
@@ -228,16 +286,71 @@ pub fn evaluate(
                 return Ok(Some(s));
             }
         }
+        // Features in chunks of REAL_CHUNK images, each kept until the statistics are saved.
+        let store = ChunkStore::new(cache.join("chunks"));
         let stage = format!("Inception features of {}", ds.name);
         let [c, h, w] = ds.image_shape();
-        let f = net.features(
-            &unit(&ds.pixels),
-            [ds.len(), c, h, w],
-            settings.inception_batch,
-            |d| progress(&stage, d, ds.len()),
-        )?;
+        let per = c * h * w;
+        let starts: Vec<usize> = (0..ds.len()).step_by(REAL_CHUNK).collect();
+        let keys: Vec<String> = starts
+            .iter()
+            .map(|&a| {
+                let len = REAL_CHUNK.min(ds.len() - a).to_string();
+                key(&[
+                    "real",
+                    &settings.dataset,
+                    split.name(),
+                    &a.to_string(),
+                    &len,
+                ])
+            })
+            .collect();
+        let mut parts: Vec<Option<Vec<f32>>> = starts
+            .iter()
+            .zip(&keys)
+            .map(|(&a, k)| {
+                let want = REAL_CHUNK.min(ds.len() - a) * FEATURE_DIM;
+                store
+                    .load(k)
+                    .map(|ch| ch.features)
+                    .filter(|f| f.len() == want)
+            })
+            .collect();
+        let mut done: usize = starts
+            .iter()
+            .zip(&parts)
+            .filter(|(_, p)| p.is_some())
+            .map(|(&a, _)| REAL_CHUNK.min(ds.len() - a))
+            .sum();
+        progress(&stage, done, ds.len());
+        for ((&a, k), part) in starts.iter().zip(&keys).zip(parts.iter_mut()) {
+            if part.is_some() {
+                continue;
+            }
+            let m = REAL_CHUNK.min(ds.len() - a);
+            let f = net.features(
+                &unit(&ds.pixels[a * per..(a + m) * per]),
+                [m, c, h, w],
+                settings.inception_batch,
+                |d| progress(&stage, done + d, ds.len()),
+            )?;
+            store.save(
+                k,
+                &Chunk {
+                    pixels: Vec::new(),
+                    features: f.clone(),
+                },
+            )?;
+            *part = Some(f);
+            done += m;
+            stop_check(&format!("{done} of {} images of {}", ds.len(), ds.name))?;
+        }
+        let f: Vec<f32> = parts.into_iter().flatten().flatten().collect();
         let s = FeatureStats::from_features(&f, FEATURE_DIM)?;
         s.save(&file)?;
+        for k in &keys {
+            store.remove(k);
+        }
         Ok(Some(s))
     };
     let ref_inception =
@@ -289,76 +402,178 @@ pub fn evaluate(
         (baseline.classifier_score, baseline.classifier_score_std) = (Some(m), Some(s));
     }
 
-    // Samples.
+    // Samples, chunk by chunk: each sampling batch with its Inception features.
     let labels: Vec<Option<usize>> = (0..settings.n)
         .map(|i| u.num_classes.map(|k| i % k))
         .collect();
+    let per = shape.iter().product::<usize>();
+    let config_json = config.to_json();
+    let sampler_json = serde_json::to_string(&settings.sampler).expect("serialises");
     let mut rows = Vec::new();
     let mut samples = Vec::new();
     for &w in &settings.guidance {
-        let t0 = Instant::now();
-        let stage = format!("sampling at w = {w}");
-        let mut values = Vec::with_capacity(settings.n * shape.iter().product::<usize>());
-        for (j, chunk) in labels.chunks(settings.batch).enumerate() {
-            let (v, _) = generate(
-                model,
-                config,
-                &settings.sampler,
-                chunk.to_vec(),
-                w,
-                mix_seed(settings.seed, 20, j as u64),
-                device,
-                |_| {},
-            )?;
-            values.extend(v);
-            progress(
-                &stage,
-                (j * settings.batch + chunk.len()).min(settings.n),
-                settings.n,
-            );
-        }
-        let sample_s = t0.elapsed().as_secs_f64();
-        // Quantise as a saved PNG would.
-        let pixels: Vec<u8> = values.iter().map(|&v| to_u8(v)).collect();
-        let mut scores = Scores::default();
-        let t1 = Instant::now();
-        if let (Some(net), Some(r)) = (&settings.inception, &ref_inception) {
-            let stage = format!("Inception features at w = {w}");
-            let f = net.features(
-                &unit(&pixels),
-                [settings.n, shape[0], shape[1], shape[2]],
-                settings.inception_batch,
-                |d| progress(&stage, d, settings.n),
-            )?;
-            scores.inception_fid = Some(r.fid(&FeatureStats::from_features(&f, FEATURE_DIM)?)?);
-        }
-        let inception_s = if settings.inception.is_some() {
-            t1.elapsed().as_secs_f64()
-        } else {
-            0.0
-        };
-        if let (Some((_, info)), Some(r), Some((probs, feats))) = (
-            &settings.classifier,
-            &ref_domain,
-            classify(&signed(&pixels), settings.n),
-        ) {
-            scores.domain_fid = Some(r.fid(&domain_stats(&feats, info)?)?);
-            if u.num_classes.is_some() {
-                let wanted: Vec<usize> = labels.iter().map(|l| l.unwrap_or(0)).collect();
-                scores.classifier_accuracy = Some(accuracy(&probs, info.num_classes, &wanted));
+        for &seed in &settings.seeds {
+            let stage = if settings.seeds.len() > 1 {
+                format!("sampling at w = {w}, seed {seed}")
+            } else {
+                format!("sampling at w = {w}")
+            };
+            let batches: Vec<(usize, &[Option<usize>])> = labels
+                .chunks(settings.batch)
+                .enumerate()
+                .map(|(j, c)| (j * settings.batch, c))
+                .collect();
+            let keys: Vec<String> = batches
+                .iter()
+                .map(|(a, c)| {
+                    key(&[
+                        "samples",
+                        &settings.model_id,
+                        &config_json,
+                        &sampler_json,
+                        &format!("{w:?}"),
+                        &seed.to_string(),
+                        &settings.batch.to_string(),
+                        &a.to_string(),
+                        &c.len().to_string(),
+                    ])
+                })
+                .collect();
+            // What earlier runs finished: the pixels, and the features where they were made.
+            let mut chunks: Vec<Option<Chunk>> = batches
+                .iter()
+                .zip(&keys)
+                .map(|((_, c), k)| {
+                    let store = settings.chunks.as_ref()?;
+                    let ch = store.load(k)?;
+                    (ch.pixels.len() == c.len() * per).then_some(ch)
+                })
+                .collect();
+            let mut done: usize = batches
+                .iter()
+                .zip(&chunks)
+                .filter(|(_, ch)| ch.is_some())
+                .map(|((_, c), _)| c.len())
+                .sum();
+            progress(&stage, done, settings.n);
+            let (mut sample_s, mut inception_s) = (0.0, 0.0);
+            for (((a, c), k), slot) in batches.iter().zip(&keys).zip(chunks.iter_mut()) {
+                let j = a / settings.batch;
+                let generated = slot.is_none();
+                let mut chunk = match slot.take() {
+                    Some(ch) => ch,
+                    None => {
+                        let t0 = Instant::now();
+                        let (v, _) = generate(
+                            model,
+                            config,
+                            &settings.sampler,
+                            c.to_vec(),
+                            w,
+                            mix_seed(seed, 20, j as u64),
+                            device,
+                            |_| {},
+                        )?;
+                        sample_s += t0.elapsed().as_secs_f64();
+                        // Quantised as a saved PNG would be.
+                        Chunk {
+                            pixels: v.iter().map(|&x| to_u8(x)).collect(),
+                            features: Vec::new(),
+                        }
+                    }
+                };
+                // Features where this run needs them and the chunk lacks them.
+                let featured = match &settings.inception {
+                    Some(net) if chunk.features.len() != c.len() * FEATURE_DIM => {
+                        let t1 = Instant::now();
+                        chunk.features = net.features(
+                            &unit(&chunk.pixels),
+                            [c.len(), shape[0], shape[1], shape[2]],
+                            settings.inception_batch,
+                            |_| {},
+                        )?;
+                        inception_s += t1.elapsed().as_secs_f64();
+                        true
+                    }
+                    _ => false,
+                };
+                if let (Some(store), true) = (&settings.chunks, generated || featured) {
+                    store.save(k, &chunk)?;
+                }
+                *slot = Some(chunk);
+                if generated {
+                    done += c.len();
+                    progress(&stage, done, settings.n);
+                }
+                if generated || featured {
+                    stop_check(&format!(
+                        "{done} of {} samples at w = {w}, seed {seed}",
+                        settings.n
+                    ))?;
+                }
             }
-            let (m, s) = inception_score_form(&probs, info.num_classes, settings.splits);
-            (scores.classifier_score, scores.classifier_score_std) = (Some(m), Some(s));
+            let chunks: Vec<Chunk> = chunks.into_iter().flatten().collect();
+            let pixels: Vec<u8> = chunks
+                .iter()
+                .flat_map(|c| c.pixels.iter().copied())
+                .collect();
+            let mut scores = Scores::default();
+            if let Some(r) = &ref_inception {
+                let f: Vec<f32> = chunks
+                    .iter()
+                    .flat_map(|c| c.features.iter().copied())
+                    .collect();
+                scores.inception_fid = Some(r.fid(&FeatureStats::from_features(&f, FEATURE_DIM)?)?);
+            }
+            if let (Some((_, info)), Some(r), Some((probs, feats))) = (
+                &settings.classifier,
+                &ref_domain,
+                classify(&signed(&pixels), settings.n),
+            ) {
+                scores.domain_fid = Some(r.fid(&domain_stats(&feats, info)?)?);
+                if u.num_classes.is_some() {
+                    let wanted: Vec<usize> = labels.iter().map(|l| l.unwrap_or(0)).collect();
+                    scores.classifier_accuracy = Some(accuracy(&probs, info.num_classes, &wanted));
+                }
+                let (m, s) = inception_score_form(&probs, info.num_classes, settings.splits);
+                (scores.classifier_score, scores.classifier_score_std) = (Some(m), Some(s));
+            }
+            rows.push(EvalRow {
+                guidance: w,
+                seed: Some(seed),
+                scores,
+                sample_s,
+                inception_s,
+            });
+            if seed == settings.seeds[0] {
+                let values: Vec<f32> = pixels.iter().map(|&p| from_u8(p)).collect();
+                let [c, h, wd] = shape;
+                samples.push((w, values, [settings.n, c, h, wd]));
+            }
         }
-        rows.push(EvalRow {
-            guidance: w,
-            scores,
-            sample_s,
-            inception_s,
-        });
-        let [c, h, wd] = shape;
-        samples.push((w, values, [settings.n, c, h, wd]));
     }
+    let summary = if settings.seeds.len() > 1 {
+        settings
+            .guidance
+            .iter()
+            .map(|&w| {
+                let of_w: Vec<&Scores> = rows
+                    .iter()
+                    .filter(|r| r.guidance == w)
+                    .map(|r| &r.scores)
+                    .collect();
+                let (mean, std) = mean_std(&of_w);
+                SummaryRow {
+                    guidance: w,
+                    seeds: settings.seeds.clone(),
+                    mean,
+                    std,
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let report = EvalReport {
         model: model_name.to_string(),
         dataset: settings.dataset.clone(),
@@ -366,7 +581,12 @@ pub fn evaluate(
         n_reference,
         n_baseline,
         sampler: settings.sampler,
-        seed: settings.seed,
+        seed: settings.seeds[0],
+        seeds: if settings.seeds.len() > 1 {
+            settings.seeds.clone()
+        } else {
+            Vec::new()
+        },
         classifier: settings
             .classifier
             .as_ref()
@@ -375,9 +595,36 @@ pub fn evaluate(
         inception: settings.inception.is_some(),
         baseline,
         rows,
+        summary,
         total_s: started.elapsed().as_secs_f64(),
     };
     Ok((report, samples))
+}
+
+/// Each score's mean and sample standard deviation (n − 1) over `rows` (a score missing in
+/// any row is missing).
+fn mean_std(rows: &[&Scores]) -> (Scores, Scores) {
+    let stat = |get: &dyn Fn(&Scores) -> Option<f64>| -> (Option<f64>, Option<f64>) {
+        let v: Option<Vec<f64>> = rows.iter().map(|s| get(s)).collect();
+        let Some(v) = v.filter(|v| !v.is_empty()) else {
+            return (None, None);
+        };
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 {
+            v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        (Some(m), Some(var.sqrt()))
+    };
+    let (mut mean, mut std) = (Scores::default(), Scores::default());
+    (mean.inception_fid, std.inception_fid) = stat(&|s| s.inception_fid);
+    (mean.domain_fid, std.domain_fid) = stat(&|s| s.domain_fid);
+    (mean.classifier_accuracy, std.classifier_accuracy) = stat(&|s| s.classifier_accuracy);
+    (mean.classifier_score, std.classifier_score) = stat(&|s| s.classifier_score);
+    (mean.classifier_score_std, std.classifier_score_std) = stat(&|s| s.classifier_score_std);
+    (mean, std)
 }
 
 /// `v` with `digits` decimals, or a dash when absent (report tables).
@@ -389,7 +636,7 @@ pub(crate) fn fmt(v: Option<f64>, digits: usize) -> String {
 pub fn markdown(r: &EvalReport) -> String {
     let mut s = format!(
         "# Evaluation of `{}`\n\n- dataset: `{}`; reference: the first {} train images; baseline: {} test vs {} train images\n\
-         - samples: n = {} per guidance scale, {} with {} steps (η = {}), seed {}, classes balanced (sample i asks for class i mod K)\n\
+         - samples: n = {} per guidance scale and seed, {} with {} steps (η = {}), seed {}, classes balanced (sample i asks for class i mod K)\n\
          - Inception FID: pytorch-fid's FID Inception-v3 (pool3, 2048-d) on 8-bit images{}\n\
          - classifier: {}{}\n- total time: {:.0} s\n\n",
         r.model,
@@ -405,7 +652,11 @@ pub fn markdown(r: &EvalReport) -> String {
         ),
         r.sampler.num_inference_steps,
         r.sampler.eta,
-        r.seed,
+        if r.seeds.len() > 1 {
+            format!("s {:?}", r.seeds)
+        } else {
+            r.seed.to_string()
+        },
         if r.inception { "" } else { " — skipped (no weights)" },
         r.classifier.as_deref().unwrap_or("none"),
         r.classifier_test_accuracy.map_or(String::new(), |a| format!(", test accuracy {:.2} %", a * 100.0)),
@@ -424,8 +675,12 @@ pub fn markdown(r: &EvalReport) -> String {
     ));
     for row in &r.rows {
         let x = &row.scores;
+        let seed = match row.seed {
+            Some(seed) if r.seeds.len() > 1 => format!(", seed {seed}"),
+            _ => String::new(),
+        };
         s.push_str(&format!(
-            "| samples, w = {} | {} | {} | {} | {} ± {} | {:.0} | {:.0} |\n",
+            "| samples, w = {}{seed} | {} | {} | {} | {} ± {} | {:.0} | {:.0} |\n",
             row.guidance,
             fmt(x.inception_fid, 2),
             fmt(x.domain_fid, 3),
@@ -435,6 +690,27 @@ pub fn markdown(r: &EvalReport) -> String {
             row.sample_s,
             row.inception_s
         ));
+    }
+    if !r.summary.is_empty() {
+        s.push_str(&format!(
+            "\nMean ± standard deviation over the {} seeds:\n\n| | Inception FID | domain FID | classifier accuracy | classifier score |\n|---|---|---|---|---|\n",
+            r.seeds.len()
+        ));
+        for row in &r.summary {
+            let (m, d) = (&row.mean, &row.std);
+            s.push_str(&format!(
+                "| samples, w = {} | {} ± {} | {} ± {} | {} ± {} | {} ± {} |\n",
+                row.guidance,
+                fmt(m.inception_fid, 2),
+                fmt(d.inception_fid, 2),
+                fmt(m.domain_fid, 3),
+                fmt(d.domain_fid, 3),
+                fmt(m.classifier_accuracy.map(|a| a * 100.0), 2),
+                fmt(d.classifier_accuracy.map(|a| a * 100.0), 2),
+                fmt(m.classifier_score, 3),
+                fmt(d.classifier_score, 3),
+            ));
+        }
     }
     s.push_str("\nAccuracy in %. Domain FID and classifier score use the evaluation classifier, not Inception: compare them only between runs of this toolkit.\n");
     s

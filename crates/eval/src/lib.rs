@@ -5,8 +5,10 @@
 //! - [`classifier`]: a small CNN for class accuracy, a classifier score and a domain FID.
 //! - [`scores`]: accuracy and the Inception-Score form.
 //! - [`evaluate`]: the `eval` run and its JSON / Markdown / plot report.
+//! - [`chunks`]: the run's finished work kept on disk, so a stopped run resumes.
 //! - [`compare`]: several reports side by side (quality per model call).
 
+pub mod chunks;
 pub mod classifier;
 pub mod compare;
 pub mod editing;

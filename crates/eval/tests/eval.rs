@@ -108,12 +108,15 @@ fn eval_runs_end_to_end_on_tiny_n() {
             ..SamplerSettings::default()
         },
         guidance: vec![1.0, 3.0],
-        seed: 7,
+        seeds: vec![7],
         classifier: Some(classifier),
         inception,
         inception_batch: 10,
         splits: 2,
         stats_cache: Some(out.join("stats")),
+        chunks: None,
+        model_id: "mnist".into(),
+        stop: None,
     };
     let mut stages = Vec::new();
     let (report, samples) = evaluate(
@@ -187,6 +190,130 @@ fn eval_runs_end_to_end_on_tiny_n() {
     std::fs::remove_dir_all(out).ok();
 }
 
+/// A report without its timings (which a resumed run measures for its own part only).
+fn untimed(r: &EvalReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    v["total_s"] = 0.into();
+    for row in v["rows"].as_array_mut().unwrap() {
+        row["sample_s"] = 0.into();
+        row["inception_s"] = 0.into();
+    }
+    v
+}
+
+#[test]
+fn a_stopped_eval_resumes_from_its_chunks_and_gives_the_same_report() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let device = Device::flex();
+    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
+    let classifier = load_classifier(
+        &repo().join("weights/classifier-mnist10k.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let inception = default_weights_path()
+        .exists()
+        .then(|| FidInception::load(&default_weights_path(), &device).unwrap());
+    let out = tmp("resume");
+    let settings = |name: &str| EvalSettings {
+        dataset: "mnist10k".into(),
+        n: 30,
+        batch: 10,
+        sampler: SamplerSettings {
+            num_inference_steps: 4,
+            ..SamplerSettings::default()
+        },
+        guidance: vec![3.0],
+        seeds: vec![1, 2],
+        classifier: Some(classifier.clone()),
+        inception: inception.clone(),
+        inception_batch: 10,
+        splits: 2,
+        stats_cache: Some(out.join(name).join("stats")),
+        chunks: Some(eval::chunks::ChunkStore::new(out.join(name).join("chunks"))),
+        model_id: "the shipped mnist".into(),
+        stop: None,
+    };
+    let run = |s: &EvalSettings, seen: &mut Vec<(String, usize)>| {
+        evaluate(
+            &model,
+            &config,
+            "mnist",
+            s,
+            &device,
+            &mut |stage, done, _| seen.push((stage.to_string(), done)),
+        )
+    };
+    // In one go.
+    let whole = settings("whole");
+    let (report, _) = run(&whole, &mut Vec::new()).unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert_eq!(report.seeds, vec![1, 2]);
+    let summary = &report.summary[0];
+    let fids: Vec<f64> = report
+        .rows
+        .iter()
+        .map(|r| r.scores.domain_fid.unwrap())
+        .collect();
+    assert!((summary.mean.domain_fid.unwrap() - (fids[0] + fids[1]) / 2.0).abs() < 1e-9);
+    let sd = (fids[0] - fids[1]).abs() / 2f64.sqrt();
+    assert!(
+        (summary.std.domain_fid.unwrap() - sd).abs() < 1e-9,
+        "{summary:?}"
+    );
+    // Stopped once the second sampling batch of the first seed is done (as a signal would).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stopped = settings("stopped");
+    stopped.stop = Some(stop.clone());
+    let e = evaluate(
+        &model,
+        &config,
+        "mnist",
+        &stopped,
+        &device,
+        &mut |stage, done, _| {
+            if stage.starts_with("sampling") && done >= 20 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, eval::EvalError::Stopped(_)), "{e}");
+    assert!(e.to_string().contains("20 of 30 samples"), "{e}");
+    let kept = std::fs::read_dir(out.join("stopped/chunks"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 2, "the two finished batches are kept");
+    // Resumed: the kept batches are not sampled again, and the report is the same.
+    stopped.stop = None;
+    let mut seen = Vec::new();
+    let (resumed, _) = run(&stopped, &mut seen).unwrap();
+    let first = seen
+        .iter()
+        .find(|(s, _)| s.starts_with("sampling"))
+        .unwrap();
+    assert_eq!(
+        first.1, 20,
+        "the resumed run starts after the kept batches: {seen:?}"
+    );
+    assert_eq!(untimed(&resumed), untimed(&report));
+    // A different setting does not take the kept chunks for its own.
+    let mut other = settings("stopped");
+    other.sampler.num_inference_steps = 3;
+    other.seeds = vec![1];
+    let mut seen = Vec::new();
+    run(&other, &mut seen).unwrap();
+    assert_eq!(
+        seen.iter()
+            .find(|(s, _)| s.starts_with("sampling"))
+            .unwrap()
+            .1,
+        0
+    );
+    std::fs::remove_dir_all(out).ok();
+}
+
 #[test]
 fn bad_settings_are_clear_errors() {
     let device = Device::flex();
@@ -197,12 +324,15 @@ fn bad_settings_are_clear_errors() {
         batch: 10,
         sampler: SamplerSettings::default(),
         guidance: vec![1.0],
-        seed: 0,
+        seeds: vec![0],
         classifier: None,
         inception: None,
         inception_batch: 10,
         splits: 10,
         stats_cache: None,
+        chunks: None,
+        model_id: "m".into(),
+        stop: None,
     };
     let e = evaluate(&model, &config, "m", &settings, &device, &mut |_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("n ≥ 2"), "{e}");
