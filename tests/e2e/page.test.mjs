@@ -9,7 +9,7 @@
 // Usage: [PAGE_SCREENSHOT=out.png] node tests/e2e/page.test.mjs <trainer binary> [backend]
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync as mkdtemp, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { startServer, startStatic, launch } from "./harness.mjs";
@@ -69,6 +69,10 @@ async function canvasDiff(page, values, cols, zoom) {
   want.grey.forEach((g, i) => { for (let ch = 0; ch < 3; ch++) max = Math.max(max, Math.abs(got.rgba[4 * i + ch] - g)); });
   return max;
 }
+
+// Scratch directories, removed when the test ends.
+const scratch = [];
+const mkdtempSync = (prefix) => { const d = mkdtemp(prefix); scratch.push(d); return d; };
 
 // `trainer sample` on the served weights with `args` → its values (`--npy`).
 function nativeSample(args) {
@@ -391,5 +395,6 @@ try {
 } finally {
   await browser.close();
   server.stop();
+  for (const d of scratch) rmSync(d, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

@@ -160,6 +160,10 @@ pub struct EvalArgs {
     /// Device: `cpu`, `wgpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also write every sample of the first seed as `samples-wW.npy` (float32 [n, c, h, w] in
+    /// [-1, 1], the 8-bit images scored): what `scripts/backgrounds.py` reads.
+    #[arg(long)]
+    npy: bool,
 }
 
 /// The SHA-256 of a file (hex): what names a model in the chunks of its evaluation.
@@ -266,7 +270,7 @@ pub fn cmd_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         e => e.into(),
     })?;
     pb.finish_and_clear();
-    let files = write_report(&report, &samples, &a.out)?;
+    let files = write_report(&report, &samples, &a.out, a.npy)?;
     println!("{}", markdown(&report));
     for f in files {
         eprintln!("wrote {}", f.display());

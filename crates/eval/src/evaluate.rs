@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use artifacts::pixels::{from_u8, to_u8};
-use artifacts::{grid, save_png, write_atomic};
+use artifacts::{grid, save_npy, save_png, write_atomic};
 use burn::tensor::Device;
 use datasets::loader::mix_seed;
 use datasets::{Dataset, DatasetSpec, Split};
@@ -716,12 +716,15 @@ pub fn markdown(r: &EvalReport) -> String {
     s
 }
 
-/// Writes `eval.json`, `eval.md`, a sample grid per guidance scale and, for a sweep, the
-/// FID-versus-accuracy plot `guidance-sweep.png` into `out`. Returns the files written.
+/// Writes `eval.json`, `eval.md`, a sample grid per guidance scale, with `npy` every sample of
+/// the first seed (`samples-wW.npy`, float32 `[n, c, h, w]` in [-1, 1] as the 8-bit images
+/// scored, for `scripts/backgrounds.py`) and, for a sweep, the FID-versus-accuracy plot
+/// `guidance-sweep.png` into `out`. Returns the files written.
 pub fn write_report(
     report: &EvalReport,
     samples: &[(f64, Vec<f32>, [usize; 4])],
     out: &Path,
+    npy: bool,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
     let mut files = Vec::new();
@@ -742,6 +745,11 @@ pub fn write_report(
         let p = out.join(format!("samples-w{w}.png"));
         save_png(&p, &img)?;
         files.push(p);
+        if npy {
+            let p = out.join(format!("samples-w{w}.npy"));
+            save_npy(&p, values, &[*n, *c, *h, *wd])?;
+            files.push(p);
+        }
     }
     if report.rows.len() > 1 {
         let pick = |s: &Scores| s.inception_fid.or(s.domain_fid);

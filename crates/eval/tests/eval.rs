@@ -13,7 +13,7 @@ use eval::evaluate::{evaluate, write_report, EvalReport, EvalSettings};
 use eval::inception::{default_weights_path, FidInception};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("eval-{name}-{}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("eval-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -154,12 +154,13 @@ fn eval_runs_end_to_end_on_tiny_n() {
         assert!(std::fs::read_dir(out.join("stats")).unwrap().count() >= 2);
         assert!(report.baseline.inception_fid.unwrap() > 0.0);
     }
-    let files = write_report(&report, &samples, &out).unwrap();
+    let files = write_report(&report, &samples, &out, true).unwrap();
     for name in [
         "eval.json",
         "eval.md",
         "samples-w1.png",
         "samples-w3.png",
+        "samples-w3.npy",
         "guidance-sweep.png",
     ] {
         assert!(

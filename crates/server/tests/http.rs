@@ -19,7 +19,7 @@ use common::{http, metric, post, retry_after};
 fn weights() -> PathBuf {
     static W: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     W.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("server-test-{}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-test");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("index.html"), "<!doctype html><title>t</title>").unwrap();
         let unet = UNetConfig::new(1, 8, 32, vec![1, 2], vec![4])
@@ -709,7 +709,7 @@ async fn loadgen_asks_the_service_for_its_classes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_rgb_model_serves_its_colour_images() {
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/imported");
-    let dir = std::env::temp_dir().join(format!("server-rgb-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-rgb");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["google-style.safetensors", "google-style.json"] {
         std::fs::copy(golden.join(f), dir.join(f)).unwrap();

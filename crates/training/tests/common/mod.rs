@@ -36,7 +36,7 @@ pub fn tiny_config(steps: u64) -> TrainConfig {
 }
 
 pub fn run_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-test-{name}-{}", std::process::id()));
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-test-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
