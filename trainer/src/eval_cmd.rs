@@ -323,6 +323,10 @@ pub struct EvalEditArgs {
     /// SDEdit's steps.
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// SDEdit with DPM-Solver++'s Karras noise levels (the page's default: `--sampler
+    /// sde-dpmsolver++ --karras-sigmas --steps 15`).
+    #[arg(long)]
+    karras_sigmas: bool,
     /// RePaint's steps.
     #[arg(long, default_value_t = 50)]
     repaint_steps: usize,
@@ -363,6 +367,7 @@ pub fn cmd_eval_edit(a: EvalEditArgs) -> Result<()> {
         sampler: diffusion::sampler::SamplerSettings {
             sampler: diffusion::sampler::SamplerKind::from_name(&a.sampler)?,
             num_inference_steps: a.steps,
+            use_karras_sigmas: a.karras_sigmas,
             ..Default::default()
         },
         repaint_steps: a.repaint_steps,
