@@ -100,7 +100,10 @@ fn the_run_starts_at_the_strengths_step_from_the_noised_image() {
 #[test]
 fn the_smallest_strength_gives_the_image_back() {
     // The shipped MNIST model, one DDIM step of 50 at t = 0 from a real-looking digit (its own
-    // sample): x̂_0 is the image up to the model's ε error at noise 0.01.
+    // sample). That step starts from the image plus noise of σ = √(1 − ᾱ_0) = 0.01 (1.3/255 per
+    // unit of ε) and removes what of it the model can see, which at this level is little: the
+    // result is the image within the noise added, at most 0.01 · max|ε| (≈ 3.3 over 784
+    // draws: 4.2/255) on a pixel and about 1/255 on average.
     let device = Device::flex();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let (model, config) = load_model(&root.join("weights/mnist.safetensors"), &device).unwrap();
@@ -122,11 +125,11 @@ fn the_smallest_strength_gives_the_image_back() {
         .run(|_| {});
     let px = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32;
     let (a, b) = (to_host(digit), to_host(back));
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (px(*x) - px(*y)).abs())
-        .max()
-        .unwrap();
-    assert!(max <= 3, "strength 1/50 changed a pixel by {max}/255");
+    let diffs: Vec<i32> = a.iter().zip(&b).map(|(x, y)| (px(*x) - px(*y)).abs()).collect();
+    let max = *diffs.iter().max().unwrap();
+    let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+    assert!(
+        max <= 5 && mean <= 1.0,
+        "strength 1/50 changed a pixel by up to {max}/255, {mean:.2}/255 on average"
+    );
 }
