@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 WEIGHTS="$1" OUT="$2" N="${3:-200}" SEED="${4:-1000}" FRAME="${5:-}"
+# The dataset of the model: Fashion-MNIST's config names its classes (T-shirt/top, Trouser, …).
 DATASET=mnist10k
-grep -q '"class_names"' "${WEIGHTS%.safetensors}.json" && DATASET=fashion-mnist
+grep -q '"Trouser"' "${WEIGHTS%.safetensors}.json" && DATASET=fashion-mnist
 T="$CARGO_TARGET_DIR/release/trainer"
 [ -x "$T" ] || cargo build --release -p trainer
 SETTINGS=(

@@ -85,19 +85,32 @@ fn classifier_learns_a_fixture_and_round_trips() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The shipped MNIST model, its evaluation classifier, and the FID Inception where its weights
+/// are cached (see tests/inception.rs).
+fn shipped(
+    device: &Device,
+) -> (
+    diffusion::UNet,
+    diffusion::ModelConfig,
+    (eval::classifier::Classifier, eval::classifier::ClassifierInfo),
+    Option<FidInception>,
+) {
+    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), device).unwrap();
+    let classifier = load_classifier(
+        &repo().join("weights/classifier-mnist10k.safetensors"),
+        device,
+    )
+    .unwrap();
+    let inception = default_weights_path()
+        .exists()
+        .then(|| FidInception::load(&default_weights_path(), device).unwrap());
+    (model, config, classifier, inception)
+}
+
 #[test]
 fn eval_runs_end_to_end_on_tiny_n() {
     let device = Device::flex();
-    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
-    let classifier = load_classifier(
-        &repo().join("weights/classifier-mnist10k.safetensors"),
-        &device,
-    )
-    .unwrap();
-    // The Inception part runs where its weights are cached (see tests/inception.rs).
-    let inception = default_weights_path()
-        .exists()
-        .then(|| FidInception::load(&default_weights_path(), &device).unwrap());
+    let (model, config, classifier, inception) = shipped(&device);
     let out = tmp("run");
     let settings = EvalSettings {
         dataset: "mnist10k".into(),
@@ -207,15 +220,7 @@ fn a_stopped_eval_resumes_from_its_chunks_and_gives_the_same_report() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let device = Device::flex();
-    let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), &device).unwrap();
-    let classifier = load_classifier(
-        &repo().join("weights/classifier-mnist10k.safetensors"),
-        &device,
-    )
-    .unwrap();
-    let inception = default_weights_path()
-        .exists()
-        .then(|| FidInception::load(&default_weights_path(), &device).unwrap());
+    let (model, config, classifier, inception) = shipped(&device);
     let out = tmp("resume");
     let settings = |name: &str| EvalSettings {
         dataset: "mnist10k".into(),
