@@ -22,10 +22,7 @@ fn root() -> PathBuf {
 /// at least half of every digit's pixels are 0 (`scripts/backgrounds.py` flags a median above
 /// 16 as grey, and no real test digit has one).
 fn median_level(image: &[f32]) -> u8 {
-    let mut levels: Vec<u8> = image
-        .iter()
-        .map(|&v| artifacts::pixels::to_u8(v))
-        .collect();
+    let mut levels: Vec<u8> = image.iter().map(|&v| artifacts::pixels::to_u8(v)).collect();
     levels.sort_unstable();
     levels[levels.len() / 2]
 }

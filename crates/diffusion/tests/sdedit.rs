@@ -125,7 +125,11 @@ fn the_smallest_strength_gives_the_image_back() {
         .run(|_| {});
     let px = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as i32;
     let (a, b) = (to_host(digit), to_host(back));
-    let diffs: Vec<i32> = a.iter().zip(&b).map(|(x, y)| (px(*x) - px(*y)).abs()).collect();
+    let diffs: Vec<i32> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (px(*x) - px(*y)).abs())
+        .collect();
     let max = *diffs.iter().max().unwrap();
     let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
     assert!(

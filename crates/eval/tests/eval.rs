@@ -92,7 +92,10 @@ fn shipped(
 ) -> (
     diffusion::UNet,
     diffusion::ModelConfig,
-    (eval::classifier::Classifier, eval::classifier::ClassifierInfo),
+    (
+        eval::classifier::Classifier,
+        eval::classifier::ClassifierInfo,
+    ),
     Option<FidInception>,
 ) {
     let (model, config) = load_model(&repo().join("weights/mnist.safetensors"), device).unwrap();
