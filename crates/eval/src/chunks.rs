@@ -112,6 +112,55 @@ impl ChunkStore {
     }
 }
 
+/// Does `n` items in chunks of `size` (the last may be shorter), keeping each in `store`:
+/// chunk `start..start + len` is taken from its file (named `key(start, len)`) when `complete`
+/// says that holds all this run needs; otherwise `make(start, len, kept)` makes it (or completes
+/// `kept`, what the file held), it is saved, `progress` hears the items done so far, and
+/// `stop` may end the run there. `progress` first hears what earlier runs finished. Returns the
+/// chunks in order. Without a store every chunk is made and nothing is kept.
+#[allow(clippy::too_many_arguments)]
+pub fn chunked(
+    store: Option<&ChunkStore>,
+    n: usize,
+    size: usize,
+    key: impl Fn(usize, usize) -> String,
+    complete: impl Fn(&Chunk, usize) -> bool,
+    mut make: impl FnMut(usize, usize, Option<Chunk>) -> Result<Chunk>,
+    mut progress: impl FnMut(usize),
+    mut stop: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<Chunk>> {
+    let spans: Vec<(usize, usize)> = (0..n)
+        .step_by(size.max(1))
+        .map(|a| (a, size.max(1).min(n - a)))
+        .collect();
+    let mut kept: Vec<Option<Chunk>> = spans
+        .iter()
+        .map(|&(a, len)| store.and_then(|s| s.load(&key(a, len))))
+        .collect();
+    let is_done = |c: &Option<Chunk>, len: usize| c.as_ref().is_some_and(|c| complete(c, len));
+    let mut done: usize = spans
+        .iter()
+        .zip(&kept)
+        .filter(|((_, len), c)| is_done(c, *len))
+        .map(|((_, len), _)| len)
+        .sum();
+    progress(done);
+    for (&(a, len), slot) in spans.iter().zip(kept.iter_mut()) {
+        if is_done(slot, len) {
+            continue;
+        }
+        let chunk = make(a, len, slot.take())?;
+        if let Some(s) = store {
+            s.save(&key(a, len), &chunk)?;
+        }
+        *slot = Some(chunk);
+        done += len;
+        progress(done);
+        stop(done)?;
+    }
+    Ok(kept.into_iter().flatten().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use training::generate::generate;
 use training::plot::{line_plot, Series};
 
-use crate::chunks::{key, Chunk, ChunkStore};
+use crate::chunks::{chunked, key, Chunk, ChunkStore};
 use crate::classifier::{predict, Classifier, ClassifierInfo};
 use crate::error::{EvalError, Result};
 use crate::fid::{FeatureStats, FidReference};
@@ -291,65 +291,38 @@ pub fn evaluate(
         let stage = format!("Inception features of {}", ds.name);
         let [c, h, w] = ds.image_shape();
         let per = c * h * w;
-        let starts: Vec<usize> = (0..ds.len()).step_by(REAL_CHUNK).collect();
-        let keys: Vec<String> = starts
-            .iter()
-            .map(|&a| {
-                let len = REAL_CHUNK.min(ds.len() - a).to_string();
-                key(&[
-                    "real",
-                    &settings.dataset,
-                    split.name(),
-                    &a.to_string(),
-                    &len,
-                ])
-            })
-            .collect();
-        let mut parts: Vec<Option<Vec<f32>>> = starts
-            .iter()
-            .zip(&keys)
-            .map(|(&a, k)| {
-                let want = REAL_CHUNK.min(ds.len() - a) * FEATURE_DIM;
-                store
-                    .load(k)
-                    .map(|ch| ch.features)
-                    .filter(|f| f.len() == want)
-            })
-            .collect();
-        let mut done: usize = starts
-            .iter()
-            .zip(&parts)
-            .filter(|(_, p)| p.is_some())
-            .map(|(&a, _)| REAL_CHUNK.min(ds.len() - a))
-            .sum();
-        progress(&stage, done, ds.len());
-        for ((&a, k), part) in starts.iter().zip(&keys).zip(parts.iter_mut()) {
-            if part.is_some() {
-                continue;
-            }
-            let m = REAL_CHUNK.min(ds.len() - a);
-            let f = net.features(
-                &unit(&ds.pixels[a * per..(a + m) * per]),
-                [m, c, h, w],
-                settings.inception_batch,
-                |d| progress(&stage, done + d, ds.len()),
-            )?;
-            store.save(
-                k,
-                &Chunk {
+        let key_of = |a: usize, len: usize| {
+            key(&[
+                "real",
+                &settings.dataset,
+                split.name(),
+                &a.to_string(),
+                &len.to_string(),
+            ])
+        };
+        let parts = chunked(
+            Some(&store),
+            ds.len(),
+            REAL_CHUNK,
+            key_of,
+            |ch, len| ch.features.len() == len * FEATURE_DIM,
+            |a, len, _| {
+                let images = unit(&ds.pixels[a * per..(a + len) * per]);
+                let features =
+                    net.features(&images, [len, c, h, w], settings.inception_batch, |_| {})?;
+                Ok(Chunk {
                     pixels: Vec::new(),
-                    features: f.clone(),
-                },
-            )?;
-            *part = Some(f);
-            done += m;
-            stop_check(&format!("{done} of {} images of {}", ds.len(), ds.name))?;
-        }
-        let f: Vec<f32> = parts.into_iter().flatten().flatten().collect();
+                    features,
+                })
+            },
+            |done| progress(&stage, done, ds.len()),
+            |done| stop_check(&format!("{done} of {} images of {}", ds.len(), ds.name)),
+        )?;
+        let f: Vec<f32> = parts.into_iter().flat_map(|p| p.features).collect();
         let s = FeatureStats::from_features(&f, FEATURE_DIM)?;
         s.save(&file)?;
-        for k in &keys {
-            store.remove(k);
+        for a in (0..ds.len()).step_by(REAL_CHUNK) {
+            store.remove(&key_of(a, REAL_CHUNK.min(ds.len() - a)));
         }
         Ok(Some(s))
     };
@@ -418,101 +391,77 @@ pub fn evaluate(
             } else {
                 format!("sampling at w = {w}")
             };
-            let batches: Vec<(usize, &[Option<usize>])> = labels
-                .chunks(settings.batch)
-                .enumerate()
-                .map(|(j, c)| (j * settings.batch, c))
-                .collect();
-            let keys: Vec<String> = batches
-                .iter()
-                .map(|(a, c)| {
-                    key(&[
-                        "samples",
-                        &settings.model_id,
-                        &config_json,
-                        &sampler_json,
-                        &format!("{w:?}"),
-                        &seed.to_string(),
-                        &settings.batch.to_string(),
-                        &a.to_string(),
-                        &c.len().to_string(),
-                    ])
-                })
-                .collect();
-            // What earlier runs finished: the pixels, and the features where they were made.
-            let mut chunks: Vec<Option<Chunk>> = batches
-                .iter()
-                .zip(&keys)
-                .map(|((_, c), k)| {
-                    let store = settings.chunks.as_ref()?;
-                    let ch = store.load(k)?;
-                    (ch.pixels.len() == c.len() * per).then_some(ch)
-                })
-                .collect();
-            let mut done: usize = batches
-                .iter()
-                .zip(&chunks)
-                .filter(|(_, ch)| ch.is_some())
-                .map(|((_, c), _)| c.len())
-                .sum();
-            progress(&stage, done, settings.n);
+            let key_of = |a: usize, len: usize| {
+                key(&[
+                    "samples",
+                    &settings.model_id,
+                    &config_json,
+                    &sampler_json,
+                    &format!("{w:?}"),
+                    &seed.to_string(),
+                    &settings.batch.to_string(),
+                    &a.to_string(),
+                    &len.to_string(),
+                ])
+            };
+            let has_features = |ch: &Chunk, len: usize| ch.features.len() == len * FEATURE_DIM;
             let (mut sample_s, mut inception_s) = (0.0, 0.0);
-            for (((a, c), k), slot) in batches.iter().zip(&keys).zip(chunks.iter_mut()) {
-                let j = a / settings.batch;
-                let generated = slot.is_none();
-                let mut chunk = match slot.take() {
-                    Some(ch) => ch,
-                    None => {
-                        let t0 = Instant::now();
-                        let (v, _) = generate(
-                            model,
-                            config,
-                            &settings.sampler,
-                            c.to_vec(),
-                            w,
-                            mix_seed(seed, 20, j as u64),
-                            device,
-                            |_| {},
-                        )?;
-                        sample_s += t0.elapsed().as_secs_f64();
-                        // Quantised as a saved PNG would be.
-                        Chunk {
-                            pixels: v.iter().map(|&x| to_u8(x)).collect(),
-                            features: Vec::new(),
+            let chunks = chunked(
+                settings.chunks.as_ref(),
+                settings.n,
+                settings.batch,
+                key_of,
+                |ch, len| {
+                    ch.pixels.len() == len * per
+                        && (settings.inception.is_none() || has_features(ch, len))
+                },
+                // A kept chunk with its samples but without the features this run needs (an
+                // earlier run without Inception) only gets its features.
+                |a, len, kept| {
+                    let mut chunk = match kept.filter(|ch| ch.pixels.len() == len * per) {
+                        Some(ch) => ch,
+                        None => {
+                            let t0 = Instant::now();
+                            let (v, _) = generate(
+                                model,
+                                config,
+                                &settings.sampler,
+                                labels[a..a + len].to_vec(),
+                                w,
+                                mix_seed(seed, 20, (a / settings.batch) as u64),
+                                device,
+                                |_| {},
+                            )?;
+                            sample_s += t0.elapsed().as_secs_f64();
+                            // Quantised as a saved PNG would be.
+                            Chunk {
+                                pixels: v.iter().map(|&x| to_u8(x)).collect(),
+                                features: Vec::new(),
+                            }
+                        }
+                    };
+                    if let Some(net) = settings.inception.as_ref() {
+                        if !has_features(&chunk, len) {
+                            let t1 = Instant::now();
+                            chunk.features = net.features(
+                                &unit(&chunk.pixels),
+                                [len, shape[0], shape[1], shape[2]],
+                                settings.inception_batch,
+                                |_| {},
+                            )?;
+                            inception_s += t1.elapsed().as_secs_f64();
                         }
                     }
-                };
-                // Features where this run needs them and the chunk lacks them.
-                let featured = match &settings.inception {
-                    Some(net) if chunk.features.len() != c.len() * FEATURE_DIM => {
-                        let t1 = Instant::now();
-                        chunk.features = net.features(
-                            &unit(&chunk.pixels),
-                            [c.len(), shape[0], shape[1], shape[2]],
-                            settings.inception_batch,
-                            |_| {},
-                        )?;
-                        inception_s += t1.elapsed().as_secs_f64();
-                        true
-                    }
-                    _ => false,
-                };
-                if let (Some(store), true) = (&settings.chunks, generated || featured) {
-                    store.save(k, &chunk)?;
-                }
-                *slot = Some(chunk);
-                if generated {
-                    done += c.len();
-                    progress(&stage, done, settings.n);
-                }
-                if generated || featured {
+                    Ok(chunk)
+                },
+                |done| progress(&stage, done, settings.n),
+                |done| {
                     stop_check(&format!(
                         "{done} of {} samples at w = {w}, seed {seed}",
                         settings.n
-                    ))?;
-                }
-            }
-            let chunks: Vec<Chunk> = chunks.into_iter().flatten().collect();
+                    ))
+                },
+            )?;
             let pixels: Vec<u8> = chunks
                 .iter()
                 .flat_map(|c| c.pixels.iter().copied())
