@@ -6,8 +6,10 @@
 #![cfg(target_arch = "wasm32")]
 
 use artifacts::pixels::{grid_rgb, to_rgba, GridPixels};
-use burn::tensor::{Device, Tensor, TensorData};
-use diffusion::sampler::{ClassChoice, GridLabels, SamplerKind, SamplerSettings};
+use burn::tensor::{Device, Tensor};
+use diffusion::sampler::{
+    plan_edit, ClassChoice, Edit, EditFields, EditOptions, GridLabels, SamplerKind, SamplerSettings,
+};
 use diffusion::weights::load_model_from_bytes;
 use diffusion::{ModelConfig, SampleRequest, Sampling, Scheduler, UNet};
 use serde::Deserialize;
@@ -177,19 +179,16 @@ impl ImageInput {
     }
 }
 
-/// RePaint's defaults (diffusers'), and the most resamplings a page may ask for (each
-/// multiplies the work).
-const JUMP_LENGTH: usize = 10;
-const JUMP_N_SAMPLE: usize = 10;
-const MAX_JUMP_N_SAMPLE: usize = 100;
-/// diffusers' img2img default strength.
-const STRENGTH: f64 = 0.8;
-
-/// What a call starts from besides the seed's noise.
-enum Edit {
-    Vary { image: Vec<f32>, strength: f64 },
-    Inpaint { image: Vec<f32>, keep: Vec<f32> },
-}
+/// The options' names for the edit, in error messages.
+const EDIT_FIELDS: EditFields = EditFields {
+    init_image: "initImage",
+    mask: "mask",
+    strength: "strength",
+    jump_length: "jumpLength",
+    jump_n_sample: "jumpNSample",
+    sampler: "sampler",
+    steps: "steps",
+};
 
 fn one() -> usize {
     1
@@ -380,79 +379,29 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// The edit `o` asks for and the scheduler it runs on, each option checked as the HTTP
-    /// API checks its fields: an option that does not apply is an error, not ignored.
+    /// The edit `o` asks for and the scheduler it runs on, checked as the HTTP API checks its
+    /// fields ([`plan_edit`]).
     fn edit(
         &self,
         o: &SampleOptions,
         settings: &SamplerSettings,
     ) -> Result<(Option<Edit>, diffusion::sampler::AnyScheduler), JsError> {
         let [c, size, _] = self.config.unet.image_shape();
-        let Some(init) = &o.init_image else {
-            for (field, given) in [
-                ("strength", o.strength.is_some()),
-                ("mask", o.mask.is_some()),
-                ("jumpLength", o.jump_length.is_some()),
-                ("jumpNSample", o.jump_n_sample.is_some()),
-            ] {
-                if given {
-                    return Err(js_err(format!(
-                        "{field}: applies to an edit of an initImage, and none was given"
-                    )));
-                }
-            }
-            return Ok((None, self.config.scheduler(settings).map_err(js_err)?));
+        let read = |image: &Option<ImageInput>, what: &str, channels: usize| {
+            image
+                .as_ref()
+                .map(|i| i.values(what, channels, size))
+                .transpose()
         };
-        let image = init.values("initImage", c, size)?;
-        let Some(mask) = &o.mask else {
-            for (field, given) in [
-                ("jumpLength", o.jump_length.is_some()),
-                ("jumpNSample", o.jump_n_sample.is_some()),
-            ] {
-                if given {
-                    return Err(js_err(format!(
-                        "{field}: applies to inpainting (a mask), and none was given"
-                    )));
-                }
-            }
-            let scheduler = self.config.scheduler(settings).map_err(js_err)?;
-            let strength = o.strength.unwrap_or(STRENGTH);
-            diffusion::sampler::sdedit_start_index(scheduler.timesteps().len(), strength)
-                .map_err(|e| js_err(format!("strength: {e}")))?;
-            return Ok((Some(Edit::Vary { image, strength }), scheduler));
+        let options = EditOptions {
+            init_image: read(&o.init_image, "initImage", c)?,
+            mask: read(&o.mask, "mask", 1)?,
+            strength: o.strength,
+            jump_length: o.jump_length,
+            jump_n_sample: o.jump_n_sample,
+            sampler_given: o.sampler.is_some() || o.karras_sigmas,
         };
-        if o.strength.is_some() {
-            return Err(js_err(
-                "strength: applies to SDEdit (an initImage without a mask)",
-            ));
-        }
-        if o.sampler.is_some() || o.karras_sigmas {
-            return Err(js_err(
-                "sampler: inpainting (a mask) takes RePaint's steps; leave sampler and \
-                 karrasSigmas out (steps and eta apply)",
-            ));
-        }
-        let keep = diffusion::sampler::keep_from_mask(&mask.values("mask", 1, size)?, c);
-        let (jump_length, jump_n_sample) = (
-            o.jump_length.unwrap_or(JUMP_LENGTH),
-            o.jump_n_sample.unwrap_or(JUMP_N_SAMPLE),
-        );
-        if !(1..=MAX_JUMP_N_SAMPLE).contains(&jump_n_sample) {
-            return Err(js_err(format!(
-                "jumpNSample: {jump_n_sample} must lie in 1..={MAX_JUMP_N_SAMPLE}"
-            )));
-        }
-        if jump_length == 0 || jump_length > o.steps {
-            return Err(js_err(format!(
-                "jumpLength: {jump_length} must lie in 1..={} (steps)",
-                o.steps
-            )));
-        }
-        let scheduler = self
-            .config
-            .repaint_scheduler(o.steps, o.eta, jump_length, jump_n_sample)
-            .map_err(js_err)?;
-        Ok((Some(Edit::Inpaint { image, keep }), scheduler))
+        plan_edit(&self.config, settings, options, &EDIT_FIELDS).map_err(js_err)
     }
 }
 
@@ -615,19 +564,9 @@ impl Sampler {
         let mut first_step_ms = 0.0;
         let mut sampling =
             Sampling::new(&self.model, &scheduler, &request, &self.device).map_err(js_err)?;
-        let n = batch[0];
-        let tensor = |values: &[f32]| {
-            Tensor::<4>::from_data(TensorData::new(values.repeat(n), batch), &self.device)
-        };
-        sampling = match &edit {
-            None => sampling,
-            Some(Edit::Vary { image, strength }) => sampling
-                .with_init_image(tensor(image), *strength)
-                .map_err(js_err)?,
-            Some(Edit::Inpaint { image, keep }) => sampling
-                .with_inpainting(tensor(image), tensor(keep))
-                .map_err(js_err)?,
-        };
+        if let Some(edit) = &edit {
+            sampling = sampling.with_edit(edit).map_err(js_err)?;
+        }
         let first_index = sampling.steps_done();
         while let Some(out) = sampling.step() {
             yield_to_browser().await?;

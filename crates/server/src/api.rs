@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use diffusion::sampler::{AnyScheduler, SamplerKind, SamplerSettings};
-use diffusion::Scheduler;
+use diffusion::sampler::{
+    plan_edit, AnyScheduler, Edit, EditFields, EditOptions, SamplerKind, SamplerSettings,
+};
 use diffusion::{ModelConfig, SampleRequest};
 
 /// Largest guidance scale accepted.
@@ -120,25 +121,6 @@ impl Default for GenerateRequest {
             jump_n_sample: None,
         }
     }
-}
-
-/// What a job does to a given image, validated: values `[c, h, w]` in [-1, 1].
-#[derive(Debug, Clone)]
-pub enum Edit {
-    /// SDEdit from `image` at `strength`.
-    Vary {
-        /// The image.
-        image: Vec<f32>,
-        /// How much of the schedule to run.
-        strength: f64,
-    },
-    /// RePaint: `image` kept where `keep` is 1.
-    Inpaint {
-        /// The image.
-        image: Vec<f32>,
-        /// 1 where kept, 0 where regenerated.
-        keep: Vec<f32>,
-    },
 }
 
 /// The query of `GET /v1/generate.png` (one image).
@@ -317,91 +299,46 @@ pub fn validate(req: &GenerateRequest, config: &ModelConfig, seed: u64) -> Resul
     })
 }
 
+/// The request's names for the edit options, in its error messages.
+const EDIT_FIELDS: EditFields = EditFields {
+    init_image: "init_image",
+    mask: "mask",
+    strength: "strength",
+    jump_length: "jump_length",
+    jump_n_sample: "jump_n_sample",
+    sampler: "sampler",
+    steps: "num_inference_steps",
+};
+
 /// The image edit a request asks for (`init_image`, `mask`, `strength`, `jump_*`), checked
-/// field by field, and the sampler that runs it.
+/// field by field ([`plan_edit`]), and the sampler that runs it.
 fn edit(
     req: &GenerateRequest,
     config: &ModelConfig,
     settings: &SamplerSettings,
 ) -> Result<(Option<Edit>, AnyScheduler), String> {
-    let sampler = || {
-        // The sampler's own rules (e.g. DPM-Solver++'s spacings cannot repeat a timestep).
-        config
-            .scheduler(settings)
-            .map_err(|e| format!("sampler: {e}"))
-    };
-    let Some(init) = &req.init_image else {
-        for (field, given) in [
-            ("mask", req.mask.is_some()),
-            ("strength", req.strength.is_some()),
-            ("jump_length", req.jump_length.is_some()),
-            ("jump_n_sample", req.jump_n_sample.is_some()),
-        ] {
-            if given {
-                return Err(format!(
-                    "{field}: applies to an init_image, and none was given"
-                ));
-            }
-        }
-        return Ok((None, sampler()?));
-    };
     let [c, h, _] = config.unet.image_shape();
-    let decode = |field: &str, b64: &str, channels: usize| -> Result<Vec<f32>, String> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| format!("{field}: not base64 ({e})"))?;
-        artifacts::image_values(&bytes, channels, h, false).map_err(|e| format!("{field}: {e}"))
+    let decode = |field: &str, b64: &Option<String>, channels: usize| {
+        b64.as_ref()
+            .map(|b64| {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| format!("{field}: not base64 ({e})"))?;
+                artifacts::image_values(&bytes, channels, h, false)
+                    .map_err(|e| format!("{field}: {e}"))
+            })
+            .transpose()
     };
-    let image = decode("init_image", init, c)?;
-    let Some(mask) = &req.mask else {
-        for (field, given) in [
-            ("jump_length", req.jump_length.is_some()),
-            ("jump_n_sample", req.jump_n_sample.is_some()),
-        ] {
-            if given {
-                return Err(format!(
-                    "{field}: applies to inpainting (a mask), and none was given"
-                ));
-            }
-        }
-        let strength = req.strength.unwrap_or(0.8);
-        let scheduler = sampler()?;
-        diffusion::sampler::sdedit_start_index(scheduler.timesteps().len(), strength)
-            .map_err(|e| format!("strength: {e}"))?;
-        return Ok((Some(Edit::Vary { image, strength }), scheduler));
+    let options = EditOptions {
+        init_image: decode("init_image", &req.init_image, c)?,
+        mask: decode("mask", &req.mask, 1)?,
+        strength: req.strength,
+        jump_length: req.jump_length.map(|j| j as usize),
+        jump_n_sample: req.jump_n_sample.map(|j| j as usize),
+        sampler_given: req.sampler != SamplerKind::default() || req.use_karras_sigmas,
     };
-    if req.strength.is_some() {
-        return Err("strength: applies to SDEdit (an init_image without a mask)".into());
-    }
-    if req.sampler != SamplerKind::default() || req.use_karras_sigmas {
-        return Err("sampler: inpainting (a mask) takes RePaint's steps; leave sampler and use_karras_sigmas out (num_inference_steps and eta apply)".into());
-    }
-    let keep = diffusion::sampler::keep_from_mask(&decode("mask", mask, 1)?, c);
-    let (jump_length, jump_n_sample) = (
-        req.jump_length.unwrap_or(10),
-        req.jump_n_sample.unwrap_or(10),
-    );
-    if !(1..=100).contains(&jump_n_sample) {
-        return Err(format!(
-            "jump_n_sample: {jump_n_sample} must lie in 1..=100"
-        ));
-    }
-    if jump_length == 0 || jump_length as usize > settings.num_inference_steps {
-        return Err(format!(
-            "jump_length: {jump_length} must lie in 1..={} (num_inference_steps)",
-            settings.num_inference_steps
-        ));
-    }
-    let repaint = config
-        .repaint_scheduler(
-            settings.num_inference_steps,
-            settings.eta,
-            jump_length as usize,
-            jump_n_sample as usize,
-        )
-        .map_err(|e| format!("mask: {e}"))?;
-    Ok((Some(Edit::Inpaint { image, keep }), repaint))
+    plan_edit(config, settings, options, &EDIT_FIELDS)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use artifacts::{grid, png_bytes};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use diffusion::sampler::{
     rows_left, step_in_parts, to_host, AnyScheduler, Denoiser, PartialStep, SamplingState, Share,
 };
@@ -31,7 +31,7 @@ use diffusion::{ModelConfig, Scheduler, UNet};
 use tokio::sync::oneshot;
 
 use crate::admission::{calls_left, Admission, Limits, Load, Refusal, Task};
-use crate::api::{Edit, Job};
+use crate::api::Job;
 use crate::metrics::Metrics;
 
 /// The answer to a request that met a bug (a panic) while it was served.
@@ -212,21 +212,10 @@ impl Executor {
         let request = job.request(self.config.unet.image_shape());
         let state = SamplingState::new(self.config.unet.num_classes, &request, &self.device)
             .map_err(|e| e.to_string())?;
-        let [c, h, w] = request.image_shape;
-        let n = job.num_images;
-        let tensor = |values: &[f32]| {
-            Tensor::<4>::from_data(
-                TensorData::new(values.repeat(n), [n, c, h, w]),
-                &self.device,
-            )
-        };
         match &job.edit {
             None => Ok(state),
-            Some(Edit::Vary { image, strength }) => state
-                .with_init_image(&job.scheduler, tensor(image), *strength)
-                .map_err(|e| e.to_string()),
-            Some(Edit::Inpaint { image, keep }) => state
-                .with_inpainting(tensor(image), tensor(keep))
+            Some(edit) => state
+                .with_edit(&job.scheduler, edit)
                 .map_err(|e| e.to_string()),
         }
     }

@@ -1,7 +1,7 @@
 //! Sampling a model into host values: grids, class rows, trajectories.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diffusion::sampler::{to_host, AnyScheduler, SamplerSettings, StepOutput};
+use diffusion::sampler::{to_host, AnyScheduler, Edit, SamplerSettings, StepOutput};
 use diffusion::{ModelConfig, SampleRequest, Sampling, UNet};
 
 use crate::error::Result;
@@ -74,39 +74,34 @@ fn start<'a>(
     device: &Device,
 ) -> Result<Sampling<'a, UNet, AnyScheduler>> {
     let sampling = Sampling::new(model, scheduler, request, device)?;
-    let [c, h, w] = request.image_shape;
-    let n = request.class_labels.len();
-    let tensor = |values: Vec<f32>, what: &str| -> Result<Tensor<4>> {
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(diffusion::Error::Sampler(format!(
-                "{what} holds a non-finite value ({bad})"
-            ))
-            .into());
-        }
-        if values.len() != n * c * h * w {
-            return Err(diffusion::Error::Sampler(format!(
-                "{what} holds {} values; {n} images of {c}×{h}×{w} need {}",
-                values.len(),
-                n * c * h * w
-            ))
-            .into());
-        }
-        Ok(Tensor::<4>::from_data(
-            TensorData::new(values, [n, c, h, w]),
-            device,
-        ))
-    };
     Ok(match start {
         None => sampling,
-        Some(Start::Latents(values)) => sampling.with_latents(tensor(values, "latents")?)?,
-        Some(Start::Image { image, strength }) => {
-            let repeated = image.repeat(n);
-            sampling.with_init_image(tensor(repeated, "the init image")?, strength)?
+        Some(Start::Latents(values)) => {
+            let [c, h, w] = request.image_shape;
+            let n = request.class_labels.len();
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                return Err(diffusion::Error::Sampler(format!(
+                    "latents holds a non-finite value ({bad})"
+                ))
+                .into());
+            }
+            if values.len() != n * c * h * w {
+                return Err(diffusion::Error::Sampler(format!(
+                    "latents holds {} values; {n} images of {c}×{h}×{w} need {}",
+                    values.len(),
+                    n * c * h * w
+                ))
+                .into());
+            }
+            let data = TensorData::new(values, [n, c, h, w]);
+            sampling.with_latents(Tensor::<4>::from_data(data, device))?
         }
-        Some(Start::Inpaint { image, keep, .. }) => sampling.with_inpainting(
-            tensor(image.repeat(n), "the image to inpaint")?,
-            tensor(keep.repeat(n), "the mask")?,
-        )?,
+        Some(Start::Image { image, strength }) => {
+            sampling.with_edit(&Edit::Vary { image, strength })?
+        }
+        Some(Start::Inpaint { image, keep, .. }) => {
+            sampling.with_edit(&Edit::Inpaint { image, keep })?
+        }
     })
 }
 

@@ -10,6 +10,7 @@ mod class_choice;
 mod ddim;
 mod ddpm;
 mod dpm_solver;
+mod edit;
 mod karras;
 mod repaint;
 mod sampling;
@@ -24,6 +25,7 @@ pub use dpm_solver::{
     dpm_solver_timesteps, DpmSolverAlgorithm, DpmSolverMultistep, DpmSolverMultistepConfig,
     FinalSigmasType, SolverType, StepCoefficients,
 };
+pub use edit::{plan_edit, Edit, EditFields, EditOptions, MAX_JUMP_N_SAMPLE};
 pub use karras::{karras_sigmas, sigma_to_t};
 pub use repaint::{keep_from_mask, repaint_timesteps, RePaintScheduler, RePaintSchedulerConfig};
 pub use sampling::{

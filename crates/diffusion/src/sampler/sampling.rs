@@ -6,9 +6,9 @@
 //! the plain loop with a progress callback. Nothing is read back from the device unless the
 //! caller does so.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Scheduler, SchedulerState};
+use super::{Edit, Scheduler, SchedulerState};
 use crate::error::{Error, Result};
 use crate::guidance::classifier_free_guidance;
 use crate::noise::{NoiseRng, NormalTensor};
@@ -264,6 +264,32 @@ impl SamplingState {
         Ok(self)
     }
 
+    /// Starts `edit` ([`Self::with_init_image`] or [`Self::with_inpainting`]), its one image
+    /// (and mask) used for every image of the run. Call it before the first step.
+    pub fn with_edit<S: Scheduler>(self, scheduler: &S, edit: &Edit) -> Result<Self> {
+        let [n, c, h, w] = self.sample.dims();
+        let device = self.sample.device();
+        let tensor = |values: &[f32], what: &str| {
+            if values.len() != c * h * w {
+                return Err(Error::Sampler(format!(
+                    "{what} holds {} values; a {c}×{h}×{w} image needs {}",
+                    values.len(),
+                    c * h * w
+                )));
+            }
+            let data = TensorData::new(values.repeat(n), [n, c, h, w]);
+            Ok(Tensor::<4>::from_data(data, &device))
+        };
+        match edit {
+            Edit::Vary { image, strength } => {
+                self.with_init_image(scheduler, tensor(image, "the init image")?, *strength)
+            }
+            Edit::Inpaint { image, keep } => {
+                self.with_inpainting(tensor(image, "the image")?, tensor(keep, "the mask")?)
+            }
+        }
+    }
+
     /// Starts from `latents` instead of the x_T drawn from the seed (diffusers' `latents`
     /// argument): the same images a PyTorch run from that x_T gives. The generator still
     /// supplies every later step's noise. Call it before the first step.
@@ -401,6 +427,12 @@ impl<'a, M: Denoiser, S: Scheduler> Sampling<'a, M, S> {
         self.state = self
             .state
             .with_init_image(self.scheduler, image, strength)?;
+        Ok(self)
+    }
+
+    /// Starts `edit` ([`SamplingState::with_edit`]).
+    pub fn with_edit(mut self, edit: &Edit) -> Result<Self> {
+        self.state = self.state.with_edit(self.scheduler, edit)?;
         Ok(self)
     }
 
